@@ -1,0 +1,53 @@
+"""ScaleLab's live stack: app replicas behind nginx, PostgreSQL primary + streaming
+replica, PgBouncer and Redis, described by one Topology and changed live.
+
+    import stack
+    stack.up()                        # starts (or re-attaches to) the default stack
+    stack.apply(strategy="round_robin", replicas=2)
+    stack.status()
+    stack.down()
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import (BinaryNotFoundError, PortInUseError, ServiceFailedError, StackError,
+                     TopologyError)
+from .topology import Topology
+
+__all__ = ["Topology", "up", "down", "apply", "status", "get_stack", "StackError", "TopologyError",
+           "BinaryNotFoundError", "PortInUseError", "ServiceFailedError"]
+
+_stacks: dict = {}
+
+
+def get_stack(state_dir=None, backend: str | None = None):
+    """The stack for a state directory (default: SCALELAB_STATE or a per-user temp dir)."""
+    backend = backend or os.environ.get("SCALELAB_BACKEND", "local")
+    if backend != "local":
+        raise StackError(f"backend={backend!r} is not available: allowed 'local'")
+    from .local.backend import LocalStack
+    key = (backend, str(state_dir))
+    if key not in _stacks:
+        _stacks[key] = LocalStack(state_dir)
+    return _stacks[key]
+
+
+def up(topology: Topology | None = None, progress=print, **changes):
+    """Start the stack (or change it to `topology`); keyword changes apply on top."""
+    stack = get_stack()
+    if changes:
+        topology = (topology or stack.applied() or Topology()).with_changes(**changes)
+    return stack.up(topology, progress=progress)
+
+
+def apply(progress=None, **changes):
+    return get_stack().apply(progress=progress, **changes)
+
+
+def down(purge: bool = False, progress=None):
+    return get_stack().down(purge=purge, progress=progress)
+
+
+def status() -> dict:
+    return get_stack().status()

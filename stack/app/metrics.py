@@ -1,0 +1,31 @@
+"""Counters one replica keeps, served as JSON at /metrics."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Metrics:
+    replica: str
+    started_at: float = field(default_factory=time.time)
+    requests: int = 0
+    in_flight: int = 0
+    errors: int = 0                  # responses with status >= 500
+    client_errors: int = 0           # 4xx
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_errors: int = 0            # Redis unreachable: served from the database instead
+    db_queries: int = 0
+    # Total seconds spent per layer, so rates and means come from differences of samples.
+    layer_seconds: dict = field(default_factory=lambda: defaultdict(float))
+    by_route: dict = field(default_factory=lambda: defaultdict(int))
+
+    def to_dict(self, pools: dict, work: dict) -> dict:
+        return {"replica": self.replica, "uptime_s": round(time.time() - self.started_at, 3),
+                "time": time.time(), "requests": self.requests, "in_flight": self.in_flight,
+                "errors": self.errors, "client_errors": self.client_errors,
+                "cache": {"hits": self.cache_hits, "misses": self.cache_misses, "errors": self.cache_errors},
+                "db_queries": self.db_queries, "layer_seconds": dict(self.layer_seconds),
+                "by_route": dict(self.by_route), "pools": pools, "work": work}

@@ -1,0 +1,352 @@
+"""The user service: cache-aside reads from the replica, writes to the primary.
+
+Run one replica with
+    SCALELAB_REPLICA=app-1 SCALELAB_APP_CONFIG=.../config.json \\
+    uvicorn stack.app.service:create_app --factory --port 18091
+
+Every response names the replica (`X-Replica`) and how long each layer took
+(`Server-Timing: cache;dur=.., db;dur=.., app;dur=..`, in milliseconds).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+
+import psycopg
+import redis.asyncio as aioredis
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .config import AppConfig
+from .limiter import ResizableLimiter
+from .metrics import Metrics
+
+USER_COLUMNS = "id, name, email, region, updated_at"
+WRITABLE_FIELDS = {"name": str, "email": str, "region": str}
+MAX_WORK_MS = 10_000
+
+
+class HTTPProblem(Exception):
+    """A request we answer with a 4xx/5xx and a message that says what to fix."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Layers:
+    """Time spent per layer during one request, for Server-Timing and metrics."""
+
+    def __init__(self):
+        self.seconds = {"cache": 0.0, "db": 0.0, "queue": 0.0}
+
+    @asynccontextmanager
+    async def timed(self, layer: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[layer] += time.perf_counter() - start
+
+
+class Replica:
+    """Everything one replica holds: config, pools, cache client, limiter, counters."""
+
+    def __init__(self, name: str, config_path: str):
+        self.name, self.config_path = name, config_path
+        self.config = AppConfig.load(config_path)
+        self.metrics = Metrics(replica=name)
+        self.limiter = ResizableLimiter(self.config.concurrency)
+        self.cache = aioredis.from_url(self.config.redis_url, socket_timeout=0.5,
+                                       socket_connect_timeout=0.5, decode_responses=True)
+        self.pools = self._make_pools(self.config)
+
+    def _make_pools(self, c: AppConfig) -> dict[str, AsyncConnectionPool]:
+        # prepare_threshold=None: PgBouncer in transaction mode cannot keep prepared statements.
+        common = {"kwargs": {"autocommit": True, "prepare_threshold": None, "connect_timeout": 2},
+                  "min_size": 0, "timeout": c.pool_timeout_s, "max_idle": c.pool_idle_s, "open": False}
+        return {"write": AsyncConnectionPool(c.write_dsn, max_size=c.write_pool, name="write", **common),
+                "read": AsyncConnectionPool(c.replica_dsn, max_size=c.read_pool, name="read", **common),
+                "primary-read": AsyncConnectionPool(c.primary_dsn, max_size=c.read_pool,
+                                                    name="primary-read", **common)}
+
+    async def open(self):
+        for pool in self.pools.values():
+            await pool.open(wait=False)
+
+    async def close(self):
+        for pool in self.pools.values():
+            await pool.close(timeout=1)
+        await self.cache.aclose()
+
+    async def reload(self):
+        """Apply a new config file without a restart: TTL, pool sizes, concurrency."""
+        new = AppConfig.load(self.config_path)
+        old, self.config = self.config, new
+        if (new.write_dsn, new.replica_dsn, new.primary_dsn) != (old.write_dsn, old.replica_dsn, old.primary_dsn):
+            # A new path to the database (PgBouncer switched on or off): fresh pools, old ones drained.
+            old_pools, self.pools = self.pools, self._make_pools(new)
+            await self.open()
+            for pool in old_pools.values():
+                await pool.close(timeout=5)
+        elif (new.write_pool, new.read_pool) != (old.write_pool, old.read_pool):
+            await self.pools["write"].resize(0, new.write_pool)
+            await self.pools["read"].resize(0, new.read_pool)
+            await self.pools["primary-read"].resize(0, new.read_pool)
+        for pool in self.pools.values():
+            pool.timeout, pool.max_idle = new.pool_timeout_s, new.pool_idle_s
+        if new.concurrency != old.concurrency:
+            await self.limiter.resize(new.concurrency)
+
+    @asynccontextmanager
+    async def connection(self, pool_name: str, layers: Layers):
+        pool = self.pools[pool_name]
+        async with layers.timed("db"):
+            try:
+                async with pool.connection() as conn:
+                    conn.row_factory = dict_row
+                    self.metrics.db_queries += 1
+                    yield conn
+            except PoolTimeout:
+                raise HTTPProblem(503, f"{pool_name} pool exhausted: all {pool.max_size} connections "
+                                       f"busy for {pool.timeout:g} s") from None
+            except psycopg.OperationalError as exc:
+                raise HTTPProblem(503, f"database unavailable through the {pool_name} pool: "
+                                       f"{str(exc).strip().splitlines()[0]}") from None
+
+    def pool_stats(self) -> dict:
+        stats = {}
+        for name, pool in self.pools.items():
+            s = pool.get_stats()
+            stats[name] = {"max_size": pool.max_size, "size": s.get("pool_size", 0),
+                           "idle": s.get("pool_available", 0), "waiting": s.get("requests_waiting", 0),
+                           "timeouts": s.get("requests_errors", 0)}
+        return stats
+
+
+# -- request plumbing ----------------------------------------------------------
+
+def endpoint(route_name: str):
+    """Counts the request, times it, and turns HTTPProblem into a clear JSON error."""
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def run(request: Request):
+            replica: Replica = request.app.state.replica
+            m = replica.metrics
+            m.requests += 1
+            m.in_flight += 1
+            m.by_route[route_name] += 1
+            layers = Layers()
+            start = time.perf_counter()
+            try:
+                status, body = await handler(request, replica, layers)
+            except HTTPProblem as problem:
+                status, body = problem.status, {"error": problem.message}
+            except Exception as exc:  # noqa: BLE001 - the replica must answer, and count it
+                status, body = 500, {"error": f"{type(exc).__name__}: {exc}"}
+            finally:
+                m.in_flight -= 1
+            total = time.perf_counter() - start
+            if status >= 500:
+                m.errors += 1
+            elif status >= 400:
+                m.client_errors += 1
+            for layer, seconds in layers.seconds.items():
+                m.layer_seconds[layer] += seconds
+            app_seconds = max(0.0, total - sum(layers.seconds.values()))
+            m.layer_seconds["app"] += app_seconds
+            timing = ", ".join(f"{layer};dur={seconds * 1000:.3f}" for layer, seconds
+                               in [*layers.seconds.items(), ("app", app_seconds), ("total", total)])
+            return JSONResponse(body, status_code=status,
+                                headers={"X-Replica": replica.name, "Server-Timing": timing})
+        return run
+    return wrap
+
+
+def _user_id(request: Request) -> int:
+    raw = request.path_params["user_id"]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPProblem(400, f"user id must be an integer, got {raw!r}") from None
+    if not 1 <= value <= 2**31 - 1:
+        raise HTTPProblem(400, f"user id must be from 1 to {2**31 - 1}, got {value}")
+    return value
+
+
+async def _json_fields(request: Request, required: bool) -> dict:
+    try:
+        data = json.loads(await request.body() or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise HTTPProblem(400, f"body must be JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HTTPProblem(400, f"body must be a JSON object with {', '.join(WRITABLE_FIELDS)}")
+    unknown = set(data) - set(WRITABLE_FIELDS)
+    if unknown:
+        raise HTTPProblem(400, f"unknown field {sorted(unknown)[0]!r}: allowed {', '.join(WRITABLE_FIELDS)}")
+    for name, kind in WRITABLE_FIELDS.items():
+        if name in data and (not isinstance(data[name], kind) or not data[name].strip()):
+            raise HTTPProblem(400, f"field {name!r} must be a non-empty string, got {data[name]!r}")
+    if required:
+        missing = [name for name in ("name", "email") if name not in data]
+        if missing:
+            raise HTTPProblem(400, f"missing field {missing[0]!r}")
+    elif not data:
+        raise HTTPProblem(400, f"nothing to change: send one of {', '.join(WRITABLE_FIELDS)}")
+    return data
+
+
+def _public(row: dict) -> dict:
+    return {**row, "updated_at": row["updated_at"].isoformat()}
+
+
+def cache_key(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+async def _cache_call(replica: Replica, layers: Layers, method: str, *args, **kwargs):
+    """A cache operation that never fails the request: Redis down means 'miss'."""
+    async with layers.timed("cache"):
+        try:
+            return await getattr(replica.cache, method)(*args, **kwargs)
+        except (aioredis.RedisError, OSError):
+            replica.metrics.cache_errors += 1
+            return None
+
+
+# -- routes ---------------------------------------------------------------------
+
+@endpoint("health")
+async def health(request, replica, layers):
+    return 200, {"status": "ok", "replica": replica.name, "pid": os.getpid()}
+
+
+@endpoint("get_user")
+async def get_user(request, replica, layers):
+    user_id = _user_id(request)
+    ttl = replica.config.ttl_s
+    if ttl > 0:
+        cached = await _cache_call(replica, layers, "get", cache_key(user_id))
+        if cached is not None:
+            replica.metrics.cache_hits += 1
+            return 200, {**json.loads(cached), "source": "cache"}
+        replica.metrics.cache_misses += 1
+    pool = "read" if replica.config.read_from == "replica" else "primary-read"
+    async with replica.connection(pool, layers) as conn:
+        row = await (await conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = %s",
+                                        (user_id,))).fetchone()
+    if row is None:
+        raise HTTPProblem(404, f"no user with id {user_id}")
+    user = _public(row)
+    if ttl > 0:
+        await _cache_call(replica, layers, "set", cache_key(user_id), json.dumps(user), ex=ttl)
+    return 200, {**user, "source": replica.config.read_from}
+
+
+@endpoint("create_user")
+async def create_user(request, replica, layers):
+    data = await _json_fields(request, required=True)
+    async with replica.connection("write", layers) as conn:
+        try:
+            row = await (await conn.execute(
+                f"INSERT INTO users (name, email, region) VALUES (%s, %s, %s) RETURNING {USER_COLUMNS}",
+                (data["name"], data["email"], data.get("region", "eu")))).fetchone()
+        except psycopg.errors.UniqueViolation:
+            raise HTTPProblem(409, f"email {data['email']!r} is already taken") from None
+    return 201, _public(row)
+
+
+@endpoint("update_user")
+async def update_user(request, replica, layers):
+    user_id = _user_id(request)
+    data = await _json_fields(request, required=False)
+    assignments = ", ".join(f"{name} = %s" for name in data)   # names come from WRITABLE_FIELDS only
+    async with replica.connection("write", layers) as conn:
+        try:
+            row = await (await conn.execute(
+                f"UPDATE users SET {assignments}, updated_at = now() WHERE id = %s RETURNING {USER_COLUMNS}",
+                (*data.values(), user_id))).fetchone()
+        except psycopg.errors.UniqueViolation:
+            raise HTTPProblem(409, f"email {data['email']!r} is already taken") from None
+    if row is None:
+        raise HTTPProblem(404, f"no user with id {user_id}")
+    # Invalidate after the commit, so the next read fetches the new row.
+    await _cache_call(replica, layers, "delete", cache_key(user_id))
+    return 200, _public(row)
+
+
+@endpoint("work")
+async def work(request, replica, layers):
+    """Simulated work with an explicit cost: `ms` of I/O wait (kind=io) or CPU (kind=cpu).
+
+    At most `concurrency` requests work at once per replica; the rest queue,
+    and the queue time shows in Server-Timing as `queue`.
+    """
+    kind = request.query_params.get("kind", "io")
+    if kind not in ("io", "cpu"):
+        raise HTTPProblem(400, f"kind must be 'io' or 'cpu', got {kind!r}")
+    raw = request.query_params.get("ms", "20")
+    try:
+        ms = float(raw)
+    except ValueError:
+        raise HTTPProblem(400, f"ms must be a number, got {raw!r}") from None
+    if not 0 <= ms <= MAX_WORK_MS:
+        raise HTTPProblem(400, f"ms must be from 0 to {MAX_WORK_MS}, got {ms:g}")
+    queued = time.perf_counter()
+    async with replica.limiter:
+        layers.seconds["queue"] += time.perf_counter() - queued
+        if kind == "io":
+            await asyncio.sleep(ms / 1000)
+        else:
+            deadline = time.perf_counter() + ms / 1000
+            while time.perf_counter() < deadline:   # burns CPU and blocks this replica: that is the model
+                pass
+    return 200, {"kind": kind, "ms": ms, "replica": replica.name}
+
+
+@endpoint("metrics")
+async def metrics(request, replica, layers):
+    limiter = replica.limiter
+    return 200, replica.metrics.to_dict(
+        pools=replica.pool_stats(),
+        work={"concurrency": limiter.capacity, "busy": limiter.in_use, "queued": limiter.waiting})
+
+
+@endpoint("admin_config")
+async def admin_config(request, replica, layers):
+    if request.headers.get("X-Admin-Token") != replica.config.admin_token:
+        raise HTTPProblem(403, "missing or wrong X-Admin-Token")
+    await replica.reload()
+    c = replica.config
+    return 200, {"replica": replica.name, "ttl_s": c.ttl_s, "write_pool": c.write_pool,
+                 "read_pool": c.read_pool, "concurrency": c.concurrency, "read_from": c.read_from}
+
+
+def create_app() -> Starlette:
+    replica = Replica(os.environ.get("SCALELAB_REPLICA", "app"), os.environ["SCALELAB_APP_CONFIG"])
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await replica.open()
+        yield
+        await replica.close()
+
+    app = Starlette(lifespan=lifespan, routes=[
+        Route("/health", health),
+        Route("/users/{user_id}", get_user, methods=["GET"]),
+        Route("/users/{user_id}", update_user, methods=["PUT"]),
+        Route("/users", create_user, methods=["POST"]),
+        Route("/work", work),
+        Route("/metrics", metrics),
+        Route("/_admin/config", admin_config, methods=["POST"]),
+    ])
+    app.state.replica = replica
+    return app

@@ -1,0 +1,293 @@
+"""The local backend: make plain processes on 127.0.0.1 match a Topology, doing the least work.
+
+    stack = LocalStack()
+    stack.up()                         # default topology, or re-attach to what runs
+    stack.apply(strategy="round_robin")   # rewrite the upstream + reload nginx, nothing else
+    stack.apply(replicas=2)            # reload nginx without two replicas, then stop them
+    stack.down()
+
+Every check that can fail (binaries, ports, the topology's own validation)
+runs before anything changes, so bad input leaves the running stack as it was.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from .. import binaries as binaries_mod
+from ..errors import PortInUseError, StackError
+from ..ports import HOST, Ports
+from ..topology import Topology
+from . import app, nginx, pgbouncer, postgres, redis
+from .context import Context
+from .proc import ProcessRecord, port_is_free, stop
+from .state import StateDir
+
+INFRA = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "nginx")
+Progress = Callable[[str], None]
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+class LocalStack:
+    backend = "local"
+
+    def __init__(self, state_dir: str | Path | None = None, binaries: str | None = None):
+        self.state = StateDir(state_dir)
+        self.binary_source = binaries
+
+    # -- reading what runs ---------------------------------------------------------
+    def _records(self, saved: dict) -> dict[str, ProcessRecord]:
+        records = {}
+        for service, data in saved.get("services", {}).items():
+            record = ProcessRecord.from_dict(data)
+            if record and record.alive():
+                records[service] = record
+        return records
+
+    def applied(self) -> Topology | None:
+        """The topology the running stack was last brought to, if any."""
+        saved = self.state.load()
+        return Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+
+    def status(self) -> dict:
+        saved = self.state.load()
+        topology = Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+        records = self._records(saved)
+        ports = Ports(topology.base_port) if topology else None
+        services = {}
+        for service, data in saved.get("services", {}).items():
+            record = records.get(service)
+            services[service] = {"state": "running" if record else "stopped",
+                                 "pid": record.pid if record else None,
+                                 "address": f"{HOST}:{data['port']}" if data.get("port") else None}
+        return {"backend": self.backend, "state_dir": str(self.state.path),
+                "url": f"http://{HOST}:{ports.nginx}" if ports else None,
+                "running": bool(records), "topology": topology.to_dict() if topology else None,
+                "services": services}
+
+    def logs(self, service: str, lines: int = 50) -> str:
+        path = self.state.log(service)
+        if not path.exists():
+            known = sorted(p.stem for p in self.state.logs.glob("*.log")) if self.state.logs.exists() else []
+            raise StackError(f"no log for service {service!r}: known services are {', '.join(known) or 'none yet'}")
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def context(self, topology: Topology | None = None) -> Context:
+        """A Context for talking to the running stack (clients, DSNs); needs no lock."""
+        topology = topology or self.applied() or Topology()
+        return Context(self.state, self._binaries(), topology, self.state.secrets())
+
+    def _binaries(self) -> binaries_mod.Binaries:
+        found = binaries_mod.locate(self.binary_source)
+        reach = self.state.reachable
+        return binaries_mod.Binaries(pg_bin=reach(found.pg_bin), valkey=reach(found.valkey),
+                                     nginx=reach(found.nginx), pgbouncer=reach(found.pgbouncer))
+
+    # -- changing it ---------------------------------------------------------------
+    def apply(self, progress: Progress | None = None, **changes) -> list[str]:
+        """Change some fields of the running topology (see Topology.with_changes)."""
+        current = self.applied() or Topology()
+        return self.up(current.with_changes(**changes), progress=progress)
+
+    def up(self, topology: Topology | None = None, progress: Progress | None = None) -> list[str]:
+        """Bring the stack to `topology` (default: what last ran, else the defaults).
+
+        Returns what was done, one line per action; an empty list means the
+        stack already matched.
+        """
+        say = progress or _quiet
+        if topology is not None and not isinstance(topology, Topology):
+            raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
+        self.state.ensure()
+        with self.state.locked():
+            saved = self.state.load()
+            old = Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+            new = topology or old or Topology()
+            records = self._records(saved)
+            # Everything that can refuse runs before the first change.
+            if records and old and old.base_port != new.base_port:
+                raise StackError(f"base_port={new.base_port} differs from the running stack's "
+                                 f"{old.base_port}: run down() first, then up() on the new port")
+            bins = self._binaries()
+            self._check_ports(new, records)
+            ctx = Context(self.state, bins, new, self.state.secrets())
+            done: list[str] = []
+            succeeded = False
+            try:
+                self._reconcile(ctx, old, records, done, say)
+                succeeded = True
+            finally:
+                # Always record the pids (so down() finds them); the topology only once it is true.
+                self._save(new if succeeded else old, records, ctx.ports)
+            return done
+
+    def _check_ports(self, topology: Topology, records: dict) -> None:
+        for service, port in Ports(topology.base_port).all_for(topology).items():
+            if service not in records and not port_is_free(port):
+                raise PortInUseError(
+                    f"port {port} ({service}) on {HOST} is already in use by another program. "
+                    f"Stop that program, or choose other ports: Topology(base_port=...) "
+                    f"(this stack uses base_port..base_port+{10 + topology.app.replicas}). "
+                    f"Nothing was changed.")
+
+    def _save(self, topology: Topology | None, records: dict, ports: Ports) -> None:
+        services = {}
+        for service, record in records.items():
+            services[service] = {**record.to_dict(), "port": _port_of(service, ports)}
+        self.state.save({"topology": topology.to_dict() if topology else None, "services": services})
+
+    def _reconcile(self, ctx: Context, old: Topology | None, records: dict, done: list, say: Progress) -> None:
+        new = ctx.topology
+        started = time.monotonic()
+
+        def note(message: str) -> None:
+            done.append(message)
+            say(f"[{time.monotonic() - started:5.2f}s] {message}")
+
+        app_config_changed = old is None or _app_config(old) != _app_config(new)
+        app.write_config(ctx)
+        wanted_apps = {app.name(i): i for i in range(1, new.app.replicas + 1)}
+
+        # 1. Start whatever is missing, in parallel: PostgreSQL's chain, the cache, the
+        #    pooler, nginx and the replicas do not wait for each other.
+        def start_postgres():
+            if "postgres-primary" not in records:
+                records["postgres-primary"] = postgres.start_primary(ctx)
+                note("started postgres-primary")
+            if "postgres-replica" not in records:
+                records["postgres-replica"] = postgres.start_replica(ctx)
+                note("started postgres-replica (streaming from the primary)")
+
+        def start_one(service: str, starter):
+            records[service] = starter(ctx)
+            note(f"started {service}")
+
+        def start_app(service: str, index: int):
+            records[service] = app.start(ctx, index)
+            app.wait_ready(ctx, index, records[service])
+            note(f"started {service}")
+
+        jobs = [start_postgres]
+        if "redis" not in records:
+            jobs.append(lambda: start_one("redis", redis.start))
+        if new.pgbouncer.enabled and "pgbouncer" not in records:
+            jobs.append(lambda: start_one("pgbouncer", pgbouncer.start))
+        new_nginx = "nginx" not in records
+        if new_nginx:
+            jobs.append(lambda: start_one("nginx", nginx.start))
+        new_apps = [s for s in wanted_apps if s not in records]
+        jobs += [lambda s=s: start_app(s, wanted_apps[s]) for s in new_apps]
+        _run_parallel(jobs)
+
+        # 2. Live changes to what already ran.
+        if old is not None:
+            self._apply_settings(ctx, old, records, note, skip=set(new_apps))
+        if old is not None and app_config_changed:
+            for service, index in wanted_apps.items():
+                if service not in new_apps:
+                    app.push_config(ctx, index)
+            note("pushed app config (ttl, pools, concurrency, read target) to running replicas")
+
+        # 3. The balancer, then replicas that left it.
+        removed = sorted(s for s in records if s.startswith("app-") and s not in wanted_apps)
+        upstream_changed = old is None or old.balancer != new.balancer or old.app.replicas != new.app.replicas
+        if not new_nginx and (upstream_changed or new_apps or removed):
+            nginx.reload(ctx, records["nginx"], drain_timeout=10 if removed else None)
+            note(f"reloaded nginx: {new.balancer.strategy} over {new.app.replicas} replicas")
+        for service in removed:
+            app.stop_replica(records.pop(service))
+            note(f"stopped {service}")
+        if not new.pgbouncer.enabled and "pgbouncer" in records:
+            stop(records.pop("pgbouncer"))
+            note("stopped pgbouncer (writes now go straight to the primary)")
+
+    def _apply_settings(self, ctx: Context, old: Topology, records: dict, note, skip: set) -> None:
+        new = ctx.topology
+        if old.postgres != new.postgres:
+            if postgres.needs_restart(old, new):
+                # A standby needs max_connections >= the primary's: restart it after the primary.
+                postgres.stop_server(records.pop("postgres-replica", None))
+                postgres.stop_server(records.pop("postgres-primary", None))
+                records["postgres-primary"] = postgres.start_primary(ctx)
+                records["postgres-replica"] = postgres.start_replica(ctx)
+                note("restarted postgres (max_connections needs a restart)")
+            else:
+                for role in ("primary", "replica"):
+                    postgres.write_settings(ctx, role)
+                    postgres.reload(records[f"postgres-{role}"])
+                note("reloaded postgres settings (synchronous_commit, replica apply delay)")
+        if old.cache.maxmemory_mb != new.cache.maxmemory_mb or old.cache.policy != new.cache.policy:
+            redis.apply(ctx)
+            note("changed redis maxmemory/policy live")
+        if new.pgbouncer.enabled and old.pgbouncer != new.pgbouncer and "pgbouncer" in records \
+                and old.pgbouncer.enabled:
+            pgbouncer.apply(ctx, records["pgbouncer"])
+            note("reloaded pgbouncer")
+
+    # -- stopping ------------------------------------------------------------------
+    def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
+        """Stop every service and free every port. `purge=True` also deletes all data."""
+        say = progress or _quiet
+        if not self.state.path.exists():
+            return []
+        done = []
+        with self.state.locked():
+            saved = self.state.load()
+            records = self._records(saved)
+            apps = [s for s in records if s.startswith("app-")]
+            # Front to back: stop taking requests first, the databases last.
+            stages = [["nginx"], apps, ["pgbouncer", "redis"], ["postgres-replica"], ["postgres-primary"]]
+            for stage in stages:
+                present = [s for s in stage if s in records]
+                _run_parallel([lambda s=s: _stop_service(s, records[s]) for s in present])
+                for service in present:
+                    records.pop(service)
+                    done.append(f"stopped {service}")
+                    say(f"stopped {service}")
+            self.state.save({**saved, "services": {}})
+        if purge:
+            shutil.rmtree(self.state.path, ignore_errors=True)
+            done.append(f"deleted {self.state.path}")
+        return done
+
+
+def _stop_service(service: str, record: ProcessRecord) -> None:
+    if service.startswith("postgres"):
+        postgres.stop_server(record)
+    elif service.startswith("app-"):
+        app.stop_replica(record)
+    else:
+        stop(record)
+
+
+def _run_parallel(jobs: list) -> None:
+    """Run jobs in threads; re-raise the first failure after all have finished."""
+    if not jobs:
+        return
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = [pool.submit(job) for job in jobs]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        raise errors[0]
+
+
+def _app_config(topology: Topology) -> tuple:
+    return (topology.app.write_pool, topology.app.read_pool, topology.app.pool_timeout_s,
+            topology.app.pool_idle_s, topology.app.read_from, topology.app.concurrency,
+            topology.cache.ttl_s, topology.pgbouncer.enabled)
+
+
+def _port_of(service: str, ports: Ports) -> int | None:
+    fixed = {"nginx": ports.nginx, "redis": ports.redis, "postgres-primary": ports.primary,
+             "postgres-replica": ports.replica, "pgbouncer": ports.pgbouncer}
+    if service in fixed:
+        return fixed[service]
+    if service.startswith("app-"):
+        return ports.app(int(service.split("-")[1]))
+    return None

@@ -1,0 +1,132 @@
+"""The state directory: one place for everything a running stack needs to be found again.
+
+    <state>/state.json      applied topology, service pids, ports (no secrets)
+    <state>/secrets.json    generated passwords and the admin token (mode 0600)
+    <state>/lock            held while a process changes the stack
+    <state>/logs/           one log per service
+    <state>/postgres-primary/, postgres-replica/, redis/, nginx/, pgbouncer/, app/
+    <state>/bin/            server binaries copied where the service user can reach them
+
+A restarted kernel or a second terminal reads state.json and re-attaches.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .proc import RunAs
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("SCALELAB_STATE")
+    if env:
+        return Path(env)
+    # Under the temp dir, not $HOME: as root, the service user cannot enter /root.
+    return Path(tempfile.gettempdir()) / f"scalelab-{os.getuid()}"
+
+
+def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write a file so readers see the old or the new content, never half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class StateDir:
+    def __init__(self, path: Path | str | None = None, run_as: RunAs | None = None):
+        self.path = Path(path) if path else default_state_dir()
+        self.run_as = run_as or RunAs()
+
+    # -- layout ------------------------------------------------------------------
+    def ensure(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        # 0711: the service user may pass through to its own directories, not list ours.
+        os.chmod(self.path, 0o711)
+        self.logs.mkdir(exist_ok=True)
+        os.chmod(self.logs, 0o777 if self.run_as.as_root else 0o755)
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def log(self, service: str) -> Path:
+        return self.logs / f"{service}.log"
+
+    def service_dir(self, name: str, owned_by_service_user: bool = True) -> Path:
+        d = self.path / name
+        d.mkdir(exist_ok=True)
+        if owned_by_service_user:
+            self.run_as.own(d)
+        return d
+
+    # -- state.json ---------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    def load(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def save(self, state: dict) -> None:
+        write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=True))
+
+    @contextmanager
+    def locked(self):
+        """Only one process changes the stack at a time; others wait their turn."""
+        self.ensure()
+        with open(self.path / "lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- secrets ----------------------------------------------------------------
+    def secrets(self) -> dict:
+        """Generated once per state directory; readable by the owner only."""
+        path = self.path / "secrets.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        values = {"postgres_password": secrets.token_urlsafe(18), "app_password": secrets.token_urlsafe(18),
+                  "redis_password": secrets.token_urlsafe(18), "admin_token": secrets.token_urlsafe(18)}
+        write_atomic(path, json.dumps(values), mode=0o600)
+        return values
+
+    # -- binaries the service user can run ---------------------------------------
+    def reachable(self, source: Path) -> Path:
+        """`source` itself if the service user can reach it, else a cached copy in <state>/bin."""
+        if self.run_as.can_reach(source):
+            return source
+        tag = hashlib.sha1(str(source).encode()).hexdigest()[:10]
+        bin_dir = self.path / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        os.chmod(bin_dir, 0o755)
+        # PostgreSQL finds lib/ and share/ relative to bin/, so a bin directory brings its whole install.
+        copied_from = source.parent if source.is_dir() else source
+        target = bin_dir / f"{copied_from.name}-{tag}"
+        if not target.exists():
+            staging = bin_dir / f".{target.name}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            if source.is_dir():
+                shutil.copytree(copied_from, staging, symlinks=True)
+            else:
+                shutil.copy2(copied_from, staging)
+            os.replace(staging, target)
+        return target / source.name if source.is_dir() else target

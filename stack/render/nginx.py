@@ -1,0 +1,78 @@
+"""nginx configuration: a fixed main file and an upstream file the reconciler rewrites."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..ports import HOST, Ports
+from ..topology import Topology
+
+# How each strategy is spelled inside an nginx upstream block.
+STRATEGY_DIRECTIVES = {
+    "round_robin": None,                        # nginx's default
+    "least_conn": "least_conn;",
+    "ip_hash": "ip_hash;",
+    "consistent_hash": "hash $request_uri consistent;",
+    "random_two": "random two least_conn;",
+}
+
+# One line per request: enough to attribute traffic to replicas without stub_status.
+LOG_FORMAT = ('$msec $remote_addr $request_method "$request_uri" $status '
+              '$upstream_addr $upstream_response_time $request_time')
+
+
+def render_nginx_conf(directory: Path, port: int) -> str:
+    """The main file. Everything that changes at run time lives in upstream.conf."""
+    d = Path(directory)
+    temp = "\n".join(f"    {kind}_temp_path {d / 'temp' / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""# Rendered by stack.render.nginx: edits are overwritten.
+worker_processes 1;
+daemon off;
+pid {d / 'nginx.pid'};
+error_log {d / 'error.log'} warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+{temp}
+    log_format scalelab '{LOG_FORMAT}';
+    access_log {d / 'access.log'} scalelab buffer=32k flush=1s;
+    include {d / 'upstream.conf'};
+
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location = /nginx-health {{
+            access_log off;
+            return 200 "ok\\n";
+        }}
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_connect_timeout 2s;
+        }}
+    }}
+}}
+"""
+
+
+def render_upstream_conf(topology: Topology, ports: Ports) -> str:
+    """The upstream block plus the retry policy: the part a strategy, weight or scale change rewrites."""
+    balancer = topology.balancer
+    lines = ["# Rendered by stack.render.nginx: edits are overwritten.", "upstream app {",
+             "    zone app 64k;"]
+    directive = STRATEGY_DIRECTIVES[balancer.strategy]
+    if directive:
+        lines.append(f"    {directive}")
+    weights = balancer.weight_list(topology.app.replicas)
+    for index, weight in enumerate(weights, start=1):
+        lines.append(f"    server {HOST}:{ports.app(index)} weight={weight} "
+                     f"max_fails={balancer.max_fails} fail_timeout={balancer.fail_timeout_s}s;")
+    if balancer.keepalive:
+        lines.append(f"    keepalive {balancer.keepalive};")
+    lines.append("}")
+    lines.append(f"proxy_next_upstream {' '.join(balancer.next_upstream)};")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,48 @@
+"""PostgreSQL settings for the primary and the streaming replica."""
+from __future__ import annotations
+
+from ..ports import HOST, Ports
+from ..topology import Topology
+
+# Small memory settings: the whole stack must fit a laptop (and 600 MB RSS).
+_COMMON = {
+    "listen_addresses": HOST,
+    "unix_socket_directories": "",
+    "shared_buffers": "32MB",
+    "wal_level": "replica",
+    "max_wal_senders": 5,
+    "hot_standby": "on",
+    "fsync": "on",
+    "logging_collector": "off",
+    "log_min_messages": "warning",
+}
+
+
+def primary_settings(topology: Topology, ports: Ports) -> dict:
+    spec = topology.postgres
+    waits_for_replica = spec.synchronous_commit in ("remote_write", "remote_apply")
+    return {**_COMMON, "port": ports.primary, "max_connections": spec.max_connections,
+            "synchronous_commit": spec.synchronous_commit,
+            # Only name the standby when commits must wait for it; else a missing standby would block writes.
+            "synchronous_standby_names": "*" if waits_for_replica else ""}
+
+
+def replica_settings(topology: Topology, ports: Ports) -> dict:
+    spec = topology.postgres
+    return {**_COMMON, "port": ports.replica, "max_connections": spec.max_connections,
+            "recovery_min_apply_delay": f"{spec.replica_delay_ms}ms",
+            "hot_standby_feedback": "on"}
+
+
+def render_conf_lines(settings: dict) -> str:
+    def literal(value) -> str:
+        if isinstance(value, int):
+            return str(value)
+        return "'" + str(value).replace("'", "''") + "'"
+    return "".join(f"{key} = {literal(value)}\n" for key, value in settings.items())
+
+
+def render_hba() -> str:
+    """Password (SCRAM) authentication over loopback only; no `trust`."""
+    return (f"host all all {HOST}/32 scram-sha-256\n"
+            f"host replication all {HOST}/32 scram-sha-256\n")
