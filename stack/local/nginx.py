@@ -49,6 +49,20 @@ def _workers(master: psutil.Process) -> list[psutil.Process]:
         return []
 
 
+def _switched(master: psutil.Process, old: set[int]) -> bool:
+    workers = _workers(master)
+    if not any(p.pid not in old for p in workers):
+        return False
+    for proc in workers:
+        if proc.pid in old:
+            try:
+                if "shutting down" not in " ".join(proc.cmdline()):
+                    return False
+            except psutil.Error:
+                pass   # it exited meanwhile: fine
+    return True
+
+
 def reload(ctx: Context, record: ProcessRecord, drain_timeout: float | None = None) -> None:
     """Rewrite the upstream and reload gracefully.
 
@@ -63,8 +77,9 @@ def reload(ctx: Context, record: ProcessRecord, drain_timeout: float | None = No
     old = {p.pid for p in _workers(master)}
     write_upstream(ctx)
     master.send_signal(signal.SIGHUP)
-    wait_until(lambda: any(p.pid not in old for p in _workers(master)), "nginx reload", 5, record,
-               ctx.state.log("nginx"), interval=0.002)
+    # Done when a new worker runs AND no old worker still accepts connections with the old
+    # upstream (an old worker retitles itself "shutting down" once it stops accepting).
+    wait_until(lambda: _switched(master, old), "nginx reload", 5, record, ctx.state.log("nginx"), interval=0.002)
     if drain_timeout:
         deadline = time.monotonic() + drain_timeout
         while time.monotonic() < deadline and old & {p.pid for p in _workers(master)}:

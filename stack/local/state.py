@@ -21,6 +21,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import StackError
 from .proc import RunAs
 
 
@@ -54,6 +55,11 @@ class StateDir:
     # -- layout ------------------------------------------------------------------
     def ensure(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        if not self.run_as.can_reach(self.path.parent):
+            raise StackError(
+                f"state directory {self.path} is inside a folder the service user "
+                f"{self.run_as.user!r} cannot enter (as root, PostgreSQL and PgBouncer run as that user). "
+                f"Choose another place, e.g. SCALELAB_STATE=/tmp/scalelab, or run as a normal user.")
         # 0711: the service user may pass through to its own directories, not list ours.
         os.chmod(self.path, 0o711)
         self.logs.mkdir(exist_ok=True)
@@ -90,7 +96,7 @@ class StateDir:
     @contextmanager
     def locked(self):
         """Only one process changes the stack at a time; others wait their turn."""
-        self.ensure()
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / "lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

@@ -62,8 +62,9 @@ http {{
 def render_upstream_conf(topology: Topology, ports: Ports) -> str:
     """The upstream block plus the retry policy: the part a strategy, weight or scale change rewrites."""
     balancer = topology.balancer
-    lines = ["# Rendered by stack.render.nginx: edits are overwritten.", "upstream app {",
-             "    zone app 64k;"]
+    # No `zone`: with one worker the balancer's state (round-robin position, connection
+    # counts) is local anyway, so exact splits can be taught without shared memory.
+    lines = ["# Rendered by stack.render.nginx: edits are overwritten.", "upstream app {"]
     directive = STRATEGY_DIRECTIVES[balancer.strategy]
     if directive:
         lines.append(f"    {directive}")

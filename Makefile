@@ -1,0 +1,34 @@
+# Two commands do all the set-up:  `make lab` opens the course, `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+JUPYTER_FLAGS := --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: lab test bench system-deps down clean
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed-*; touch $@
+
+system-deps:
+	@bash stack/scripts/system-deps.sh
+
+lab: $(STAMP) system-deps        ## open the course; the first lesson cell starts the stack
+	$(VENV)/bin/jupyter lab $(JUPYTER_FLAGS) --ServerApp.root_dir=$(CURDIR)
+
+test: $(STAMP)                   ## every test: unit, live stack, notebooks
+	SCALELAB_WITH_WRK=1 bash stack/scripts/system-deps.sh
+	$(VENV)/bin/pytest
+
+bench: $(STAMP)                  ## performance figures (not part of `make test`)
+	SCALELAB_WITH_WRK=1 bash stack/scripts/system-deps.sh
+	$(PY) tests/bench/bench_stack.py
+
+down:                            ## stop the stack the course started
+	$(PY) -m stack down
+
+clean: down
+	rm -rf $(VENV)

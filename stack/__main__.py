@@ -1,0 +1,89 @@
+"""python -m stack up | down | status | scale N | set FIELD=VALUE ... | logs SERVICE | load ..."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import get_stack
+from .errors import StackError
+from .topology import Topology
+
+
+def _parse_value(text: str):
+    """CLI values as JSON where they parse (numbers, true, [1,2]), else as strings."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _print_status(status: dict) -> None:
+    print(f"backend {status['backend']}   state {status['state_dir']}   entry point {status['url']}")
+    for service, info in sorted(status["services"].items()):
+        print(f"  {service:18} {info['state']:8} {info['address'] or '':22} pid {info['pid'] or '-'}")
+    if not status["services"]:
+        print("  (nothing has run yet: python -m stack up)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack", description="The ScaleLab live stack.")
+    parser.add_argument("--state-dir", help="state directory (default: $SCALELAB_STATE or a per-user temp dir)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack (or re-attach and make it match)")
+    up.add_argument("--base-port", type=int, help="first port of the block the stack uses (default 18080)")
+    up.add_argument("--replicas", type=int, help="number of app replicas")
+    down = sub.add_parser("down", help="stop every service")
+    down.add_argument("--purge", action="store_true", help="also delete data, logs and secrets")
+    status = sub.add_parser("status", help="every service's state, address and pid")
+    status.add_argument("--json", action="store_true")
+    scale = sub.add_parser("scale", help="change the number of app replicas")
+    scale.add_argument("replicas", type=int)
+    setter = sub.add_parser("set", help="change topology fields, e.g. set strategy=round_robin cache.ttl_s=30")
+    setter.add_argument("changes", nargs="+", metavar="FIELD=VALUE")
+    logs = sub.add_parser("logs", help="the last lines of one service's log")
+    logs.add_argument("service")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    try:
+        from .load.cli import register as register_load
+        register_load(sub)
+    except ImportError:
+        pass
+    args = parser.parse_args(argv)
+    stack = get_stack(args.state_dir)
+    say = lambda message: print(message, flush=True)  # noqa: E731
+    try:
+        if args.command == "up":
+            topology = stack.applied() or Topology()
+            changes = {k: v for k, v in (("base_port", args.base_port), ("replicas", args.replicas)) if v is not None}
+            done = stack.up(topology.with_changes(**changes), progress=say)
+            print("already up to date" if not done else "", end="")
+            _print_status(stack.status())
+        elif args.command == "down":
+            done = stack.down(purge=args.purge, progress=say)
+            print("nothing was running" if not done else "stopped")
+        elif args.command == "status":
+            result = stack.status()
+            print(json.dumps(result, indent=2)) if args.json else _print_status(result)
+        elif args.command == "scale":
+            stack.apply(progress=say, replicas=args.replicas)
+        elif args.command == "set":
+            changes = {}
+            for item in args.changes:
+                if "=" not in item:
+                    parser.error(f"{item!r} is not FIELD=VALUE")
+                key, value = item.split("=", 1)
+                changes[key] = _parse_value(value)
+            stack.apply(progress=say, **changes)
+        elif args.command == "logs":
+            print(stack.logs(args.service, args.lines))
+        else:
+            return args.handler(args)
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Latency histograms: HdrHistogram at microsecond resolution, mergeable.
+
+Values are recorded in microseconds with 3 significant digits (0.1 % error)
+from 1 us up to `highest_us`; anything above is recorded as `highest_us` and
+counted in `clamped`, never dropped. Percentiles come from HdrHistogram.
+"""
+from __future__ import annotations
+
+from hdrh.histogram import HdrHistogram
+
+DEFAULT_HIGHEST_US = 3_600_000_000   # one hour: no realistic request goes past it
+SIGNIFICANT_DIGITS = 3
+SUMMARY_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+
+
+class LatencyHistogram:
+    __slots__ = ("hdr", "highest_us", "clamped", "_sum_us", "_sum_exact")
+
+    def __init__(self, highest_us: int = DEFAULT_HIGHEST_US):
+        self.highest_us = int(highest_us)
+        self.hdr = HdrHistogram(1, self.highest_us, SIGNIFICANT_DIGITS)
+        self.clamped = 0
+        self._sum_us = 0          # exact mean without HdrHistogram's slow get_mean_value
+        self._sum_exact = True
+
+    def record_s(self, seconds: float) -> None:
+        self.record_us(int(seconds * 1_000_000))
+
+    def record_us(self, us: int) -> None:
+        if us < 0:
+            us = 0                # clock granularity: a request cannot take negative time
+        elif us > self.highest_us:
+            us = self.highest_us
+            self.clamped += 1
+        self.hdr.record_value(us)
+        self._sum_us += us
+
+    @property
+    def count(self) -> int:
+        return self.hdr.get_total_count()
+
+    def merge(self, other: "LatencyHistogram") -> "LatencyHistogram":
+        """Add `other`'s values into this one (in place) and return self."""
+        if other.count:
+            self.hdr.add(other.hdr)
+        self.clamped += other.clamped
+        self._sum_us += other._sum_us
+        self._sum_exact = self._sum_exact and other._sum_exact
+        return self
+
+    __iadd__ = merge
+
+    @classmethod
+    def merged(cls, histograms) -> "LatencyHistogram":
+        total = cls()
+        for h in histograms:
+            total.merge(h)
+        return total
+
+    def percentiles_ms(self, percentiles=SUMMARY_PERCENTILES) -> dict[float, float | None]:
+        """{percentile: milliseconds}; None for every percentile when nothing was recorded."""
+        if not self.count:
+            return {p: None for p in percentiles}
+        values = self.hdr.get_percentile_to_value_dict(list(percentiles))
+        return {p: values[p] / 1000 for p in percentiles}
+
+    def percentile_ms(self, percentile: float) -> float | None:
+        return self.percentiles_ms((percentile,))[percentile]
+
+    def mean_ms(self) -> float | None:
+        if not self.count:
+            return None
+        if self._sum_exact:
+            return self._sum_us / self.count / 1000
+        return self.hdr.get_mean_value() / 1000
+
+    def max_ms(self) -> float | None:
+        return self.hdr.get_max_value() / 1000 if self.count else None
+
+    def min_ms(self) -> float | None:
+        return self.hdr.get_min_value() / 1000 if self.count else None
+
+    def summary(self) -> dict:
+        """count, min, mean, p50 .. p99.9, max in milliseconds (JSON-able)."""
+        out = {"count": self.count, "min_ms": self.min_ms(), "mean_ms": self.mean_ms()}
+        for p, v in self.percentiles_ms().items():
+            out[f"p{p:g}_ms".replace(".", "_")] = v
+        out["max_ms"] = self.max_ms()
+        if self.clamped:
+            out["clamped"] = self.clamped
+        return out
+
+    def encode(self) -> str:
+        """HdrHistogram's compressed base64 form: decode() it elsewhere and merge."""
+        return self.hdr.encode().decode("ascii")
+
+    @classmethod
+    def decode(cls, encoded: str) -> "LatencyHistogram":
+        hdr = HdrHistogram.decode(encoded)
+        h = cls(hdr.highest_trackable_value)
+        h.hdr = hdr
+        h._sum_exact = False      # the encoding keeps counts, not the exact sum
+        return h
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return f"LatencyHistogram(count={s['count']}, p50_ms={s['p50_ms']}, p99_ms={s['p99_ms']})"

@@ -1,0 +1,93 @@
+"""Shared helpers for tests that talk to a real stack."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from stack.local.backend import LocalStack
+from stack.topology import Topology
+
+
+def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
+    """One HTTP request on a fresh connection: (status, headers, parsed JSON body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=payload, headers={"Content-Type": "application/json"} if payload else {})
+        resp = conn.getresponse()
+        data = resp.read()
+        is_json = resp.getheader("content-type", "").startswith("application/json")
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(data) if is_json else data
+    finally:
+        conn.close()
+
+
+class Trickle:
+    """Light, steady background traffic; remembers every outcome so none can be lost silently."""
+
+    def __init__(self, port: int, threads: int = 2, path: str = "/users/{i}"):
+        self.port, self.path = port, path
+        self.outcomes: Counter = Counter()
+        self.replicas: Counter = Counter()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(threads)]
+
+    def _run(self, n: int) -> None:
+        i = n
+        while not self._stop.is_set():
+            i += 7
+            try:
+                status, headers, _ = request(self.port, "GET", self.path.format(i=1 + i % 10_000))
+                self.outcomes[status] += 1
+                self.replicas[headers.get("x-replica")] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure is counted, by type
+                self.outcomes[type(exc).__name__] += 1
+            time.sleep(0.002)
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    @property
+    def failures(self) -> dict:
+        return {k: v for k, v in self.outcomes.items() if k != 200}
+
+
+@contextmanager
+def running_stack(state_dir, base_port: int, **changes):
+    stack = LocalStack(state_dir)
+    stack.up(Topology(base_port=base_port).with_changes(**changes))
+    try:
+        yield stack
+    finally:
+        stack.down()
+
+
+def reachable_tmp_dir(prefix: str) -> Path:
+    """A temp dir the stack's service user can enter (pytest's own tmp dirs are 0700, root-only)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir()))
+    os.chmod(path, 0o711)
+    return path
+
+
+@pytest.fixture(scope="module")
+def state_dir():
+    path = reachable_tmp_dir("scalelab-test-")
+    yield path / "state"
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,268 @@
+"""The live stack against real PostgreSQL, nginx, PgBouncer and Valkey processes.
+
+One stack is brought up for the module (base port 20000) and changed step by
+step; the last test takes it down and checks nothing is left behind.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import psutil
+import psycopg
+import pytest
+
+from conftest import Trickle, request
+from stack.errors import BinaryNotFoundError, PortInUseError, TopologyError
+from stack.local import pgbouncer, postgres
+from stack.local import redis as redis_service
+from stack.local.backend import LocalStack
+from stack.ports import Ports
+from stack.topology import Topology
+
+BASE = 20000
+PORTS = Ports(BASE)
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def stack(state_dir):
+    s = LocalStack(state_dir)
+    s.up(Topology(base_port=BASE))
+    yield s
+    s.down()
+
+
+def pids(stack) -> dict:
+    return {name: info["pid"] for name, info in stack.status()["services"].items()}
+
+
+def replica_name_of_user(stack, user_id: int) -> str:
+    ctx = stack.context()
+    with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as conn:
+        return conn.execute("SELECT name FROM users WHERE id = %s", (user_id,)).fetchone()[0]
+
+
+def test_up_brings_every_service_to_healthy(stack):
+    services = stack.status()["services"]
+    expected = {"nginx", "redis", "pgbouncer", "postgres-primary", "postgres-replica",
+                "app-1", "app-2", "app-3", "app-4"}
+    assert set(services) == expected
+    assert all(info["state"] == "running" for info in services.values()), services
+    assert request(PORTS.nginx, "GET", "/nginx-health")[0] == 200
+    assert redis_service.client(stack.context()).ping()
+    status, headers, body = request(PORTS.nginx, "GET", "/users/42")
+    assert status == 200 and body["email"] == "user42@example.com"
+    assert {"cache", "db", "app"} <= {part.split(";")[0].strip() for part in headers["server-timing"].split(",")}
+
+
+def test_requests_through_nginx_reach_every_replica(stack):
+    seen = Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(40))
+    assert set(seen) == {"app-1", "app-2", "app-3", "app-4"}, seen
+
+
+def test_bad_requests_get_clear_4xx(stack):
+    status, _, body = request(PORTS.nginx, "GET", "/users/abc")
+    assert status == 400 and "integer" in body["error"] and "'abc'" in body["error"]
+    status, _, body = request(PORTS.nginx, "POST", "/users", {"name": "only a name"})
+    assert status == 400 and body["error"] == "missing field 'email'"
+    status, _, body = request(PORTS.nginx, "GET", "/users/999999")
+    assert status == 404
+    status, _, body = request(PORTS.nginx, "GET", "/work?ms=-1")
+    assert status == 400 and "ms must be from 0" in body["error"]
+
+
+def test_row_written_on_primary_appears_on_replica(stack):
+    status, _, user = request(PORTS.nginx, "POST", "/users", {"name": "Ada", "email": f"ada{time.time()}@x.io"})
+    assert status == 201
+    ctx = stack.context()
+    deadline = time.monotonic() + 2
+    with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM users WHERE id = %s", (user["id"],)).fetchone():
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("row never reached the replica")
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+
+
+def test_replica_delay_breaks_read_your_writes_and_reset_restores_it(stack):
+    stack.apply(replica_delay_ms=1500)
+    status, _, _ = request(PORTS.nginx, "PUT", "/users/7", {"name": "delayed"})
+    assert status == 200
+    time.sleep(0.3)
+    # The write was acknowledged; a read through the app (replica) still sees the old row.
+    assert request(PORTS.nginx, "GET", "/users/7")[2]["name"] != "delayed"
+    assert replica_name_of_user(stack, 7) != "delayed"
+    stack.apply(replica_delay_ms=0)
+    request(PORTS.nginx, "PUT", "/users/7", {"name": "prompt"})
+    time.sleep(0.2)
+    assert replica_name_of_user(stack, 7) == "prompt"
+
+
+def test_remote_apply_gives_read_your_writes_immediately(stack):
+    stack.apply(synchronous_commit="remote_apply")
+    try:
+        ctx = stack.context()
+        with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as replica:
+            for i in range(20):
+                name = f"sync-{i}"
+                assert request(PORTS.nginx, "PUT", "/users/8", {"name": name})[0] == 200
+                assert replica.execute("SELECT name FROM users WHERE id = 8").fetchone()[0] == name
+        assert postgres.replication_status(ctx)["sync_state"] == "sync"
+    finally:
+        stack.apply(synchronous_commit="on")
+
+
+def test_pgbouncer_is_in_the_write_path(stack):
+    def app_pool():
+        rows = [r for r in pgbouncer.admin(stack.context(), "SHOW POOLS") if r["database"] == "scalelab"]
+        return rows[0] if rows else None
+
+    def app_stats():
+        return next(r for r in pgbouncer.admin(stack.context(), "SHOW STATS") if r["database"] == "scalelab")
+
+    before = app_stats()["total_xact_count"]
+    for i in range(5):
+        assert request(PORTS.nginx, "PUT", f"/users/{100 + i}", {"name": f"pooled-{i}"})[0] == 200
+    assert app_stats()["total_xact_count"] >= before + 5
+    pool = app_pool()
+    assert pool["user"] == "app" and pool["pool_mode"] == "transaction"
+
+
+def test_ttl_change_is_applied_to_every_replica(stack):
+    cache = redis_service.client(stack.context())
+    before = pids(stack)
+    done = stack.apply(ttl_s=2)
+    assert done == ["pushed app config (ttl, pools, concurrency, read target) to running replicas"]
+    assert pids(stack) == before     # config only: no process restarted
+    for _ in range(8):               # every replica caches with the new TTL
+        cache.delete("user:300")
+        assert request(PORTS.nginx, "GET", "/users/300")[0] == 200
+        assert 0 < cache.ttl("user:300") <= 2
+    stack.apply(ttl_s=300)
+    cache.delete("user:301")
+    request(PORTS.nginx, "GET", "/users/301")
+    assert cache.ttl("user:301") > 250
+
+
+def test_cache_invalidation_on_write(stack):
+    request(PORTS.nginx, "GET", "/users/400")
+    cache = redis_service.client(stack.context())
+    assert cache.exists("user:400")
+    request(PORTS.nginx, "PUT", "/users/400", {"name": "fresh"})
+    assert not cache.exists("user:400")
+
+
+def test_up_twice_changes_nothing(stack):
+    before = pids(stack)
+    assert stack.up() == []
+    assert stack.up(stack.applied()) == []
+    assert pids(stack) == before
+
+
+def test_second_process_attaches(stack):
+    out = subprocess.run([sys.executable, "-m", "stack", "--state-dir", str(stack.state.path), "status", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    status = json.loads(out)
+    assert {name: info["pid"] for name, info in status["services"].items()} == pids(stack)
+    assert status["url"] == f"http://127.0.0.1:{BASE}"
+    assert status["services"]["nginx"]["address"] == f"127.0.0.1:{BASE}"
+
+
+def test_scaling_and_strategy_changes_under_load_lose_no_request(stack):
+    with Trickle(PORTS.nginx) as load:
+        stack.apply(replicas=2)
+        time.sleep(0.3)
+        stack.apply(replicas=6)
+        time.sleep(0.3)
+        stack.apply(strategy="round_robin")
+        time.sleep(0.3)
+        stack.apply(weights=(1, 1, 1, 1, 1, 5))
+        time.sleep(0.3)
+        stack.apply(strategy="least_conn", weights=None, replicas=4)
+        time.sleep(0.3)
+    assert sum(load.outcomes.values()) > 100
+    assert load.failures == {}, load.outcomes
+    assert {"app-5", "app-6"} <= set(load.replicas)    # the added replicas served traffic
+    assert sorted(s for s in pids(stack) if s.startswith("app-")) == ["app-1", "app-2", "app-3", "app-4"]
+
+
+def test_weights_shape_the_split(stack):
+    stack.apply(strategy="round_robin", weights=(1, 1, 1, 5))
+    try:
+        seen = Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(80))
+        assert seen["app-4"] == 50 and seen["app-1"] == 10, seen
+    finally:
+        stack.apply(strategy="least_conn", weights=None)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"replicas": 0}, "app.replicas"), ({"replicas": -1}, "app.replicas"), ({"replicas": 100}, "app.replicas"),
+    ({"strategy": "foo"}, "balancer.strategy"), ({"weights": (1, 0, 1, 1)}, "balancer.weights[1]")])
+def test_bad_input_is_refused_and_the_stack_is_unchanged(stack, changes, field):
+    before, topology = pids(stack), stack.applied()
+    with pytest.raises(TopologyError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        stack.apply(**changes)
+    assert pids(stack) == before and stack.applied() == topology
+
+
+def test_port_in_use_is_refused_and_the_stack_is_unchanged(stack):
+    before, topology = pids(stack), stack.applied()
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as servers do: TIME_WAIT is no obstacle
+    blocker.bind(("127.0.0.1", PORTS.app(5)))
+    blocker.listen()
+    try:
+        with pytest.raises(PortInUseError, match=f"port {PORTS.app(5)} \\(app-5\\).*base_port"):
+            stack.apply(replicas=5)
+    finally:
+        blocker.close()
+    assert pids(stack) == before and stack.applied() == topology
+
+
+def test_missing_binary_is_refused_and_the_stack_is_unchanged(stack, tmp_path):
+    before, topology = pids(stack), stack.applied()
+    elsewhere = LocalStack(stack.state.path, binaries="system", search_path=str(tmp_path))
+    with pytest.raises(BinaryNotFoundError, match="Install it: "):
+        elsewhere.apply(replicas=5)
+    assert pids(stack) == before and stack.applied() == topology
+
+
+def test_every_listening_socket_is_on_loopback(stack):
+    ours = set()
+    for pid in pids(stack).values():
+        proc = psutil.Process(pid)
+        ours |= {pid} | {child.pid for child in proc.children(recursive=True)}
+    listening = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert len(listening) >= 9
+    assert {c.laddr.ip for c in listening} == {"127.0.0.1"}, listening
+
+
+def test_down_leaves_no_process_and_no_bound_port(stack):
+    topology = stack.applied()
+    before = pids(stack)
+    stack.down()
+    for name, pid in before.items():
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
+    for name, port in Ports(BASE).all_for(topology).items():
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port))
+        finally:
+            probe.close()
+    assert stack.down() == []   # a second down finds nothing to stop
+
+
+def test_warm_up_keeps_the_data(stack):
+    """After down, up reuses the data directories: the writes made earlier are still there."""
+    stack.up()
+    try:
+        assert request(PORTS.nginx, "GET", "/users/400")[2]["name"] == "fresh"
+    finally:
+        stack.down()
