@@ -252,8 +252,12 @@ def test_down_leaves_no_process_and_no_bound_port(stack):
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, name
     for name, port in Ports(BASE).all_for(topology).items():
         probe = socket.socket()
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # a listener could bind: nothing holds it
         try:
             probe.bind(("127.0.0.1", port))
+        except OSError:
+            holders = [c for c in psutil.net_connections(kind="inet") if c.laddr and c.laddr.port == port]
+            pytest.fail(f"{name} port {port} still bound: {holders}")
         finally:
             probe.close()
     assert stack.down() == []   # a second down finds nothing to stop

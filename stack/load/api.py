@@ -1,0 +1,56 @@
+"""The three ways to run a load: live (start_load), awaited (run_load_async), blocking (run_load)."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+from .result import LoadResult
+from .runner import LoadRun, OnInterval
+from .spec import LoadSpec
+
+
+def _spec(spec: LoadSpec | None, fields: dict) -> LoadSpec:
+    if spec is None:
+        return LoadSpec(**fields)
+    if not isinstance(spec, LoadSpec):
+        raise TypeError(f"spec must be a LoadSpec, got {type(spec).__name__}")
+    return spec.with_changes(**fields) if fields else spec
+
+
+def start_load(spec: LoadSpec | None = None, on_interval: OnInterval | None = None, **fields) -> LoadRun:
+    """Start a run on the running loop and return it at once.
+
+    `async for snapshot in run` yields an IntervalSnapshot per interval while it
+    runs; `await run` gives the LoadResult. `on_interval(snapshot)` is called too
+    (it may be a coroutine function). Fields may be given instead of a spec:
+    start_load(url=..., mode="open", rate=200).
+    """
+    return LoadRun(_spec(spec, fields), on_interval).start()
+
+
+async def run_load_async(spec: LoadSpec | None = None, on_interval: OnInterval | None = None,
+                         **fields) -> LoadResult:
+    """Run to the end in the current loop (e.g. `await run_load_async(spec)` in Jupyter)."""
+    return await LoadRun(_spec(spec, fields), on_interval).result()
+
+
+def run_load(spec: LoadSpec | None = None, on_interval: OnInterval | None = None, **fields) -> LoadResult:
+    """Run to the end and return the result, blocking.
+
+    Uses a fresh default asyncio loop (never uvloop: it busy-waits on the open
+    loop's sub-millisecond sleeps). If a loop is already running in this thread
+    (a Jupyter cell), the run goes to a helper thread with its own loop and
+    `on_interval` is called from that thread; prefer `await run_load_async(...)` there.
+    """
+    spec = _spec(spec, fields)
+
+    def run() -> LoadResult:
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            return runner.run(run_load_async(spec, on_interval))
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stack-load") as pool:
+        return pool.submit(run).result()

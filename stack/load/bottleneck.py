@@ -1,0 +1,59 @@
+"""Did the generator keep up? Plain-English warnings for a finished run.
+
+A load test is only as good as its generator: if it fell behind its schedule
+or ran out of CPU, the numbers describe the generator, not the server.
+"""
+from __future__ import annotations
+
+from .result import LoadResult
+from .spec import LoadSpec
+
+RATE_SHORTFALL = 0.9        # achieved below 90 % of offered counts as "well below"
+
+
+def judge(spec: LoadSpec, result: LoadResult, stopped: bool = False, loop=None) -> tuple[bool, list[str]]:
+    """(generator_bottleneck, warnings) for `result`."""
+    bottleneck, warnings = False, []
+
+    if result.cpu >= spec.cpu_limit:
+        bottleneck = True
+        warnings.append(
+            f"The generator used {result.cpu:.0%} of a CPU core (limit {spec.cpu_limit:.0%}): "
+            "it may be what limits these numbers, not the server. Lower the rate or connections, "
+            "or run the generator where it has a core to itself.")
+
+    if spec.mode == "open" and not stopped:
+        lag = result.send_lag.percentile_ms(99.0) if result.send_lag else None
+        if lag is not None and lag > spec.max_send_lag_ms:
+            bottleneck = True
+            warnings.append(
+                f"The generator could not keep its schedule: p99 send lag was {lag:.1f} ms "
+                f"(limit {spec.max_send_lag_ms:g} ms). Latencies still count from the intended send "
+                "times, but the server saw a burstier load than offered.")
+        if result.send_rps < RATE_SHORTFALL * spec.rate:
+            bottleneck = True
+            warnings.append(
+                f"The generator sent only {result.send_rps:.0f} req/s of the {spec.rate:g} req/s offered.")
+        elif result.throughput_rps < RATE_SHORTFALL * spec.rate:
+            warnings.append(
+                f"The server answered only {result.throughput_rps:.0f} req/s of the {spec.rate:g} req/s "
+                "offered: it is saturated or failing, and requests queue (their wait is in the latency).")
+        if result.pool_waits:
+            share = result.pool_waits / max(result.sent, 1)
+            warnings.append(
+                f"{result.pool_waits} requests ({share:.1%}) found all {result.connections} connections "
+                "busy and waited for one; the wait is in their latency, but the server saw at most "
+                f"{result.connections} requests at once. Raise `connections` to offer more concurrency.")
+        if loop is not None and type(loop).__module__.startswith("uvloop"):
+            warnings.append("This ran on uvloop, which busy-waits on sub-millisecond sleeps: "
+                            "the generator's CPU figure is inflated. Use the default asyncio loop.")
+
+    if result.error_count:
+        parts = ", ".join(f"{n} {kind}" for kind, n in result.errors.items() if n)
+        warnings.append(f"{result.error_count} of {result.sent} requests failed ({parts}).")
+        if result.errors.get("timeout") or result.errors.get("connect"):
+            warnings.append("Timeouts and connect errors got no response, so they are not in the "
+                            f"latency percentiles (a timeout took at least {spec.timeout_s:g} s).")
+    if stopped:
+        warnings.append("The run was stopped early; rates are over the time it actually ran.")
+    return bottleneck, warnings
