@@ -21,7 +21,7 @@ from .. import binaries as binaries_mod
 from ..errors import PortInUseError, StackError
 from ..ports import HOST, Ports
 from ..topology import Topology
-from . import app, nginx, pgbouncer, postgres, redis
+from . import app, cpu_quota, nginx, pgbouncer, postgres, redis
 from .context import Context
 from .proc import ProcessRecord, port_is_free, stop
 from .state import StateDir
@@ -118,6 +118,8 @@ class LocalStack:
                                  f"{old.base_port}: run down() first, then up() on the new port")
             bins = self._binaries()
             self._check_ports(new, records)
+            if new.app.cpu_quota is not None:
+                cpu_quota.support().require()
             ctx = Context(self.state, bins, new, self.state.secrets())
             done: list[str] = []
             ran_before = set(records)
@@ -175,6 +177,8 @@ class LocalStack:
 
         def start_app(service: str, index: int):
             records[service] = app.start(ctx, index)
+            if new.app.cpu_quota is not None:
+                cpu_quota.set_quota(_quota_group(new, service), records[service].pid, new.app.cpu_quota)
             app.wait_ready(ctx, index, records[service])
             note(f"started {service}")
 
@@ -199,6 +203,12 @@ class LocalStack:
                     app.push_config(ctx, index)
             note("pushed app config (ttl, pools, concurrency, read target) to running replicas")
 
+        if old is not None and old.app.cpu_quota != new.app.cpu_quota:
+            for service in wanted_apps:
+                if service not in new_apps:
+                    cpu_quota.set_quota(_quota_group(new, service), records[service].pid, new.app.cpu_quota)
+            note(f"set each replica's CPU quota to {new.app.cpu_quota or 'unlimited'}")
+
         # 3. The balancer, then replicas that left it.
         removed = sorted(s for s in records if s.startswith("app-") and s not in wanted_apps)
         upstream_changed = old is None or old.balancer != new.balancer or old.app.replicas != new.app.replicas
@@ -206,7 +216,8 @@ class LocalStack:
             nginx.reload(ctx, records["nginx"], drain_timeout=10 if removed else None)
             note(f"reloaded nginx: {new.balancer.strategy} over {new.app.replicas} replicas")
         for service in removed:
-            app.stop_replica(records.pop(service))
+            _stop_service(service, records.pop(service))
+            cpu_quota.remove(_quota_group(new, service))
             note(f"stopped {service}")
         if not new.pgbouncer.enabled and "pgbouncer" in records:
             stop(records.pop("pgbouncer"))
@@ -255,11 +266,19 @@ class LocalStack:
                     records.pop(service)
                     done.append(f"stopped {service}")
                     say(f"stopped {service}")
+            if saved.get("topology"):
+                topology = Topology.from_dict(saved["topology"])
+                for service in apps:
+                    cpu_quota.remove(_quota_group(topology, service))
             self.state.save({**saved, "services": {}})
         if purge:
             shutil.rmtree(self.state.path, ignore_errors=True)
             done.append(f"deleted {self.state.path}")
         return done
+
+
+def _quota_group(topology: Topology, service: str) -> str:
+    return f"{topology.base_port}-{service}"
 
 
 def _stop_service(service: str, record: ProcessRecord) -> None:
