@@ -41,9 +41,10 @@ def test_quota_limits_a_cpu_bound_replica(state_dir):
         lifted = cpu_work_rate(int(port))
     finally:
         stack.down()
-    # 10 ms of CPU per request: about 100/s unlimited, about 25/s at a quarter of a core.
-    assert limited < 0.45 * free, (free, limited)
-    assert lifted > 0.7 * free, (free, lifted)
+    # 10 ms of CPU per request: at most 25/s on a quarter of a core, whatever else the
+    # machine does (other load only lowers the rates), and about 100/s without a quota.
+    assert limited <= 0.25 * 100 * 1.25, (free, limited)
+    assert free > 2 * limited and lifted > 2 * limited, (free, limited, lifted)
 
 
 def test_unsupported_quota_says_what_to_do_instead():

