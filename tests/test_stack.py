@@ -234,6 +234,28 @@ def test_missing_binary_is_refused_and_the_stack_is_unchanged(stack, tmp_path):
     assert pids(stack) == before and stack.applied() == topology
 
 
+def cli(stack, *args):
+    return subprocess.run([sys.executable, "-m", "stack", "--state-dir", str(stack.state.path), *args],
+                          capture_output=True, text=True)
+
+
+def test_cli_scale_set_logs_and_errors(stack):
+    assert cli(stack, "scale", "3").returncode == 0
+    assert stack.applied().app.replicas == 3 and "app-4" not in pids(stack)
+    done = cli(stack, "set", "strategy=round_robin", "cache.ttl_s=60")
+    assert done.returncode == 0, done.stderr
+    assert (stack.applied().balancer.strategy, stack.applied().cache.ttl_s) == ("round_robin", 60)
+    bad = cli(stack, "set", "strategy=foo")
+    assert bad.returncode == 2
+    assert "balancer.strategy='foo' is not allowed: one of 'round_robin'" in bad.stderr
+    assert stack.applied().balancer.strategy == "round_robin"
+    missing = cli(stack, "logs", "nope")
+    assert missing.returncode == 2 and "known services are" in missing.stderr and "nginx" in missing.stderr
+    assert cli(stack, "logs", "postgres-primary").returncode == 0
+    assert cli(stack, "set", "strategy=least_conn", "cache.ttl_s=300", "replicas=4").returncode == 0
+    assert stack.applied() == Topology(base_port=BASE)
+
+
 def test_every_listening_socket_is_on_loopback(stack):
     ours = set()
     for pid in pids(stack).values():
@@ -270,3 +292,19 @@ def test_warm_up_keeps_the_data(stack):
         assert request(PORTS.nginx, "GET", "/users/400")[2]["name"] == "fresh"
     finally:
         stack.down()
+
+
+def test_exhausted_pool_answers_503_naming_the_pool(state_dir):
+    """Two read connections, six slow queries at once: four wait 0.2 s for a connection, then 503."""
+    from concurrent.futures import ThreadPoolExecutor
+    stack = LocalStack(state_dir)
+    stack.up(Topology(base_port=BASE).with_changes(replicas=1, read_pool=2, pool_timeout_s=0.2))
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: request(PORTS.nginx, "GET", "/work?kind=db&ms=600"), range(6)))
+    finally:
+        stack.down()
+    statuses = Counter(status for status, _, _ in answers)
+    assert statuses == {200: 2, 503: 4}, statuses
+    errors = {body["error"] for status, _, body in answers if status == 503}
+    assert errors == {"read pool exhausted: all 2 connections busy for 0.2 s"}

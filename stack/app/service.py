@@ -32,6 +32,7 @@ from .metrics import Metrics
 USER_COLUMNS = "id, name, email, region, updated_at"
 WRITABLE_FIELDS = {"name": str, "email": str, "region": str}
 MAX_WORK_MS = 10_000
+WORK_KINDS = ("io", "cpu", "db")
 
 
 class HTTPProblem(Exception):
@@ -285,14 +286,15 @@ async def update_user(request, replica, layers):
 
 @endpoint("work")
 async def work(request, replica, layers):
-    """Simulated work with an explicit cost: `ms` of I/O wait (kind=io) or CPU (kind=cpu).
+    """Simulated work with an explicit cost: `ms` of I/O wait (kind=io), of CPU (kind=cpu),
+    or of a query holding a read-pool connection (kind=db).
 
     At most `concurrency` requests work at once per replica; the rest queue,
     and the queue time shows in Server-Timing as `queue`.
     """
     kind = request.query_params.get("kind", "io")
-    if kind not in ("io", "cpu"):
-        raise HTTPProblem(400, f"kind must be 'io' or 'cpu', got {kind!r}")
+    if kind not in WORK_KINDS:
+        raise HTTPProblem(400, f"kind must be one of {', '.join(map(repr, WORK_KINDS))}, got {kind!r}")
     raw = request.query_params.get("ms", "20")
     try:
         ms = float(raw)
@@ -305,9 +307,15 @@ async def work(request, replica, layers):
         layers.seconds["queue"] += time.perf_counter() - queued
         if kind == "io":
             await asyncio.sleep(ms / 1000)
+        elif kind == "db":
+            # A slow query: the wait happens in PostgreSQL and holds a pooled connection meanwhile.
+            async with replica.connection("read", layers) as conn:
+                await conn.execute("SELECT pg_sleep(%s)", (ms / 1000,))
         else:
-            deadline = time.perf_counter() + ms / 1000
-            while time.perf_counter() < deadline:   # burns CPU and blocks this replica: that is the model
+            # Burn `ms` of CPU time (not wall time: under a CPU quota the wall time stretches).
+            # It blocks this replica's event loop: that is the CPU-bound model.
+            deadline = time.thread_time() + ms / 1000
+            while time.thread_time() < deadline:
                 pass
     return 200, {"kind": kind, "ms": ms, "replica": replica.name}
 
