@@ -37,8 +37,8 @@ def up(topology: Topology | None = None, progress=print, **changes):
     """Start the stack (or change it to `topology`); keyword changes apply on top."""
     stack = get_stack()
     if changes:
-        topology = (topology or stack.applied() or Topology()).with_changes(**changes)
-    return stack.up(topology, progress=progress)
+        topology = (topology or stack.applied() or Topology.from_env()).with_changes(**changes)
+    return stack.up(topology or stack.applied() or Topology.from_env(), progress=progress)
 
 
 def apply(progress=None, **changes):

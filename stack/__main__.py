@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda message: print(message, flush=True)  # noqa: E731
     try:
         if args.command == "up":
-            topology = stack.applied() or Topology()
+            topology = stack.applied() or Topology.from_env()
             changes = {k: v for k, v in (("base_port", args.base_port), ("replicas", args.replicas)) if v is not None}
             done = stack.up(topology.with_changes(**changes), progress=say)
             print("already up to date" if not done else "", end="")

@@ -168,6 +168,17 @@ class Topology:
         self.cache.validate()
         _int_in("base_port", self.base_port, 1024, 65535 - 64)
 
+    @classmethod
+    def from_env(cls) -> "Topology":
+        """The defaults, on the port block named by $SCALELAB_BASE_PORT if set (tests use their own)."""
+        raw = os.environ.get("SCALELAB_BASE_PORT")
+        if raw is None:
+            return cls()
+        try:
+            return cls(base_port=int(raw))
+        except ValueError:
+            raise TopologyError("SCALELAB_BASE_PORT", raw, "an integer port, e.g. 18080") from None
+
     # -- changing one thing -------------------------------------------------
     def with_changes(self, **changes) -> "Topology":
         """A copy with some fields changed, by leaf name or dotted name.

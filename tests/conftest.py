@@ -18,6 +18,26 @@ from stack.local.backend import LocalStack
 from stack.topology import Topology
 
 
+NOTEBOOK_BASE_PORT = 24000
+
+
+def pytest_configure(config):
+    """Notebooks (nbval, nbclient) start the stack with the defaults: point them at a
+    state dir and port block of the test session's own, so a learner's stack is untouched."""
+    root = reachable_tmp_dir("scalelab-notebooks-")
+    os.environ["SCALELAB_STATE"] = str(root / "state")
+    os.environ["SCALELAB_BASE_PORT"] = str(NOTEBOOK_BASE_PORT)
+    os.environ["SCALELAB_PROGRESS"] = str(root / "progress.json")
+    config._scalelab_notebook_root = root
+
+
+def pytest_unconfigure(config):
+    root = getattr(config, "_scalelab_notebook_root", None)
+    if root is not None:
+        LocalStack(root / "state").down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
     """One HTTP request on a fresh connection: (status, headers, parsed JSON body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)

@@ -82,7 +82,7 @@ class LocalStack:
 
     def context(self, topology: Topology | None = None) -> Context:
         """A Context for talking to the running stack (clients, DSNs); needs no lock."""
-        topology = topology or self.applied() or Topology()
+        topology = topology or self.applied() or Topology.from_env()
         return Context(self.state, self._binaries(), topology, self.state.secrets())
 
     def _binaries(self) -> binaries_mod.Binaries:
@@ -94,7 +94,7 @@ class LocalStack:
     # -- changing it ---------------------------------------------------------------
     def apply(self, progress: Progress | None = None, **changes) -> list[str]:
         """Change some fields of the running topology (see Topology.with_changes)."""
-        current = self.applied() or Topology()
+        current = self.applied() or Topology.from_env()
         return self.up(current.with_changes(**changes), progress=progress)
 
     def up(self, topology: Topology | None = None, progress: Progress | None = None) -> list[str]:
@@ -110,7 +110,7 @@ class LocalStack:
         with self.state.locked():
             saved = self.state.load()
             old = Topology.from_dict(saved["topology"]) if saved.get("topology") else None
-            new = topology or old or Topology()
+            new = topology or old or Topology.from_env()
             records = self._records(saved)
             # Everything that can refuse runs before the first change.
             if records and old and old.base_port != new.base_port:
