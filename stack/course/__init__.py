@@ -1,0 +1,1 @@
+"""Helpers lessons call: experiments on the live stack and the plots that show them."""

@@ -1,0 +1,219 @@
+"""The experiments lessons run: each one changes the live stack, measures, and returns a table.
+
+Every function returns a pandas DataFrame of what was measured (one row per
+setting) so a lesson can plot it and assert its claim on it. Plots live in
+`stack.course.plots`; notebooks only call these two modules.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import pandas as pd
+
+from ..load import LoadSpec, run_load
+from ..local import redis as redis_service
+
+IO_WORK = "/work?kind=io&ms={ms}"
+CURVE_PERCENTILES = (50, 75, 90, 95, 99, 99.9)
+CPU_WORK = "/work?kind=cpu&ms={ms}"
+
+
+def entry_url(stack) -> str:
+    return stack.status()["url"]
+
+
+def pid_of(stack, service: str) -> int:
+    info = stack.status()["services"].get(service)
+    if not info or info["state"] != "running":
+        raise RuntimeError(f"{service} is not running: run stack.up() first")
+    return info["pid"]
+
+
+# -- one request, layer by layer ----------------------------------------------------
+
+def parse_server_timing(header: str) -> dict[str, float]:
+    """'cache;dur=0.3, db;dur=1.2' -> {'cache': 0.3, 'db': 1.2} (milliseconds)."""
+    layers = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";")
+        if rest.startswith("dur="):
+            layers[name] = float(rest[4:])
+    return layers
+
+
+def trace_request(stack, user_id: int = 42) -> pd.DataFrame:
+    """GET one user twice, first with a cold cache (miss: the database answers), then warm (hit).
+
+    Returns one row per request: which replica served it, where the data came
+    from, and the milliseconds each layer took (from Server-Timing), plus the
+    round trip measured by the client (so nginx's share shows as the remainder).
+    """
+    redis_service.client(stack.context()).delete(f"user:{user_id}")
+    rows = []
+    for attempt in ("cold cache", "warm cache"):
+        start = time.perf_counter()
+        with urllib.request.urlopen(f"{entry_url(stack)}/users/{user_id}", timeout=5) as resp:
+            body = resp.read()
+            timing = parse_server_timing(resp.headers["Server-Timing"])
+            replica = resp.headers["X-Replica"]
+        round_trip = (time.perf_counter() - start) * 1000
+        source = pd.read_json(pd.io.common.StringIO(body.decode()), typ="series")["source"]
+        rows.append({"request": attempt, "replica": replica, "source": source, **timing,
+                     "client_ms": round_trip, "outside_app_ms": round_trip - timing.get("total", 0.0)})
+    return pd.DataFrame(rows).set_index("request")
+
+
+# -- load curves ------------------------------------------------------------------
+
+OPEN_LOOP_CONNECTIONS = 512   # enough that, past capacity, requests queue at the server, not in the client
+
+
+def run(stack, mode: str, path: str, seconds: float, rate: float | None = None, connections: int | None = None):
+    if mode == "open" and connections is None:
+        connections = OPEN_LOOP_CONNECTIONS
+    spec = LoadSpec(url=entry_url(stack), mode=mode, rate=rate, connections=connections,
+                    duration_s=seconds, path=path, timeout_s=10)
+    return run_load(spec)
+
+
+def _row(result, **settings) -> dict:
+    lat = result.latency_ms()
+    # Served rate over the whole run, including the tail a backlog takes to drain:
+    # past capacity, this is what the server really delivered.
+    return {**settings, "served_rps": result.responses / result.elapsed_s, "throughput_rps": result.throughput_rps, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+            "max_ms": lat["max_ms"], "errors": result.error_count, "generator_bottleneck": result.generator_bottleneck,
+            "warnings": " ".join(result.warnings)}
+
+
+def latency_vs_offered_load(stack, rates, path: str = IO_WORK.format(ms=20), seconds: float = 2.0,
+                            progress=None) -> pd.DataFrame:
+    """Open loop at each rate: throughput follows the offered load until capacity, then latency explodes."""
+    rows = []
+    for rate in rates:
+        result = run(stack, "open", path, seconds, rate=rate)
+        rows.append(_row(result, offered_rps=rate))
+        if progress:
+            progress(f"offered {rate} req/s -> served {result.throughput_rps:.0f}, "
+                     f"p99 {result.latency_ms()['p99_ms']:.0f} ms")
+    return pd.DataFrame(rows).set_index("offered_rps")
+
+
+def capacity_by_replicas(stack, counts, concurrency: int = 4, service_ms: float = 20, kind: str = "io",
+                         seconds: float = 2.0, progress=None) -> pd.DataFrame:
+    """Closed loop at saturation for each replica count; Little's law's prediction beside it."""
+    rows = []
+    path = (IO_WORK if kind == "io" else CPU_WORK).format(ms=service_ms)
+    for n in counts:
+        stack.apply(replicas=n, concurrency=concurrency)
+        # Twice as many clients as work slots keeps every slot busy.
+        result = run(stack, "closed", path, seconds, connections=max(2, 2 * n * concurrency))
+        predicted = n * concurrency / (service_ms / 1000) if kind == "io" else None
+        rows.append(_row(result, replicas=n, predicted_rps=predicted))
+        if progress:
+            progress(f"{n} replica(s): {result.throughput_rps:.0f} req/s")
+    return pd.DataFrame(rows).set_index("replicas")
+
+
+def capacity_by_cpu_quota(stack, quotas, cpu_ms: float = 5, seconds: float = 2.0, progress=None) -> pd.DataFrame:
+    """One replica, CPU-bound work, growing CPU quota: vertical scaling and its ceiling."""
+    rows = []
+    for quota in quotas:
+        stack.apply(replicas=1, cpu_quota=quota, concurrency=4)
+        result = run(stack, "closed", CPU_WORK.format(ms=cpu_ms), seconds, connections=8)
+        rows.append(_row(result, cpu_quota=quota if quota is not None else float("nan"),
+                         ceiling_rps=(quota or 1.0) * 1000 / cpu_ms))
+        if progress:
+            progress(f"quota {quota} cores: {result.throughput_rps:.0f} req/s")
+    stack.apply(cpu_quota=None)
+    return pd.DataFrame(rows).set_index("cpu_quota")
+
+
+def capacity_by_concurrency(stack, slots, service_ms: float = 20, seconds: float = 2.0, progress=None) -> pd.DataFrame:
+    """One replica with more work slots: the 'bigger box' model where CPU quotas are not available."""
+    rows = []
+    for k in slots:
+        stack.apply(replicas=1, concurrency=k)
+        result = run(stack, "closed", IO_WORK.format(ms=service_ms), seconds, connections=2 * k)
+        rows.append(_row(result, concurrency=k, predicted_rps=k / (service_ms / 1000)))
+        if progress:
+            progress(f"{k} slots: {result.throughput_rps:.0f} req/s")
+    return pd.DataFrame(rows).set_index("concurrency")
+
+
+# -- failures -----------------------------------------------------------------------
+
+@dataclass
+class Stall:
+    """Freeze a process (SIGSTOP) for a while, then let it go on (SIGCONT): a real, total stall."""
+    pid: int
+    after_s: float
+    for_s: float
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self) -> None:
+        time.sleep(self.after_s)
+        import os
+        os.kill(self.pid, signal.SIGSTOP)
+        try:
+            time.sleep(self.for_s)
+        finally:
+            os.kill(self.pid, signal.SIGCONT)
+
+
+def coordinated_omission(stack, rate: float = 100, seconds: float = 4.0, stall_s: float = 1.0,
+                         service_ms: float = 5) -> pd.DataFrame:
+    """The same 1 s stall measured two ways: open loop (fixed schedule) and closed loop (wait, then send).
+
+    One replica is frozen mid-run. The open loop keeps its schedule, so every
+    request due during the stall counts the wait; the closed loop stops
+    sending while it waits, so it records one slow request per connection and
+    its percentiles barely move.
+    """
+    stack.apply(replicas=1, concurrency=16)
+    rows = []
+    for mode in ("open", "closed"):
+        stall = Stall(pid_of(stack, "app-1"), after_s=seconds / 2 - stall_s / 2, for_s=stall_s).start()
+        if mode == "open":
+            result = run(stack, "open", IO_WORK.format(ms=service_ms), seconds, rate=rate)
+        else:
+            result = run(stack, "closed", IO_WORK.format(ms=service_ms), seconds, connections=2)
+        stall.join()
+        curve = result.latency.percentiles_ms(CURVE_PERCENTILES)
+        rows.append({"mode": mode, "requests": result.responses,
+                     **{f"p{p:g}_ms": curve[p] for p in CURVE_PERCENTILES}, "max_ms": result.latency.max_ms()})
+    return pd.DataFrame(rows).set_index("mode")
+
+
+def kill_replica_under_load(stack, replicas: int, rate: float = 200, seconds: float = 4.0,
+                            next_upstream=("error", "timeout")) -> pd.DataFrame:
+    """Open-loop load; app-1 is killed (SIGKILL) a third of the way in. Per-interval outcome."""
+    stack.apply(replicas=replicas, concurrency=16, next_upstream=tuple(next_upstream))
+    victim = pid_of(stack, "app-1")
+    killer = threading.Timer(seconds / 3, lambda: _kill(victim))
+    killer.start()
+    try:
+        result = run(stack, "open", IO_WORK.format(ms=10), seconds, rate=rate)
+    finally:
+        killer.join()
+    frame = result.intervals_dataframe()
+    frame.attrs["total"] = {"sent": result.sent, "ok": result.ok, "errors": result.error_count,
+                            "killed_at_s": seconds / 3}
+    stack.up()   # the reconciler notices app-1 is gone and starts it again
+    stack.apply(next_upstream=("error", "timeout"))
+    return frame
+
+
+def _kill(pid: int) -> None:
+    import os
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,81 @@
+"""Plotly figures for the lessons' experiments: each takes the DataFrame its experiment returned."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+LAYER_COLORS = {"cache": "#d62728", "db": "#1f77b4", "queue": "#9467bd", "app": "#2ca02c",
+                "outside_app_ms": "#7f7f7f"}
+
+
+def _style(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
+    fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(l=60, r=30, t=60, b=50),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def request_layers(trace) -> go.Figure:
+    """Stacked bars: where one request's milliseconds went, cold cache vs warm cache."""
+    fig = go.Figure()
+    names = {"cache": "Redis", "db": "PostgreSQL (read pool)", "queue": "waiting for a slot",
+             "app": "app code", "outside_app_ms": "nginx + network + client"}
+    for column, label in names.items():
+        if column in trace:
+            fig.add_bar(y=trace.index, x=trace[column], name=label, orientation="h",
+                        marker_color=LAYER_COLORS[column])
+    fig.update_layout(barmode="stack", xaxis_title="milliseconds")
+    return _style(fig, "One request, layer by layer (from its Server-Timing header)", 300)
+
+
+def knee(curve, capacity_rps: float | None = None) -> go.Figure:
+    """Served rate and latency percentiles against offered load."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("served vs offered (req/s)", "latency (ms, log scale)"))
+    x = list(curve.index)
+    fig.add_scatter(x=x, y=x, name="offered", line=dict(dash="dot", color="#999"), row=1, col=1)
+    fig.add_scatter(x=x, y=curve["served_rps"] if "served_rps" in curve else curve["throughput_rps"],
+                    name="served", mode="lines+markers", row=1, col=1)
+    fig.add_scatter(x=x, y=curve["p50_ms"], name="p50", mode="lines+markers", row=1, col=2)
+    fig.add_scatter(x=x, y=curve["p99_ms"], name="p99", mode="lines+markers", row=1, col=2)
+    fig.update_yaxes(type="log", row=1, col=2)
+    for col in (1, 2):
+        fig.update_xaxes(title_text="offered load (req/s)", row=1, col=col)
+        if capacity_rps:
+            fig.add_vline(x=capacity_rps, line_dash="dash", line_color="#d62728", row=1, col=col)
+    return _style(fig, "The knee: latency is flat until the load nears capacity (dashed), then explodes")
+
+
+def predicted_vs_measured(table, x_title: str, title: str) -> go.Figure:
+    fig = go.Figure()
+    x = [str(v) for v in table.index]
+    if "predicted_rps" in table and table["predicted_rps"].notna().any():
+        fig.add_bar(x=x, y=table["predicted_rps"], name="predicted (Little's law)", marker_color="#c7c7c7")
+    if "ceiling_rps" in table:
+        fig.add_bar(x=x, y=table["ceiling_rps"], name="quota ceiling", marker_color="#c7c7c7")
+    fig.add_bar(x=x, y=table["throughput_rps"], name="measured", marker_color="#1f77b4")
+    fig.update_layout(barmode="group", xaxis_title=x_title, yaxis_title="requests per second")
+    return _style(fig, title)
+
+
+def percentile_curves(table) -> go.Figure:
+    """Latency at each percentile, one line per measuring method."""
+    fig = go.Figure()
+    columns = [c for c in table.columns if c.startswith("p") and c.endswith("_ms")]
+    labels = [c[1:-3] for c in columns]
+    for mode, row in table.iterrows():
+        fig.add_scatter(x=labels, y=[row[c] for c in columns], mode="lines+markers", name=f"{mode} loop")
+    fig.update_layout(xaxis_title="percentile", yaxis_title="latency (ms, log)", yaxis_type="log")
+    return _style(fig, "The same 1 s stall, measured two ways")
+
+
+def outage_timeline(frames: dict) -> go.Figure:
+    """Per interval: requests answered OK vs failed, one row of plots per scenario."""
+    fig = make_subplots(rows=len(frames), cols=1, shared_xaxes=True, subplot_titles=list(frames))
+    for i, (label, frame) in enumerate(frames.items(), start=1):
+        errors = frame[[c for c in frame.columns if c.startswith("err_")]].sum(axis=1)
+        ok = frame["completed"] - errors
+        fig.add_bar(x=frame.index, y=ok, name="answered", marker_color="#2ca02c", showlegend=i == 1, row=i, col=1)
+        fig.add_bar(x=frame.index, y=errors, name="failed", marker_color="#d62728", showlegend=i == 1, row=i, col=1)
+        fig.add_vline(x=frame.attrs["total"]["killed_at_s"], line_dash="dash", row=i, col=1)
+    fig.update_layout(barmode="stack")
+    fig.update_xaxes(title_text="seconds into the run (dashed: app-1 killed)", row=len(frames), col=1)
+    return _style(fig, "Killing a replica under load", 200 + 180 * len(frames))
