@@ -192,7 +192,7 @@ def coordinated_omission(stack, rate: float = 100, seconds: float = 4.0, stall_s
     return pd.DataFrame(rows).set_index("mode")
 
 
-def kill_replica_under_load(stack, replicas: int, rate: float = 200, seconds: float = 4.0,
+def kill_replica_under_load(stack, replicas: int, rate: float = 200, seconds: float = 4.0, service_ms: float = 50,
                             next_upstream=("error", "timeout")) -> pd.DataFrame:
     """Open-loop load; app-1 is killed (SIGKILL) a third of the way in. Per-interval outcome."""
     stack.apply(replicas=replicas, concurrency=16, next_upstream=tuple(next_upstream))
@@ -200,7 +200,7 @@ def kill_replica_under_load(stack, replicas: int, rate: float = 200, seconds: fl
     killer = threading.Timer(seconds / 3, lambda: _kill(victim))
     killer.start()
     try:
-        result = run(stack, "open", IO_WORK.format(ms=10), seconds, rate=rate)
+        result = run(stack, "open", IO_WORK.format(ms=service_ms), seconds, rate=rate)
     finally:
         killer.join()
     frame = result.intervals_dataframe()

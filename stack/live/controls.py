@@ -25,9 +25,10 @@ class Control:
 
     def __init__(self, topology: Topology, on_change: OnChange):
         self.on_change = on_change
-        self._quiet = False
+        self._quiet = True          # building sets values: not a user's change
         self.error = widgets.HTML(value="", layout=widgets.Layout(min_width="0", flex="1 1 auto"))
         self.input = self.build(topology)
+        self._quiet = False
         self.widget = widgets.HBox([self.input, self.error], layout=widgets.Layout(align_items="center"))
 
     # -- to override -----------------------------------------------------------

@@ -15,6 +15,7 @@ anything, so it is as it was).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import html
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,15 @@ class Run:
     markers: list[tuple[float, str]] = field(default_factory=list)   # (seconds into the run, text)
     ended_at: float | None = None
 
+    def window(self, low_s: float, high_s: float) -> "Run":
+        """The same run holding only what came between `low_s` and `high_s` seconds into it."""
+        def cut(items):
+            key = lambda item: item.t   # noqa: E731 - samples and load intervals both carry .t
+            return items[bisect.bisect_left(items, self.started_at + low_s, key=key):
+                         bisect.bisect_right(items, self.started_at + high_s, key=key)]
+        return Run(self.label, self.started_at, cut(self.samples), cut(self.intervals), self.markers,
+                   self.ended_at)
+
 
 class Dashboard:
     def __init__(self, stack, controls=(), panels=("throughput", "share"), load=None,
@@ -85,6 +95,7 @@ class Dashboard:
         self._dirty: asyncio.Event | None = None
         self._unplotted: list[Sample] = []
         self.status = widgets.HTML()
+        self.problem: str | None = None        # why a background task stopped, if one did
         self.widget = self._layout()
 
     # -- display ------------------------------------------------------------------
@@ -109,16 +120,42 @@ class Dashboard:
         The previous run stays on the plots, dimmed, for comparison."""
         if self.run_now is not None:
             return
-        loop = asyncio.get_running_loop()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise StackError("start() needs a running event loop: call it in a notebook cell, "
+                             "or use `await dash.run(seconds)` inside asyncio.run(...)") from None
         self._apply_lock = self._apply_lock or asyncio.Lock()
         self._dirty = asyncio.Event()
         topology = self.stack.applied()
+        for control in self.controls.values():      # the stack may have been changed elsewhere
+            control.sync(topology)
         label = label or f"{topology.balancer.strategy}, {topology.app.replicas} replicas"
+        used = {r.label for r in self.runs}
+        if label in used:                            # overlaid traces are named after their run
+            label = next(f"{label} #{n}" for n in range(2, len(used) + 3) if f"{label} #{n}" not in used)
         self.runs.append(Run(label=label, started_at=time.time()))
-        self._tasks = [loop.create_task(self._redraw_loop(), name="scalelab-redraw")]
-        self.sampler.start()
+        stopping, self._tasks = self._tasks, []
+        self._start_task(self._redraw_loop(), "redraw")
+        self._start_task(self._start_sampler(stopping), "sampler")
         if self.load is not None:
-            self._tasks.append(loop.create_task(run_load(self.load, self._interval_arrived), name="scalelab-load"))
+            self._start_task(run_load(self.load, self._interval_arrived), "load")
+
+    def _start_task(self, coro, what: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"scalelab-{what}")
+        task.add_done_callback(lambda t: self._task_ended(t, what))
+        self._tasks.append(task)
+
+    def _task_ended(self, task: asyncio.Task, what: str) -> None:
+        # A failing load or sampler must say so, not just leave the plots still.
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self.problem = f"{what} stopped: {type(exc).__name__}: {exc}"
+            self.status.value = f'<span style="color:#c00000">{html.escape(self.problem)}</span>'
+
+    async def _start_sampler(self, stopping: list) -> None:
+        await asyncio.gather(*stopping, return_exceptions=True)   # the last run's sampler, closing
+        self.sampler.start()
 
     def stop(self) -> None:
         """End the run: stop sampling, the load and redraws (the plots stay)."""
@@ -178,9 +215,11 @@ class Dashboard:
         current = self.runs[-1]
         now = (current.ended_at or time.time()) - current.started_at
         x_range = (max(0.0, now - self.window_s), max(self.window_s, now))
-        before = [r for r in self.runs[:-1]][-self.overlay:] if self.overlay else []
+        # Only what the window shows (plus a second) is turned into series.
+        low, high = x_range[0] - 1, x_range[1] + 1
+        before = [r.window(low, high) for r in self.runs[:-1][-self.overlay:]] if self.overlay else []
         for panel in self.panels.values():
-            panel.draw(current, before, x_range, current.markers)
+            panel.draw(current.window(low, high), before, x_range, current.markers)
         drawn, self._unplotted = self._unplotted, []
         self._note_reflected(drawn, time.time())
         self._show_status(current, now)
@@ -196,6 +235,8 @@ class Dashboard:
                     break
 
     def _show_status(self, run: Run, now: float) -> None:
+        if self.problem:
+            return          # keep the problem in view
         parts = [f"<b>{html.escape(run.label)}</b> · {now:5.1f} s"]
         if run.ended_at:
             parts.append("stopped")
@@ -204,6 +245,9 @@ class Dashboard:
             last = done[-1]
             parts.append(f"last change {html.escape(self.controls[last.control].describe(last.value))}: "
                          f"applied in {last.apply_s:.2f} s, on the plots {last.reaction_s:.2f} s after the move")
+        if run.samples and run.samples[-1].problems:       # e.g. Redis down: say so beside the plots
+            parts.append('<span style="color:#b35900">not answering: '
+                         f'{html.escape("; ".join(run.samples[-1].problems))}</span>')
         self.status.value = " · ".join(parts)
 
     # -- control changes ----------------------------------------------------------
@@ -228,9 +272,9 @@ class Dashboard:
             try:
                 changes = control.changes(record.value)
                 await asyncio.to_thread(self.stack.apply, **changes)
-            except (StackError, ValueError, TypeError) as exc:
-                record.error = str(exc)
-                control.show_error(str(exc))
+            except Exception as exc:   # noqa: BLE001 - TopologyError, StackError or worse: show it, keep going
+                record.error = str(exc) or type(exc).__name__
+                control.show_error(record.error)
             else:
                 record.applied_at = time.time()
                 control.clear_error()

@@ -50,6 +50,7 @@ class Sampler:
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task | None = None
         self._queues: list[asyncio.Queue] = []
+        self.last_error: str | None = None      # why the last failed round failed
 
     # -- running -------------------------------------------------------------------
     def start(self) -> asyncio.Task:
@@ -70,29 +71,43 @@ class Sampler:
 
     async def run(self, seconds: float) -> list[Sample]:
         """Sample for `seconds` and return what was taken in that time."""
-        before = len(self.samples)
-        self.start()
-        await asyncio.sleep(seconds)
-        await self.stop()
-        return list(self.samples)[before:] if before < len(self.samples) else list(self.samples)
+        taken: list[Sample] = []
+        self.listeners.append(taken.append)
+        try:
+            self.start()
+            await asyncio.sleep(seconds)
+        finally:
+            self.listeners.remove(taken.append)
+            await self.stop()
+        return taken
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
     async def _loop(self) -> None:
-        await self.sample()                    # the baseline every rate is measured from
-        next_tick = time.monotonic() + self.interval_s
+        baseline = True                        # the first reading only sets what rates start from
+        next_tick = time.monotonic()
         while True:
-            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            try:
+                sample = await self.sample()
+            except Exception as exc:   # noqa: BLE001 - e.g. the stack mid-change: try again next tick
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            else:
+                if not baseline:
+                    self._publish(sample)
+                baseline = False
             # Fixed cadence: a slow round shortens the next wait instead of drifting.
             next_tick = max(next_tick + self.interval_s, time.monotonic())
-            self._publish(await self.sample())
+            await asyncio.sleep(next_tick - time.monotonic())
 
     def _publish(self, sample: Sample) -> None:
         self.samples.append(sample)
         for listener in list(self.listeners):
-            listener(sample)
+            try:
+                listener(sample)
+            except Exception as exc:   # noqa: BLE001 - a plotting bug must not stop the sampling
+                self.last_error = f"listener {listener!r}: {type(exc).__name__}: {exc}"
         for queue in self._queues:
             queue.put_nowait(sample)
 
@@ -127,14 +142,14 @@ class Sampler:
                 return None
 
         wanted = set(range(1, topology.app.replicas + 1)) if topology else set()
-        replica_reads = self._read_replicas(wanted, problems)
-        primary, standby, cache, pooler = await asyncio.gather(
+        readings, primary, standby, cache, pooler = await asyncio.gather(
+            self._read_replicas(wanted, problems),
             blocking("postgres-primary", self._probe("primary").read),
             blocking("postgres-replica", self._probe("replica").read),
             blocking("redis", self._redis_probe().read),
             blocking("pgbouncer", lambda: read_pgbouncer(self._ctx))
             if topology is None or topology.pgbouncer.enabled else _none())
-        replicas = self._replica_samples(await replica_reads)
+        replicas = self._replica_samples(readings)
         now = time.time()
         interval = now - self._last_t if self._last_t else 0.0
         self._last_t = now

@@ -1,0 +1,148 @@
+"""Dashboards built headless against a real stack (base_port 22000): plots follow the load
+and control changes; a refused change shows its error and leaves the stack alone."""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+
+import pytest
+
+from stack.local.backend import LocalStack
+from stack.load import LoadSpec, RequestMix
+from stack import live
+from stack.topology import Topology
+
+URL = "http://127.0.0.1:22000"
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def stack():
+    # Under /tmp itself: the service user must be able to enter the state directory.
+    state = tempfile.mkdtemp(prefix="scalelab-test-live-")
+    s = LocalStack(state)
+    try:
+        s.up(Topology(base_port=22000).with_changes(replicas=2, strategy="round_robin"))
+        yield s
+    finally:
+        s.down(purge=True)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def steady_load(seconds: float = 60) -> LoadSpec:
+    return LoadSpec(url=URL, mode="open", rate=300, duration_s=seconds, mix=RequestMix.single("/users/{key}"))
+
+
+async def until(predicate, timeout: float = 6.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def recent(panel, name: str, points: int = 2) -> list:
+    """The last `points` y values of one trace, as drawn."""
+    return panel.trace_data()[name][1][-points:]
+
+
+def test_plots_follow_load_scaling_and_weights(stack):
+    async def scenario():
+        dash = live.dashboard(stack, controls=["replicas", "weights", "strategy", "ttl"],
+                              panels=["throughput", "share", "cache"], load=steady_load())
+        assert "application/vnd.jupyter.widget-view+json" in dash._repr_mimebundle_()
+        dash.start()
+        try:
+            share, throughput = dash.panels["share"], dash.panels["throughput"]
+            await until(lambda: len(share.trace_data().get("app-1", ((), ()))[1]) >= 3, what="share points")
+            assert set(share.trace_data()) == {"app-1", "app-2"}
+            assert all(35 <= y <= 65 for y in recent(share, "app-1") + recent(share, "app-2"))
+            assert all(150 <= y <= 450 for y in recent(throughput, "throughput"))
+
+            def plotted(control):
+                return lambda: dash.changes and dash.changes[-1].control == control \
+                    and dash.changes[-1].plotted_at is not None
+
+            dash.controls["replicas"].value = 3              # as if the slider moved
+            await until(plotted("replicas"), what="replicas 2 -> 3 on the plots")
+            assert recent(share, "app-3", 1)[0] > 10                 # at least half a window of 1/3
+            await asyncio.sleep(0.6)
+            assert 25 <= recent(share, "app-3", 1)[0] <= 42
+            assert len(dash.controls["weights"].value) == 3   # a weight slider for the new replica
+
+            dash.controls["weights"].value = (1, 1, 4)
+            await until(plotted("weights"), what="weights 1:1:4 on the plots")
+            await asyncio.sleep(1.1)                           # two more samples fully at 1:1:4
+            assert all(55 <= y <= 78 for y in recent(share, "app-3")), recent(share, "app-3")
+
+            dash.controls["strategy"].value = "least_conn"
+            await until(plotted("strategy"), what="strategy change on the plots")
+            dash.controls["ttl"].value = 120
+            await until(plotted("ttl"), what="ttl change on the plots")
+            assert stack.applied().cache.ttl_s == 120
+
+            labels = [a.text for a in share.figure.layout.annotations]
+            assert labels == ["replicas → 3", "weights → 1:1:4", "strategy → least_conn", "TTL → 120"], labels
+            assert len(share.figure.layout.shapes) == 4
+        finally:
+            dash.stop()
+            await asyncio.gather(*dash._tasks, return_exceptions=True)
+        return dash
+
+    try:
+        dash = asyncio.run(scenario())
+    finally:
+        stack.apply(replicas=2, weights=None, strategy="round_robin", ttl_s=300)
+    times = {c["control"]: round(c["reaction_s"], 2) for c in dash.reaction_times()}
+    print("reaction times (control moved -> first sample reflecting it plotted):", times)
+    # Targets are 1 s (2 s for a new replica); the bounds leave room for a busy shared machine.
+    assert times["replicas"] < 3.0 and max(times["weights"], times["strategy"], times["ttl"]) < 2.0, times
+
+
+def test_refused_change_shows_error_reverts_and_leaves_stack(stack):
+    before = stack.applied()
+
+    async def scenario():
+        dash = live.dashboard(stack, controls=["weights", "ttl"], panels=["share"])
+        weights, ttl = dash.controls["weights"], dash.controls["ttl"]
+        weights.value = (1, 2, 3)                 # three weights for two replicas
+        await dash.settle()
+        assert "balancer.weights" in weights.error.value and "#c00000" in weights.error.value
+        assert weights.value == (1, 1)            # back to what is applied
+
+        weights._sliders[0].value = 0             # a slider moved to 0: nginx has no weight 0
+        await dash.settle()
+        assert "balancer.weights[0]=0" in weights.error.value
+        assert weights.value == (1, 1)
+
+        ttl.value = -5
+        await dash.settle()
+        assert "cache.ttl_s=-5" in ttl.error.value and ttl.value == before.cache.ttl_s
+        assert [c.error is not None for c in dash.changes] == [True, True, True]
+        assert all(c.applied_at is None for c in dash.changes)
+
+        ttl.value = 60                            # a good value clears the error
+        await dash.settle()
+        assert ttl.error.value == "" and stack.applied().cache.ttl_s == 60
+
+    asyncio.run(scenario())
+    assert stack.applied().with_changes(ttl_s=before.cache.ttl_s) == before
+    stack.apply(ttl_s=before.cache.ttl_s)
+
+
+def test_finished_run_stays_dimmed_under_the_next(stack):
+    async def scenario():
+        dash = live.dashboard(stack, controls=["strategy"], panels=["share"], load=steady_load(30))
+        await dash.run(1.6, label="A")
+        await dash.run(1.6, label="B")
+        return dash
+
+    dash = asyncio.run(scenario())
+    traces = {t.name: t for t in dash.panels["share"].figure.data}
+    assert {"app-1", "app-2", "app-1 (A)", "app-2 (A)"} <= set(traces)
+    assert traces["app-1 (A)"].opacity < 1 and traces["app-1"].opacity == 1
+    assert len(traces["app-1 (A)"].x) >= 2 and len(traces["app-1"].x) >= 2
+    # Both runs are drawn from x = 0, so they line up.
+    assert traces["app-1 (A)"].x[0] < 1.0 and traces["app-1"].x[0] < 1.0
