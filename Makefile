@@ -17,10 +17,12 @@ system-deps:
 	@bash stack/scripts/system-deps.sh
 
 lab: $(STAMP) system-deps        ## open the course; the first lesson cell starts the stack
-	$(VENV)/bin/jupyter lab $(JUPYTER_FLAGS) --ServerApp.root_dir=$(CURDIR)
+	$(VENV)/bin/jupyter lab $(JUPYTER_FLAGS) --ServerApp.root_dir=$(CURDIR) \
+		--LabApp.default_url=/lab/tree/lessons/01_what_scalability_means.ipynb
 
-test: $(STAMP)                   ## every test: unit, live stack, notebooks
-	SCALELAB_WITH_WRK=1 bash stack/scripts/system-deps.sh
+test: $(STAMP)                   ## every test: unit, live stack, notebooks, browser
+	SCALELAB_WITH_WRK=1 SCALELAB_WITH_BROWSER=1 bash stack/scripts/system-deps.sh
+	$(PY) -m stack.lab.make_labs --check
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)                  ## performance figures (not part of `make test`)

@@ -102,7 +102,8 @@ class Dashboard:
     def _layout(self) -> widgets.Widget:
         figures = [p.figure for p in self.panels.values()]
         grid = widgets.GridBox(figures, layout=widgets.Layout(
-            grid_template_columns="1fr 1fr" if len(figures) > 1 else "1fr", width="100%"))
+            grid_template_columns="repeat(2, minmax(0, 1fr))" if len(figures) > 1 else "minmax(0, 1fr)",
+            width="100%"))
         controls = widgets.VBox([c.widget for c in self.controls.values()])
         return widgets.VBox([controls, self.status, grid])
 

@@ -105,9 +105,9 @@ class PanelView:
     def __init__(self, name: str, spec: PanelSpec, height: int = 260):
         self.name, self.spec = name, spec
         layout = dict(title=dict(text=spec.title, font=dict(size=13)), height=height,
-                      margin=dict(l=55, r=55 if spec.y2_title else 15, t=35, b=35),
+                      margin=dict(l=55, r=70 if spec.y2_title else 15, t=35, b=35),
                       xaxis=dict(title="seconds since the run started"), yaxis=dict(title=spec.y_title, rangemode="tozero"),
-                      legend=dict(font=dict(size=10)), uirevision="keep")
+                      legend=dict(font=dict(size=10)), showlegend=True, autosize=True, uirevision="keep")
         if spec.y2_title:
             layout["yaxis2"] = dict(title=spec.y2_title, overlaying="y", side="right", rangemode="tozero",
                                     showgrid=False)

@@ -1,0 +1,101 @@
+"""Lesson 2 in a real browser: JupyterLab in headless Chromium runs it, the dashboard
+appears, a key press on the replica slider adds a replica, and the chart shows it."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from browser import CHROMIUM_ARGS, chromium_path, jupyterlab
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+LESSON = "02_horizontal_vs_vertical.ipynb"
+# Messages a browser prints for reasons that are not our page's fault.
+BENIGN_CONSOLE = ("favicon", "Failed to load resource: the server responded with a status of 404")
+
+
+@pytest.fixture
+def page(tmp_path):
+    from playwright.sync_api import sync_playwright
+    executable = chromium_path()
+    assert executable, ("Chromium is missing: `make test` installs it as root on Debian "
+                        "(apt-get install chromium); elsewhere install Chromium and re-run.")
+    # Serve a copy: JupyterLab autosaves outputs into the notebooks it runs.
+    course = tmp_path / "course"
+    shutil.copytree(ROOT / "lessons", course / "lessons")
+    with jupyterlab(course, tmp_path) as (base, token), sync_playwright() as play:
+        context = play.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=executable, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1500, "height": 1100})
+        page = context.pages[0] if context.pages else context.new_page()
+        page.console_errors = []
+        page.on("console", lambda msg: msg.type == "error" and page.console_errors.append(msg.text))
+        page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
+        page.goto(f"{base}/lab/tree/lessons/{LESSON}?token={token}")
+        try:
+            yield page
+        finally:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "lesson02-final.png"), full_page=False)
+            context.close()
+
+
+def wait_idle(page, timeout_s: float) -> None:
+    # The status bar, not the toolbar's circle, tells reliably when the kernel is idle.
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=timeout_s * 1000)
+
+
+def run_menu(page, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text="Run").click()
+    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+
+
+def share_legend(dashboard) -> set[str]:
+    return {text for text in dashboard.locator(".js-plotly-plot .legendtext").all_text_contents()}
+
+
+def test_lesson2_dashboard_reacts_to_the_replica_slider(page):
+    wait_idle(page, 90)
+    dash_cell = page.locator(".jp-CodeCell", has_text="live.dashboard(").first
+    dash_cell.locator(".jp-InputArea-editor").click()
+    run_menu(page, "Run All Above Selected Cell")
+    page.get_by_text("Horizontal scaling of I/O-bound work").first.wait_for(timeout=120_000)
+    wait_idle(page, 60)
+
+    dash_cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    slider = dash_cell.locator(".widget-slider .noUi-handle").first
+    slider.wait_for(timeout=60_000)
+    deadline = time.monotonic() + 30
+    while "app-1" not in share_legend(dash_cell) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "app-1" in share_legend(dash_cell), "the share chart never showed app-1's traffic"
+
+    slider.focus()
+    moved_at = time.monotonic()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")          # 1 -> 3 replicas
+    while "app-3" not in share_legend(dash_cell) and time.monotonic() < moved_at + 20:
+        time.sleep(0.1)
+    reaction = time.monotonic() - moved_at
+    ARTIFACTS.mkdir(exist_ok=True)
+    dash_cell.screenshot(path=str(ARTIFACTS / "lesson02-dashboard.png"))
+    assert {"app-2", "app-3"} <= share_legend(dash_cell), f"chart after the slider move: {share_legend(dash_cell)}"
+    print(f"slider key press -> app-3 in the share chart: {reaction:.2f} s")
+
+    # The rest of the lesson, in the browser, to the end.
+    page.locator(".jp-CodeCell", has_text="dash.controls[").first.locator(".jp-InputArea-editor").click()
+    run_menu(page, "Run Selected Cell and All Below")
+    page.get_by_text("gain_per_extra_replica").first.wait_for(timeout=240_000)
+    wait_idle(page, 60)
+
+    assert page.get_by_text("Loading widget").count() == 0, "a widget never rendered"
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    tracebacks = [t for t in errors.all_text_contents() if "Error" in t or "Traceback" in t]
+    assert not tracebacks, tracebacks[0][:2000]
+    console = [m for m in page.console_errors if not any(b in m for b in BENIGN_CONSOLE)]
+    assert not console, console
