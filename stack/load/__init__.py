@@ -5,10 +5,26 @@
                                mix=RequestMix.users(read_ratio=0.9, keys="zipf")))
     result.latency_ms(); result.to_dataframe(); result.intervals_dataframe()
 
-Open loop sends on a fixed schedule and measures latency from each request's
-intended send time, so a stalled server shows up in the percentiles instead
-of silently slowing the generator down (coordinated omission). Closed loop
-(`mode="closed"`) is what wrk does: C connections, next request on answer.
+Open loop (`mode="open"`) sends on a fixed schedule and measures latency from
+each request's intended send time, so a stalled server shows up in the
+percentiles instead of silently slowing the generator down (coordinated
+omission). Closed loop (`mode="closed"`) is what wrk does: C connections,
+the next request when the previous one answers.
+
+In a notebook (a loop is already running), stream snapshots while it runs:
+
+    run = start_load(spec)
+    async for snapshot in run:          # one IntervalSnapshot per spec.interval_s
+        update_plot(snapshot)
+    result = await run
+
+or `await run_load_async(spec, on_interval=update_plot)`. `run_load` blocks
+(in a notebook it runs in a helper thread).
+
+Modules: spec (LoadSpec), mix and keys (what is sent), schedule (open-loop
+pacing), runner and closedloop (the engines), fastclient and clients (HTTP),
+histogram and recorder (measuring), result and bottleneck (reporting),
+testserver (a misbehaving server for tests and lessons), cli.
 """
 from .errors import LoadSpecError
 from .histogram import LatencyHistogram

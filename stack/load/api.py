@@ -34,6 +34,13 @@ async def run_load_async(spec: LoadSpec | None = None, on_interval: OnInterval |
     return await LoadRun(_spec(spec, fields), on_interval).result()
 
 
+async def _cancel_leftovers() -> None:
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def run_load(spec: LoadSpec | None = None, on_interval: OnInterval | None = None, **fields) -> LoadResult:
     """Run to the end and return the result, blocking.
 
@@ -45,8 +52,15 @@ def run_load(spec: LoadSpec | None = None, on_interval: OnInterval | None = None
     spec = _spec(spec, fields)
 
     def run() -> LoadResult:
-        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
-            return runner.run(run_load_async(spec, on_interval))
+        loop = asyncio.SelectorEventLoop()       # what asyncio.run would do, on this loop class
+        asyncio.set_event_loop(loop)
+        try:
+            return loop.run_until_complete(run_load_async(spec, on_interval))
+        finally:
+            loop.run_until_complete(_cancel_leftovers())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
 
     try:
         asyncio.get_running_loop()

@@ -28,8 +28,9 @@ def judge(spec: LoadSpec, result: LoadResult, stopped: bool = False, loop=None) 
             bottleneck = True
             warnings.append(
                 f"The generator could not keep its schedule: p99 send lag was {lag:.1f} ms "
-                f"(limit {spec.max_send_lag_ms:g} ms). Latencies still count from the intended send "
-                "times, but the server saw a burstier load than offered.")
+                f"(limit {spec.max_send_lag_ms:g} ms); it, or the machine it shares, was too busy. "
+                "Latencies still count from the intended send times, but the server saw a burstier "
+                "load than offered.")
         if result.send_rps < RATE_SHORTFALL * spec.rate:
             bottleneck = True
             warnings.append(

@@ -17,8 +17,9 @@ def number_in(field: str, value, low: float, high: float, *, low_open: bool = Fa
     ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and value == value
           and (value > low if low_open else value >= low) and value <= high)
     if not ok:
-        low_text = f"greater than {low:g}" if low_open else f"from {low:g}"
-        raise LoadSpecError(field, value, f"a number {low_text} to {high:g}")
+        allowed = (f"a number greater than {low:g} and at most {high:g}" if low_open
+                   else f"a number from {low:g} to {high:g}")
+        raise LoadSpecError(field, value, allowed)
 
 
 def int_in(field: str, value, low: int, high: int) -> None:

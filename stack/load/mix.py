@@ -143,6 +143,20 @@ class RequestMix:
         return {r.label: r.weight / total for r in self.requests}
 
 
+def render_request(method: str, url: URL, body: bytes | None) -> bytes:
+    """The bytes of one HTTP/1.1 request (keep-alive is the HTTP/1.1 default)."""
+    host = f"[{url.raw_host}]" if ":" in url.raw_host else url.raw_host   # IPv6 literal
+    if not url.is_default_port():
+        host = f"{host}:{url.port}"
+    head = f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: scalelab-load\r\nAccept: */*\r\n"
+    if body is None:
+        if method in ("POST", "PUT", "PATCH"):
+            head += "Content-Length: 0\r\n"
+        return (head + "\r\n").encode("latin-1")
+    head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    return head.encode("latin-1") + body
+
+
 class Prepared(NamedTuple):
     """A request ready to send: everything computed once, outside the hot path."""
     label: str
@@ -150,6 +164,7 @@ class Prepared(NamedTuple):
     url: URL
     data: bytes | None
     headers: dict | None
+    raw: bytes                # the whole HTTP/1.1 request, for the fast client
 
 
 class MixPlan:
@@ -174,9 +189,9 @@ class MixPlan:
         r = self._mix.requests[index]
         k = str(key)
         url = URL(self._base + r.path.replace(PLACEHOLDER, k))
-        if r.json is None:
-            return Prepared(r.label, r.method, url, None, None)
-        return Prepared(r.label, r.method, url, jsonlib.dumps(_fill(r.json, k)).encode(), JSON_HEADERS)
+        data = None if r.json is None else jsonlib.dumps(_fill(r.json, k)).encode()
+        return Prepared(r.label, r.method, url, data, None if data is None else JSON_HEADERS,
+                        render_request(r.method, url, data))
 
     def next(self) -> Prepared:
         if not self._batch:

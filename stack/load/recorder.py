@@ -19,11 +19,21 @@ class Recorder:
         self.send_lag = LatencyHistogram()
         self.replicas: dict[str, GroupStats] = {}
         self.requests: dict[str, GroupStats] = {label: GroupStats() for label in labels}
+        # With one kind of request its histogram is the total one: skip recording it twice.
+        self.per_kind = len(self.requests) > 1
         self.errors = empty_errors()
         self.error_examples: dict[str, str] = {}
         self.status_codes: Counter = Counter()
         self.sent = self.responses = self.ok = self.in_flight = self.pool_waits = 0
+        self._responses_at_window_end: int | None = None
         self._new_window()
+
+    def mark_window_end(self) -> None:
+        self._responses_at_window_end = self.responses
+
+    def responses_in_window(self) -> int:
+        """Responses that arrived before the sending window closed (all of them if it never did)."""
+        return self.responses if self._responses_at_window_end is None else self._responses_at_window_end
 
     def _new_window(self) -> None:
         self.w_latency = LatencyHistogram()
@@ -57,7 +67,8 @@ class Recorder:
         group.count += 1
         group.latency.record_us(us)
         kind.count += 1
-        kind.latency.record_us(us)
+        if self.per_kind:
+            kind.latency.record_us(us)
         if status >= 400:
             error = "5xx" if status >= 500 else "4xx"
             self.errors[error] += 1
@@ -95,4 +106,7 @@ class Recorder:
         self.latency.merge(self.w_latency)
         self.send_lag.merge(self.w_lag)
         self._new_window()
+        if not self.per_kind:
+            for kind in self.requests.values():
+                kind.latency = self.latency
         return snap

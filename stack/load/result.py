@@ -64,7 +64,7 @@ class LoadResult:
     status_codes: dict[int, int]
     offered_rps: float | None    # open loop: the schedule's rate
     send_rps: float              # requests actually sent per second of the window
-    throughput_rps: float        # responses per second of the window
+    throughput_rps: float        # responses that arrived within the window, per second of it
     latency: LatencyHistogram
     send_lag: LatencyHistogram | None   # open loop: actual send - intended send
     replicas: dict[str, GroupStats]

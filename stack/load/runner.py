@@ -1,7 +1,4 @@
-"""Running a LoadSpec: the open-loop scheduler, the closed-loop workers, and the APIs.
-
-    result = await run_load_async(spec)          # in a running loop (Jupyter)
-    result = run_load(spec)                      # in a plain script
+"""Running a LoadSpec: the open-loop scheduler, the closed-loop workers, and LoadRun.
 
     run = start_load(spec)                       # live: one snapshot per interval
     async for snapshot in run:
@@ -17,32 +14,44 @@ import math
 import time
 from typing import Callable
 
-import aiohttp
-
+from .bottleneck import judge
+from .clients import classify, make_clients
+from .closedloop import run_closed_users
 from .mix import MixPlan, Prepared
 from .recorder import Recorder
 from .result import IntervalSnapshot, LoadResult
 from .schedule import due_count, intended_time, total_requests
 from .spec import LoadSpec
-from .bottleneck import judge
 
 _DONE = object()
+WARM_LATENCY_S = 0.005
 OnInterval = Callable[[IntervalSnapshot], object]
 
+_gc_users = 0
+_gc_saved: tuple = ()
 
-def _make_sessions(spec: LoadSpec) -> list[aiohttp.ClientSession]:
-    """One session (and connection pool) per source address; the pool limit is split."""
-    addresses = spec.source_addresses or (None,)
-    per_address = math.ceil(spec.pool_size / len(addresses))
-    sessions = []
-    for address in addresses:
-        connector = aiohttp.TCPConnector(limit=per_address, limit_per_host=0,
-                                         local_addr=(address, 0) if address else None)
-        sessions.append(aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=spec.timeout_s),
-            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-            headers={"User-Agent": "scalelab-load"}))
-    return sessions
+
+def _calm_gc(on: bool) -> None:
+    """Keep the garbage collector from pausing the loop for tens of ms mid-run.
+
+    A default full collection walks every live object (thousands of in-flight
+    requests) and showed up as 100+ ms of send lag at 5,000 req/s. During a run,
+    objects from setup are frozen, young collections happen rarely (the happy
+    path makes almost no cyclic garbage; errors do, so they still get collected)
+    and full collections wait until the end. Counted, as runs may overlap.
+    """
+    global _gc_users, _gc_saved
+    if on:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(10_000, 20, 1_000_000)
+        _gc_users += 1
+    else:
+        _gc_users -= 1
+        if _gc_users == 0:
+            gc.set_threshold(*_gc_saved)
+            gc.unfreeze()
 
 
 class LoadRun:
@@ -53,10 +62,9 @@ class LoadRun:
         self._on_interval = on_interval
         self._callback_errors: list[str] = []
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._snapshots: list[IntervalSnapshot] = []
         self._stopping = False
         self._task: asyncio.Task | None = None
-        self._rec: Recorder | None = None
-        self._snapshots: list[IntervalSnapshot] = []
 
     def start(self) -> "LoadRun":
         if self._task is None:
@@ -87,50 +95,66 @@ class LoadRun:
                 return
             yield item
 
-    # -- the run -------------------------------------------------------------------
+    # -- the run -------------------------------------------------------------------------
     async def _run(self) -> LoadResult:
         spec = self.spec
+        open_loop = spec.mode == "open"
         plan = MixPlan(spec.request_mix, spec.url, spec.seed)
-        rec = self._rec = Recorder(r.label for r in spec.request_mix.requests)
-        sessions = _make_sessions(spec)
-        gc.freeze()          # setup objects out of the collector's way: shorter GC pauses
+        rec = Recorder(r.label for r in spec.request_mix.requests)
         loop = asyncio.get_running_loop()
-        started_at = time.time()
-        start = time.perf_counter()
-        cpu_start = time.process_time()
-        self._last_tick, self._last_cpu = start, cpu_start
-        ticker = loop.create_task(self._tick(rec, start))
+        clients = make_clients(spec)
+        _calm_gc(True)
         try:
-            if spec.mode == "open":
-                window_end = await self._open_loop(rec, plan, sessions, start)
-            else:
-                window_end = await self._closed_loop(rec, plan, sessions, start)
+            if open_loop:
+                await self._warm(clients)
+            started_at = time.time()
+            start = time.perf_counter()
+            cpu_start = time.process_time()
+            self._last_tick, self._last_cpu = start, cpu_start
+            ticker = loop.create_task(self._tick(rec, start))
+            # Throughput counts responses that arrived inside the sending window: past
+            # capacity, the backlog answered afterwards is not throughput.
+            window_mark = loop.call_later(spec.duration_s, rec.mark_window_end)
+            try:
+                if open_loop:
+                    window_end = await self._open_loop(rec, plan, clients, start)
+                else:
+                    window_end = await self._closed_loop(rec, plan, clients, start)
+            finally:
+                ticker.cancel()
+                window_mark.cancel()
+                await asyncio.gather(ticker, return_exceptions=True)
+            end, cpu_end = time.perf_counter(), time.process_time()
+            wall = end - self._last_tick
+            if wall > 0.1 * spec.interval_s or rec.w_sent or rec.w_done:     # the last, partial interval
+                self._emit(rec.snapshot(end - start, wall, (cpu_end - self._last_cpu) / max(wall, 1e-9),
+                                        open_loop))
+            rec.pool_waits = sum(c.pool_waits for c in clients)
+            return self._result(rec, started_at, start, window_end, end,
+                                (cpu_end - cpu_start) / max(end - start, 1e-9))
         finally:
-            ticker.cancel()
-            await asyncio.gather(ticker, return_exceptions=True)
-            await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-            gc.unfreeze()
-        end = time.perf_counter()
-        cpu = (time.process_time() - cpu_start) / max(end - start, 1e-9)
-        last = self._last_tick
-        if end - last > 0.001 or rec.w_done or rec.w_sent:      # the last, partial interval
-            self._emit(rec.snapshot(end - start, end - last, (time.process_time() - self._last_cpu)
-                                    / max(end - last, 1e-9), spec.mode == "open"))
-        result = self._result(rec, started_at, start, window_end, end, cpu)
-        self._queue.put_nowait(_DONE)
-        return result
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+            _calm_gc(False)
+            self._queue.put_nowait(_DONE)
+
+    async def _warm(self, clients: list) -> None:
+        """Open the connections the schedule will need at once, before it starts (like wrk):
+        enough for the rate at 5 ms per request. Failures are left for the run to count."""
+        spec = self.spec
+        want = math.ceil(spec.rate * WARM_LATENCY_S / len(clients)) + 1
+        await asyncio.gather(*(c.warm(want) for c in clients if hasattr(c, "warm")),
+                             return_exceptions=True)
 
     async def _tick(self, rec: Recorder, start: float) -> None:
-        k = 1
+        interval, open_loop, k = self.spec.interval_s, self.spec.mode == "open", 1
         while True:
-            await asyncio.sleep(max(0.0, start + k * self.spec.interval_s - time.perf_counter()))
+            await asyncio.sleep(max(0.0, start + k * interval - time.perf_counter()))
             now, cpu = time.perf_counter(), time.process_time()
             wall = now - self._last_tick
-            snap = rec.snapshot(now - start, wall, (cpu - self._last_cpu) / max(wall, 1e-9),
-                                self.spec.mode == "open")
+            snap = rec.snapshot(now - start, wall, (cpu - self._last_cpu) / max(wall, 1e-9), open_loop)
             self._last_tick, self._last_cpu = now, cpu
             self._emit(snap)
-            k = max(k + 1, math.floor((now - start) / self.spec.interval_s) + 1)
+            k = max(k + 1, math.floor((now - start) / interval) + 1)   # skip ticks missed while busy
 
     def _emit(self, snapshot: IntervalSnapshot) -> None:
         self._snapshots.append(snapshot)
@@ -145,47 +169,31 @@ class LoadRun:
             if len(self._callback_errors) < 3:
                 self._callback_errors.append(f"{type(exc).__name__}: {exc}")
 
-    async def _exchange(self, rec: Recorder, session: aiohttp.ClientSession, request: Prepared,
-                        t_from: float) -> None:
+    @staticmethod
+    async def _exchange(rec: Recorder, client, request: Prepared, t_from: float) -> None:
         """Send one request; record its latency from `t_from`, or why it failed."""
         try:
-            async with session.request(request.method, request.url, data=request.data,
-                                       headers=request.headers) as response:
-                await response.read()
-                rec.response(request.label, response.status, response.headers.get("X-Replica"),
-                             time.perf_counter() - t_from)
-        except TimeoutError as exc:                 # aiohttp's timeouts subclass it
-            rec.failure(request.label, "timeout", exc)
-        except aiohttp.ClientConnectorError as exc:
-            rec.failure(request.label, "connect", exc)
+            status, replica, done_at = await client.send(request)
         except asyncio.CancelledError:
             rec.failure(request.label, "timeout", "still outstanding when the run's time was up")
             raise
         except Exception as exc:  # noqa: BLE001 - every request ends in exactly one class
-            rec.failure(request.label, "other", exc)
+            rec.failure(request.label, classify(exc), exc)
+            return
+        rec.response(request.label, status, replica, done_at - t_from)
 
-    async def _open_loop(self, rec, plan, sessions, start) -> float:
-        """Send request i at start + i/rate; returns when the last one was sent."""
+    async def _open_loop(self, rec: Recorder, plan: MixPlan, clients: list, start: float) -> float:
+        """Send request i at start + i/rate, latency counted from then; returns the last send time."""
         spec, loop = self.spec, asyncio.get_running_loop()
         rate, total = spec.rate, total_requests(spec.rate, spec.duration_s)
-        per_session = math.ceil(spec.pool_size / len(sessions))
-        busy = [0] * len(sessions)
+        exchange, n_clients = self._exchange, len(clients)
         tasks: set[asyncio.Task] = set()
 
         async def one(index: int, intended: float) -> None:
-            began = time.perf_counter()
-            s = index % len(sessions)
-            rec.sent_one(began - intended)
-            if busy[s] >= per_session:
-                rec.pool_waits += 1                 # waits for a connection; the wait is in its latency
-            busy[s] += 1
-            try:
-                await self._exchange(rec, sessions[s], plan.next(), intended)
-            finally:
-                busy[s] -= 1
+            rec.sent_one(time.perf_counter() - intended)
+            await exchange(rec, clients[index % n_clients], plan.next(), intended)
 
-        i = 0
-        last_sent = start
+        i, last_sent = 0, start
         while i < total and not self._stopping:
             # Everything already due goes out now, in one batch: one wake-up per
             # batch instead of one sleeping task per request.
@@ -196,30 +204,37 @@ class LoadRun:
                 task.add_done_callback(tasks.discard)
                 i += 1
             last_sent = time.perf_counter()
-            if i < total:
-                await asyncio.sleep(max(0.0, intended_time(start, i, rate) - time.perf_counter()))
-        await asyncio.sleep(0)                      # let the last batch start before the window closes
+            if i < total:       # (in short naps, so stop() is noticed even at low rates)
+                await asyncio.sleep(min(0.1, max(0.0, intended_time(start, i, rate) - time.perf_counter())))
+        await asyncio.sleep(0)                  # let the last batch start
         await self._drain(tasks, time.perf_counter() + spec.timeout_s)
-        return max(last_sent, start)
+        return last_sent
 
-    async def _closed_loop(self, rec, plan, sessions, start) -> float:
+    async def _closed_loop(self, rec: Recorder, plan: MixPlan, clients: list, start: float) -> float:
         """C workers, each sending its next request when the previous one has answered."""
-        spec = self.spec
+        spec, exchange = self.spec, self._exchange
         stop_at = start + spec.duration_s
 
         async def worker(w: int) -> None:
-            session = sessions[w % len(sessions)]
-            while not self._stopping and time.perf_counter() < stop_at:
-                request = plan.next()
+            client = clients[w % len(clients)]
+            while not self._stopping:
                 began = time.perf_counter()
+                if began >= stop_at:
+                    return
+                request = plan.next()
                 rec.sent_one(None)
-                await self._exchange(rec, session, request, began)
+                await exchange(rec, client, request, began)
 
-        workers = [asyncio.ensure_future(worker(w)) for w in range(spec.connections)]
-        await self._drain(set(workers), stop_at + spec.timeout_s)
+        if spec.client_kind == "fast":
+            await run_closed_users(clients, rec, plan, spec.connections, stop_at, spec.timeout_s,
+                                   lambda: self._stopping)
+        else:
+            workers = {asyncio.ensure_future(worker(w)) for w in range(spec.connections)}
+            await self._drain(workers, stop_at + spec.timeout_s)
         return min(time.perf_counter(), stop_at)
 
-    async def _drain(self, tasks: set, deadline: float) -> None:
+    @staticmethod
+    async def _drain(tasks: set, deadline: float) -> None:
         """Wait for `tasks` until `deadline`; what is left is cancelled and counted as timeouts."""
         if tasks:
             _, pending = await asyncio.wait(set(tasks), timeout=max(0.0, deadline - time.perf_counter()))
@@ -230,19 +245,19 @@ class LoadRun:
     def _result(self, rec: Recorder, started_at: float, start: float, window_end: float,
                 end: float, cpu: float) -> LoadResult:
         spec = self.spec
-        window = max(window_end - start, spec.duration_s if not self._stopping else 1e-9)
+        window = window_end - start if self._stopping else max(window_end - start, spec.duration_s)
+        window = max(window, 1e-6)
         result = LoadResult(
             mode=spec.mode, url=spec.url, spec=spec.to_dict(), started_at=started_at,
             duration_s=round(window, 4), elapsed_s=round(end - start, 4),
             sent=rec.sent, responses=rec.responses, ok=rec.ok, errors=dict(rec.errors),
             status_codes=dict(rec.status_codes), offered_rps=spec.rate,
-            send_rps=rec.sent / window, throughput_rps=rec.responses / window,
+            send_rps=rec.sent / window, throughput_rps=rec.responses_in_window() / window,
             latency=rec.latency, send_lag=rec.send_lag if spec.mode == "open" else None,
             replicas=rec.replicas, requests=rec.requests, connections=spec.pool_size,
             pool_waits=rec.pool_waits, cpu=round(cpu, 3), generator_bottleneck=False, warnings=[],
-            intervals=[], error_examples=dict(rec.error_examples))
-        result.intervals = self._snapshots
-        result.generator_bottleneck, result.warnings = judge(spec, result, stopped=self._stopping,
-                                                             loop=asyncio.get_running_loop())
+            intervals=list(self._snapshots), error_examples=dict(rec.error_examples))
+        result.generator_bottleneck, result.warnings = judge(
+            spec, result, stopped=self._stopping, loop=asyncio.get_running_loop())
         result.warnings += [f"on_interval raised {e}; the run went on" for e in self._callback_errors]
         return result

@@ -8,9 +8,12 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .errors import LoadSpecError, int_in, number_in, one_of
+from yarl import URL
+
 from .mix import RequestMix
 
 MODES = ("open", "closed")
+CLIENTS = ("auto", "fast", "aiohttp")
 MAX_RATE = 100_000
 MAX_CONNECTIONS = 10_000
 # Open loop: enough connections for the offered rate at this latency (Little's law)
@@ -42,6 +45,7 @@ class LoadSpec:
     seed: int = 1
     max_send_lag_ms: float = 5.0       # open loop: p99 send lag above this = generator bottleneck
     cpu_limit: float = 0.9             # generator CPU (cores) above this = generator bottleneck
+    client: str = "auto"               # "fast" (lean, http only), "aiohttp", or "auto": fast for http
 
     def __post_init__(self):
         if isinstance(self.source_addresses, (list, str)):
@@ -56,6 +60,9 @@ class LoadSpec:
         if parts.path not in ("", "/") or parts.query:
             raise LoadSpecError("url", self.url, "a base URL without path or query (put those in path or mix)")
         one_of("mode", self.mode, MODES)
+        one_of("client", self.client, CLIENTS)
+        if self.client == "fast" and parts.scheme != "http":
+            raise LoadSpecError("client", self.client, "'aiohttp' or 'auto' for an https:// URL")
         if self.mode == "open":
             if self.rate is None:
                 raise LoadSpecError("rate", self.rate, "a rate in requests per second for mode='open'")
@@ -90,6 +97,17 @@ class LoadSpec:
                                 f"at least one per source address ({len(self.source_addresses)})")
 
     @property
+    def client_kind(self) -> str:
+        """The client actually used: "fast" or "aiohttp"."""
+        if self.client == "auto":
+            return "fast" if self.url.startswith("http://") else "aiohttp"
+        return self.client
+
+    @property
+    def parsed_url(self) -> URL:
+        return URL(self.url)
+
+    @property
     def request_mix(self) -> RequestMix:
         return self.mix if self.mix is not None else RequestMix.single(self.path)
 
@@ -108,6 +126,7 @@ class LoadSpec:
         mix = self.request_mix
         return {"url": self.url, "mode": self.mode, "rate": self.rate, "connections": self.pool_size,
                 "duration_s": self.duration_s, "timeout_s": self.timeout_s, "interval_s": self.interval_s,
+                "client": self.client_kind,
                 "source_addresses": list(self.source_addresses), "seed": self.seed,
                 "mix": {"requests": [{"method": r.method, "path": r.path, "weight": r.weight,
                                       "label": r.label} for r in mix.requests],
