@@ -3,13 +3,11 @@ and control changes; a refused change shows its error and leaves the stack alone
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
 
 import pytest
 
-from stack.local.backend import LocalStack
+from conftest import running_stack
 from stack.load import LoadSpec, RequestMix
 from stack import live
 from stack.topology import Topology
@@ -19,16 +17,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def stack():
-    # Under /tmp itself: the service user must be able to enter the state directory.
-    state = tempfile.mkdtemp(prefix="scalelab-test-live-")
-    s = LocalStack(state)
-    try:
-        s.up(Topology(base_port=22000).with_changes(replicas=2, strategy="round_robin"))
+def stack(state_dir):
+    with running_stack(state_dir, 22000, replicas=2, strategy="round_robin") as s:
         yield s
-    finally:
-        s.down(purge=True)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def steady_load(seconds: float = 60) -> LoadSpec:

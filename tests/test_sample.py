@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import shutil
-import tempfile
 import time
 
 import pytest
 
 from stack.local import redis as redis_mod
-from stack.local.backend import LocalStack
+from conftest import running_stack
 from stack.load import LoadSpec, RequestMix, run_load_async
 from stack.sample import Sampler
 from stack.topology import Topology
@@ -20,16 +18,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def stack():
-    # Under /tmp itself: the service user must be able to enter the state directory.
-    state = tempfile.mkdtemp(prefix="scalelab-test-sample-")
-    s = LocalStack(state)
-    try:
-        s.up(Topology(base_port=22000).with_changes(replicas=3, strategy="round_robin"))
+def stack(state_dir):
+    with running_stack(state_dir, 22000, replicas=3, strategy="round_robin") as s:
         yield s
-    finally:
-        s.down(purge=True)
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def load(mix: RequestMix, rate: float, seconds: float) -> LoadSpec:
