@@ -8,6 +8,11 @@
    Start the stack with replicas=1 for this (see --help).
 2. Open loop at --rate (5,000 req/s) for --open-duration (10 s): p99 send lag
    (goal <= 5 ms), achieved rate, latency, generator CPU.
+3. Little's law: N = 1..4 replicas with K = 4 slots and S = 20 ms of I/O,
+   measured against N*K/S (goal: within 5%), generator CPU (goal <= 15% of a core).
+
+Without --url it starts its own stack (state in a temp dir, ports from 23100)
+and stops it at the end.
 
 Prints one JSON object with the figures. The machine's load average is
 included: other work on the box moves these numbers.
@@ -82,9 +87,35 @@ def open_loop(args) -> dict:
             "worst_interval_send_lag_p99_ms": max((s.send_lag_p99_ms or 0) for s in r.intervals)}
 
 
+def littles_law(stack, seconds: float = 3.0) -> dict:
+    rows = []
+    for n in (1, 2, 3, 4):
+        stack.apply(replicas=n, concurrency=4)
+        r = run_load(LoadSpec(url=stack.status()["url"], mode="closed", connections=2 * n * 4,
+                              duration_s=seconds, path="/work?kind=io&ms=20"))
+        predicted = n * 4 / 0.020
+        rows.append({"replicas": n, "predicted_rps": predicted, "measured_rps": round(r.throughput_rps, 1),
+                     "error": round(abs(r.throughput_rps - predicted) / predicted, 4),
+                     "generator_cpu": r.cpu, "errors": r.error_count})
+    return {"rows": rows, "goal_error": 0.05, "goal_generator_cpu": 0.15,
+            "met": all(row["error"] <= 0.05 and row["generator_cpu"] <= 0.15 for row in rows)}
+
+
+def own_stack():
+    """A stack of the benchmark's own, on ports that leave a course stack alone."""
+    import tempfile
+    from stack.local.backend import LocalStack
+    from stack.topology import Topology
+    root = tempfile.mkdtemp(prefix="scalelab-bench-load-")
+    os.chmod(root, 0o711)
+    stack = LocalStack(Path(root) / "state")
+    stack.up(Topology(base_port=23100).with_changes(replicas=1))
+    return stack, root
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="http://127.0.0.1:21000", help="nginx in front of ONE app replica")
+    p.add_argument("--url", help="nginx in front of ONE app replica (default: start a stack of our own)")
     p.add_argument("--path", default="/health")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=int, default=3, help="seconds per closed-loop run")
@@ -95,15 +126,27 @@ def main() -> int:
     p.add_argument("--open-url", help="URL for the open loop (default: --url)")
     p.add_argument("--skip-closed", action="store_true")
     p.add_argument("--skip-open", action="store_true")
+    p.add_argument("--skip-little", action="store_true")
     args = p.parse_args()
     if not args.skip_closed and not shutil.which("wrk"):
         p.error("wrk is not installed; use --skip-closed")
+    stack = root = None
+    if args.url is None:
+        stack, root = own_stack()
+        args.url = stack.status()["url"]
     began = time.time()
     summary = {"machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()}}
-    if not args.skip_closed:
-        summary["closed_vs_wrk"] = closed_side_by_side(args)
-    if not args.skip_open:
-        summary["open_loop"] = open_loop(args)
+    try:
+        if not args.skip_closed:
+            summary["closed_vs_wrk"] = closed_side_by_side(args)
+        if not args.skip_open:
+            summary["open_loop"] = open_loop(args)
+        if stack is not None and not args.skip_little:
+            summary["littles_law"] = littles_law(stack)
+    finally:
+        if stack is not None:
+            stack.down()
+            shutil.rmtree(root, ignore_errors=True)
     summary["machine"]["loadavg_after"] = os.getloadavg()
     busiest = max(summary["machine"]["loadavg_before"][0], summary["machine"]["loadavg_after"][0])
     if busiest > (os.cpu_count() or 1):
