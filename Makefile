@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 JUPYTER_FLAGS := --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab test bench system-deps down clean
+.PHONY: lab test test-docker bench system-deps down clean
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)                   ## every test: unit, live stack, notebooks, bro
 	SCALELAB_WITH_WRK=1 SCALELAB_WITH_BROWSER=1 bash stack/scripts/system-deps.sh
 	$(PY) -m stack.lab.make_labs --check
 	$(VENV)/bin/pytest
+
+test-docker: $(STAMP)            ## the Docker tier: its own dockerd, a debootstrap base image, build, integration tests (root)
+	bash stack/scripts/docker-tier.sh
 
 bench: $(STAMP)                  ## performance figures (not part of `make test`)
 	SCALELAB_WITH_WRK=1 bash stack/scripts/system-deps.sh

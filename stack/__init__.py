@@ -22,14 +22,18 @@ _stacks: dict = {}
 
 
 def get_stack(state_dir=None, backend: str | None = None):
-    """The stack for a state directory (default: SCALELAB_STATE or a per-user temp dir)."""
+    """The stack for a state directory: backend "local" (processes, default) or "docker" (a compose project)."""
     backend = backend or os.environ.get("SCALELAB_BACKEND", "local")
-    if backend != "local":
-        raise StackError(f"backend={backend!r} is not available: allowed 'local'")
-    from .local.backend import LocalStack
     key = (backend, str(state_dir))
     if key not in _stacks:
-        _stacks[key] = LocalStack(state_dir)
+        if backend == "local":
+            from .local.backend import LocalStack
+            _stacks[key] = LocalStack(state_dir)
+        elif backend == "docker":
+            from .docker.backend import DockerStack
+            _stacks[key] = DockerStack(state_dir)
+        else:
+            raise StackError(f"backend={backend!r} is not available: allowed 'local', 'docker'")
     return _stacks[key]
 
 

@@ -31,6 +31,22 @@ def pytest_configure(config):
     config._scalelab_notebook_root = root
 
 
+DOCKER_TIER = "test_docker_stack.py"
+
+
+def pytest_ignore_collect(collection_path, config):
+    """The Docker tier needs an engine: `make test-docker` starts one and runs it."""
+    if collection_path.name == DOCKER_TIER and os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
+        return True
+    return None
+
+
+def pytest_report_header(config):
+    if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
+        return f"Docker tier not collected (tests/{DOCKER_TIER}): `make test-docker` runs it"
+    return None
+
+
 def pytest_unconfigure(config):
     root = getattr(config, "_scalelab_notebook_root", None)
     if root is not None:

@@ -308,3 +308,24 @@ def test_exhausted_pool_answers_503_naming_the_pool(state_dir):
     assert statuses == {200: 2, 503: 4}, statuses
     errors = {body["error"] for status, _, body in answers if status == 503}
     assert errors == {"read pool exhausted: all 2 connections busy for 0.2 s"}
+
+
+def test_max_connections_restarts_both_servers_in_a_safe_order(state_dir):
+    """Growing and shrinking max_connections: the standby must keep replaying either way."""
+    stack = LocalStack(state_dir)
+    stack.up(Topology(base_port=BASE).with_changes(replicas=1))
+    try:
+        for value in (250, 150):
+            stack.apply(max_connections=value)
+            ctx = stack.context()
+            for port in (PORTS.primary, PORTS.replica):
+                with psycopg.connect(postgres.dsn(ctx, port)) as conn:
+                    assert conn.execute("SHOW max_connections").fetchone()[0] == str(value)
+            assert request(PORTS.nginx, "PUT", "/users/9", {"name": f"after-{value}"})[0] == 200
+            deadline = time.monotonic() + 3      # the standby reconnects to the restarted primary
+            while replica_name_of_user(stack, 9) != f"after-{value}" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert replica_name_of_user(stack, 9) == f"after-{value}"
+    finally:
+        stack.apply(max_connections=200)
+        stack.down()

@@ -227,11 +227,8 @@ class LocalStack:
         new = ctx.topology
         if old.postgres != new.postgres:
             if postgres.needs_restart(old, new):
-                # A standby needs max_connections >= the primary's: restart it after the primary.
-                postgres.stop_server(records.pop("postgres-replica", None))
-                postgres.stop_server(records.pop("postgres-primary", None))
-                records["postgres-primary"] = postgres.start_primary(ctx)
-                records["postgres-replica"] = postgres.start_replica(ctx)
+                postgres.restart_for_max_connections(ctx, records, growing=new.postgres.max_connections
+                                                     > old.postgres.max_connections)
                 note("restarted postgres (max_connections needs a restart)")
             else:
                 for role in ("primary", "replica"):

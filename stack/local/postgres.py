@@ -156,6 +156,30 @@ def reload(record: ProcessRecord) -> None:
         proc.send_signal(signal.SIGHUP)
 
 
+def restart_for_max_connections(ctx: Context, records: dict, growing: bool) -> None:
+    """A hot standby refuses to run with a smaller max_connections than its primary's.
+
+    Growing: the standby first, then the primary. Shrinking: the primary first,
+    then wait until the standby has replayed the primary's parameter change, then
+    the standby (restarted earlier, it would find itself below the old value).
+    """
+    def restart(role: str) -> None:
+        stop_server(records.pop(f"postgres-{role}", None))
+        records[f"postgres-{role}"] = (start_primary if role == "primary" else start_replica)(ctx)
+
+    if growing:
+        restart("replica")
+        restart("primary")
+        return
+    restart("primary")
+    with psycopg.connect(dsn(ctx, ctx.ports.primary, dbname="postgres"), autocommit=True) as conn:
+        target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    with psycopg.connect(dsn(ctx, ctx.ports.replica, dbname="postgres"), autocommit=True) as conn:
+        wait_until(lambda: conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0],
+                   "postgres-replica replaying the new max_connections", 20)
+    restart("replica")
+
+
 def needs_restart(old, new) -> bool:
     return old.postgres.max_connections != new.postgres.max_connections
 

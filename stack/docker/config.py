@@ -1,0 +1,237 @@
+"""The configuration files of the compose project: pure functions, topology (and secrets) in, text out.
+
+Two kinds of file, kept apart so that secrets never reach the repository:
+
+* `project_files(topology)`: no secrets. Bind-mounted read-only from the project's
+  `docker/conf/` into each container at /etc/scalelab/<service>/. The repository keeps
+  the default topology's set beside stack/compose.yml; a DockerStack keeps its own in
+  its state directory and rewrites them on a live change.
+* `runtime_files(topology, secrets)`: what needs a password (the app's DSNs, PgBouncer's
+  userlist, Redis' requirepass, the PostgreSQL passwords). Mounted at /run/scalelab/<service>/.
+  A DockerStack writes them from its state directory; the standalone compose.yml has a
+  one-shot `secrets-init` service write them into a volume (`python -m stack.docker.runtime`).
+
+Inside the network every service listens on its usual port (INTERNAL_PORTS) and is
+reached by its service name; the host reaches each one on 127.0.0.1 at the same
+`Ports` offsets as the local backend.
+"""
+from __future__ import annotations
+
+import json
+
+from ..render.nginx import LOG_FORMAT, STRATEGY_DIRECTIVES
+from ..render.pgbouncer import DATABASE
+from ..render.postgres import primary_settings, render_conf_lines, replica_settings
+from ..topology import Topology
+
+INTERNAL_PORTS = {"nginx": 80, "app": 8000, "postgres": 5432, "pgbouncer": 6432, "redis": 6379}
+SECRET_NAMES = ("postgres_password", "app_password", "redis_password", "admin_token")
+
+# Inside a container: where the rendered files and the runtime (secret) files appear.
+CONF_DIR = "/etc/scalelab"
+RUN_DIR = "/run/scalelab"
+PGDATA = "/var/lib/postgresql/data"
+
+
+def app_name(index: int) -> str:
+    return f"app-{index}"
+
+
+# -- nginx -------------------------------------------------------------------------------
+def render_nginx_conf() -> str:
+    """The main file; everything a live change touches is in upstream.conf."""
+    return f"""# Rendered by stack.docker.config: edits are overwritten.
+user www-data;
+worker_processes 1;
+daemon off;
+pid /run/nginx.pid;
+error_log /dev/stderr warn;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    log_format scalelab '{LOG_FORMAT}';
+    # A file inside the container, buffered: at thousands of requests per second a log
+    # line each through `docker logs` would cost more CPU than nginx itself.
+    access_log /var/log/nginx/access.log scalelab buffer=32k flush=1s;
+    include {CONF_DIR}/nginx/upstream.conf;
+
+    server {{
+        listen {INTERNAL_PORTS['nginx']} backlog=4096;
+        location = /nginx-health {{
+            access_log off;
+            return 200 "ok\\n";
+        }}
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_connect_timeout 2s;
+        }}
+    }}
+}}
+"""
+
+
+def render_upstream_conf(topology: Topology) -> str:
+    """The upstream block: each replica by its service name (app-1, app-2 ...) and weight."""
+    balancer = topology.balancer
+    lines = ["# Rendered by stack.docker.config: edits are overwritten.", "upstream app {"]
+    directive = STRATEGY_DIRECTIVES[balancer.strategy]
+    if directive:
+        lines.append(f"    {directive}")
+    for index, weight in enumerate(balancer.weight_list(topology.app.replicas), start=1):
+        lines.append(f"    server {app_name(index)}:{INTERNAL_PORTS['app']} weight={weight} "
+                     f"max_fails={balancer.max_fails} fail_timeout={balancer.fail_timeout_s}s;")
+    if balancer.keepalive:
+        lines.append(f"    keepalive {balancer.keepalive};")
+    lines.append("}")
+    lines.append(f"proxy_next_upstream {' '.join(balancer.next_upstream)};")
+    return "\n".join(lines) + "\n"
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+_IN_CONTAINER = {"listen_addresses": "*", "port": INTERNAL_PORTS["postgres"],
+                 "unix_socket_directories": "/var/run/postgresql",
+                 "hba_file": f"{CONF_DIR}/postgres/pg_hba.conf"}
+
+
+def postgres_settings(topology: Topology, role: str) -> dict:
+    """The local backend's settings, with the container's own address, port and paths."""
+    if role == "primary":
+        settings = primary_settings(topology, _NoPorts())
+    elif role == "replica":
+        settings = replica_settings(topology, _NoPorts())
+        settings["primary_conninfo"] = (f"host=postgres-primary port={INTERNAL_PORTS['postgres']} "
+                                        f"user=postgres application_name=replica")
+        # Reconnect soon after the primary restarts (default 5 s).
+        settings["wal_retrieve_retry_interval"] = "500ms"
+    else:
+        raise ValueError(f"role must be 'primary' or 'replica', got {role!r}")
+    settings.update(_IN_CONTAINER)
+    return settings
+
+
+class _NoPorts:
+    """Stands in for Ports: the container's port is fixed (5432), set by _IN_CONTAINER."""
+    primary = replica = INTERNAL_PORTS["postgres"]
+
+
+def render_postgres_conf(topology: Topology, role: str) -> str:
+    return ("# Rendered by stack.docker.config: edits are overwritten.\n"
+            f"# Included from the data directory's postgresql.conf ({role}).\n"
+            + render_conf_lines(postgres_settings(topology, role)))
+
+
+def render_pg_hba() -> str:
+    """SCRAM passwords for every network client; `peer` for the entrypoint's own socket. No `trust`."""
+    return ("# Rendered by stack.docker.config: edits are overwritten.\n"
+            "local all         postgres           peer\n"
+            "host  all         all       all      scram-sha-256\n"
+            "host  replication all       all      scram-sha-256\n")
+
+
+def render_schema_sql() -> str:
+    """The same seeded users table as the local backend."""
+    from ..local.postgres import SCHEMA   # host side only: the container reads the rendered file
+    return "-- Rendered by stack.docker.config from stack.local.postgres.SCHEMA.\n" + SCHEMA.lstrip()
+
+
+# -- PgBouncer and Redis -----------------------------------------------------------------
+def render_pgbouncer_ini(topology: Topology) -> str:
+    spec = topology.pgbouncer
+    return f"""; Rendered by stack.docker.config: edits are overwritten.
+[databases]
+{DATABASE} = host=postgres-primary port={INTERNAL_PORTS['postgres']} dbname={DATABASE}
+
+[pgbouncer]
+listen_addr = *
+listen_port = {INTERNAL_PORTS['pgbouncer']}
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = {RUN_DIR}/pgbouncer/userlist.txt
+admin_users = postgres
+stats_users = postgres
+pool_mode = {spec.mode}
+default_pool_size = {spec.pool_size}
+max_client_conn = {spec.max_client_conn}
+server_login_retry = 1
+ignore_startup_parameters = extra_float_digits,options
+"""
+
+
+def render_redis_conf(topology: Topology) -> str:
+    cache = topology.cache
+    return (f"# Rendered by stack.docker.config: edits are overwritten.\n"
+            f"port {INTERNAL_PORTS['redis']}\nbind * -::*\nprotected-mode no\n"
+            f"save \"\"\nappendonly no\ndaemonize no\ndir /tmp\n"
+            f"maxmemory {cache.maxmemory_mb}mb\nmaxmemory-policy {cache.policy}\n"
+            f"# The password: {RUN_DIR}/redis/auth.conf (generated, never in the repository).\n"
+            f"include {RUN_DIR}/redis/auth.conf\n")
+
+
+# -- the project's files -----------------------------------------------------------------
+def project_files(topology: Topology) -> dict[str, str]:
+    """Every non-secret file of the project, by path relative to the project directory."""
+    conf = "docker/conf"
+    return {
+        f"{conf}/topology.json": json.dumps(topology.to_dict(), indent=2, sort_keys=True) + "\n",
+        f"{conf}/nginx/nginx.conf": render_nginx_conf(),
+        f"{conf}/nginx/upstream.conf": render_upstream_conf(topology),
+        f"{conf}/postgres-primary/postgresql.conf": render_postgres_conf(topology, "primary"),
+        f"{conf}/postgres-primary/pg_hba.conf": render_pg_hba(),
+        f"{conf}/postgres-primary/schema.sql": render_schema_sql(),
+        f"{conf}/postgres-replica/postgresql.conf": render_postgres_conf(topology, "replica"),
+        f"{conf}/postgres-replica/pg_hba.conf": render_pg_hba(),
+        f"{conf}/pgbouncer/pgbouncer.ini": render_pgbouncer_ini(topology),
+        f"{conf}/redis/redis.conf": render_redis_conf(topology),
+    }
+
+
+# -- files that hold secrets -------------------------------------------------------------
+def _dsn(host: str, port: int, password: str) -> str:
+    return f"host={host} port={port} user=app password={password} dbname={DATABASE}"
+
+
+def app_config(topology: Topology, secrets: dict) -> dict:
+    """The file every replica reads (stack.app.config.AppConfig), with in-network addresses."""
+    app, pg = topology.app, INTERNAL_PORTS["postgres"]
+    via_pgbouncer = topology.pgbouncer.enabled
+    password = secrets["app_password"]
+    write = (_dsn("pgbouncer", INTERNAL_PORTS["pgbouncer"], password) if via_pgbouncer
+             else _dsn("postgres-primary", pg, password))
+    return {
+        "ttl_s": topology.cache.ttl_s, "write_pool": app.write_pool, "read_pool": app.read_pool,
+        "pool_timeout_s": app.pool_timeout_s, "pool_idle_s": app.pool_idle_s,
+        "read_from": app.read_from, "concurrency": app.concurrency,
+        "write_dsn": write,
+        "primary_dsn": _dsn("postgres-primary", pg, password),
+        "replica_dsn": _dsn("postgres-replica", pg, password),
+        "redis_url": f"redis://:{secrets['redis_password']}@redis:{INTERNAL_PORTS['redis']}/0",
+        "admin_token": secrets["admin_token"], "via_pgbouncer": via_pgbouncer,
+    }
+
+
+def _userlist(passwords: dict) -> str:
+    def quote(text: str) -> str:
+        return '"' + text.replace('"', '""') + '"'
+    return "".join(f"{quote(user)} {quote(pw)}\n" for user, pw in sorted(passwords.items()))
+
+
+def runtime_files(topology: Topology, secrets: dict) -> dict[str, str]:
+    """Files holding secrets, by path relative to the runtime directory (/run/scalelab)."""
+    missing = [name for name in SECRET_NAMES if not secrets.get(name)]
+    if missing:
+        raise ValueError(f"secrets lack {', '.join(missing)}")
+    return {
+        "app/config.json": json.dumps(app_config(topology, secrets), indent=2) + "\n",
+        "postgres/postgres_password": secrets["postgres_password"] + "\n",
+        "postgres/app_password": secrets["app_password"] + "\n",
+        "pgbouncer/userlist.txt": _userlist({"postgres": secrets["postgres_password"],
+                                             "app": secrets["app_password"]}),
+        "redis/auth.conf": f"requirepass {secrets['redis_password']}\n",
+        "redis/password": secrets["redis_password"] + "\n",
+    }

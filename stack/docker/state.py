@@ -1,0 +1,103 @@
+"""The Docker backend's state directory: enough to find the compose project again.
+
+    <state>/state.json            project name, applied topology, image references (no secrets)
+    <state>/secrets.json          generated passwords and the admin token (mode 0600)
+    <state>/lock                  held while a process changes the stack
+    <state>/project/compose.yml   the compose model this stack runs (informational: the
+                                  containers are made from the same model with the SDK)
+    <state>/project/docker/conf/  rendered config files, bind-mounted read-only
+    <state>/project/docker/run/   files holding secrets, bind-mounted per service
+
+The directory itself is 0700, so the world-readable files inside (each container
+reads its own as an unprivileged user) stay private to their owner on the host.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from .runtime import new_secrets, write_atomic
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("SCALELAB_DOCKER_STATE")
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"scalelab-docker-{os.getuid()}"
+
+
+class DockerState:
+    def __init__(self, path: str | Path | None = None):
+        self.path = Path(path) if path else default_state_dir()
+
+    @property
+    def project_dir(self) -> Path:
+        return self.path / "project"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.project_dir / "docker" / "run"
+
+    def ensure(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        self.project_dir.mkdir(exist_ok=True)
+
+    # -- state.json -------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    def load(self) -> dict:
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def save(self, state: dict) -> None:
+        write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=True), 0o600)
+
+    @contextmanager
+    def locked(self):
+        """Only one process changes the stack at a time; others wait their turn."""
+        self.ensure()
+        with open(self.path / "lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- secrets ------------------------------------------------------------------------
+    def has_secrets(self) -> bool:
+        return (self.path / "secrets.json").exists()
+
+    def secrets(self) -> dict:
+        """Generated once per state directory; readable by the owner only."""
+        path = self.path / "secrets.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        self.ensure()
+        values = new_secrets()
+        write_atomic(path, json.dumps(values), 0o600)
+        return values
+
+    # -- project files ------------------------------------------------------------------
+    def write_files(self, root: Path, files: dict[str, str], mode: int = 0o644) -> list[str]:
+        """Write files that changed (atomically); returns the paths that did."""
+        changed = []
+        for rel, text in files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                same = path.read_text() == text
+            except FileNotFoundError:
+                same = False
+            if not same:
+                write_atomic(path, text, mode)
+                changed.append(rel)
+        return changed

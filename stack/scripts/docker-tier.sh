@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# The Docker tier: the same stack as a compose project, tested against a real Docker engine.
+#
+#   bash stack/scripts/docker-tier.sh            # everything below, then clean up (CI: `make test-docker`)
+#   bash stack/scripts/docker-tier.sh start      # install + start the tier's engine + base image; prints DOCKER_HOST
+#   bash stack/scripts/docker-tier.sh base-image # (engine running) make the offline Debian base image
+#   bash stack/scripts/docker-tier.sh stop       # stop the engine, remove the networks and rules it made
+#
+# 1. installs Debian's docker.io, docker-compose and debootstrap (apt) when missing;
+# 2. starts its own dockerd: own socket, data root, exec root and pid file, so it never touches
+#    another engine on this machine. No registry is reachable here, so builds use the host's
+#    network and containers need no NAT: by default the engine makes no iptables rules and no
+#    docker0 (SCALELAB_DOCKER_IPTABLES=1 gives Docker's usual bridge + iptables setup instead);
+# 3. makes the base image with debootstrap + docker import (kept in the data root: skipped
+#    when it exists), then builds the stack's four images on it;
+# 4. runs tests/test_docker*.py with SCALELAB_DOCKER_TESTS=1: they FAIL (never skip) when the
+#    engine is unusable;
+# 5. always (trap): removes the containers, stops dockerd by its pid, and removes the bridges,
+#    iptables rules and chains, and mounts that appeared while it ran.
+# Prints the time of every phase. Needs root (it installs packages and runs dockerd).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+
+DOCKER_ROOT=${SCALELAB_DOCKER_ROOT:-/var/lib/scalelab-docker}
+RUN_ROOT=${SCALELAB_DOCKER_RUN:-/run/scalelab-docker}
+SOCK=$RUN_ROOT/docker.sock
+PIDFILE=$RUN_ROOT/dockerd.pid
+LOG=$DOCKER_ROOT/dockerd.log
+SNAP=$RUN_ROOT/before
+BASE_IMAGE=${SCALELAB_DOCKER_BASE_IMAGE:-scalelab/debian-base:bookworm}
+export DOCKER_HOST=unix://$SOCK
+DOCKER=/usr/bin/docker                 # Debian's client, matched to its engine
+[ -x "$DOCKER" ] || DOCKER=docker
+
+# -- timing --------------------------------------------------------------------------
+T0=$(date +%s.%N)
+PHASES=()
+PHASE=""
+PHASE_T=""
+phase() {   # phase NAME: end the current phase (if any), start NAME ("" just ends)
+    local now; now=$(date +%s.%N)
+    if [ -n "$PHASE" ]; then
+        PHASES+=("$(printf '%-28s %7.1f s' "$PHASE" "$(echo "$now - $PHASE_T" | bc)")")
+    fi
+    PHASE=$1; PHASE_T=$now
+    [ -n "$1" ] && echo "== $1"
+    return 0
+}
+report() {
+    phase ""
+    echo "== Docker tier timings"
+    printf '  %s\n' "${PHASES[@]}"
+    printf '  %-28s %7.1f s\n' "total" "$(echo "$(date +%s.%N) - $T0" | bc)"
+}
+
+die() { echo "docker-tier: $*" >&2; exit 1; }
+
+# -- 1. packages -------------------------------------------------------------------------
+install_packages() {
+    local need=()
+    [ -x /usr/sbin/dockerd ] || need+=(docker.io)
+    command -v docker-compose >/dev/null || need+=(docker-compose)
+    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+    command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || need+=(iptables)
+    command -v bc >/dev/null || need+=(bc)
+    [ ${#need[@]} -eq 0 ] && { echo "docker.io, docker-compose and debootstrap are installed"; return 0; }
+    [ "$(id -u)" = 0 ] || die "needs root to install ${need[*]}: sudo apt-get install ${need[*]}"
+    echo "installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+}
+
+# -- 2. the engine -----------------------------------------------------------------------
+engine_pid() {   # the pid of *our* dockerd, if it runs
+    [ -f "$PIDFILE" ] || return 1
+    local pid; pid=$(cat "$PIDFILE")
+    [ -n "$pid" ] && [ -d "/proc/$pid" ] && grep -q "dockerd" "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+}
+
+snapshot() {   # what exists before our engine: only what appears later is removed
+    mkdir -p "$SNAP"
+    ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | sort > "$SNAP/links"
+    for table in filter nat; do
+        iptables -w -t "$table" -S 2>/dev/null > "$SNAP/iptables-$table" || true
+    done
+    sysctl -n net.ipv4.ip_forward > "$SNAP/ip_forward" 2>/dev/null || true
+}
+
+start_engine() {
+    [ "$(id -u)" = 0 ] || die "needs root to run dockerd (rootless Docker is another setup)"
+    if pid=$(engine_pid); then
+        echo "the tier's dockerd already runs (pid $pid)"
+    else
+        mkdir -p "$DOCKER_ROOT" "$RUN_ROOT"
+        [ -f "$SNAP/links" ] || snapshot
+        local net_flags=(--iptables=false --ip6tables=false --ip-forward=false --bridge=none)
+        [ "${SCALELAB_DOCKER_IPTABLES:-0}" = 1 ] && net_flags=()
+        # In the background, stdin closed: it outlives this script (`start`); stopped by its pid.
+        /usr/sbin/dockerd --data-root "$DOCKER_ROOT/data" --exec-root "$RUN_ROOT/exec" \
+            -H "unix://$SOCK" --pidfile "$PIDFILE" --log-level warn "${net_flags[@]}" \
+            >> "$LOG" 2>&1 < /dev/null &
+        pid=$!
+        echo "started dockerd (pid $pid), log $LOG"
+    fi
+    for _ in $(seq 1 200); do
+        "$DOCKER" version >/dev/null 2>&1 && { echo "engine answers on $SOCK"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "--- last lines of $LOG" >&2
+    tail -n 20 "$LOG" >&2 || true
+    die "dockerd did not start (see above): Docker cannot run here, so the Docker tier fails"
+}
+
+stop_engine() {
+    local pid
+    if pid=$(engine_pid); then
+        local ids; ids=$("$DOCKER" ps -aq 2>/dev/null || true)
+        if [ -n "$ids" ]; then
+            echo "removing $(echo "$ids" | wc -l) leftover container(s)"
+            "$DOCKER" rm -f $ids >/dev/null 2>&1 || true
+        fi
+        for net in $("$DOCKER" network ls -q --filter type=custom 2>/dev/null); do
+            "$DOCKER" network rm "$net" >/dev/null 2>&1 || true
+        done
+        # Data volumes a crashed run left would outlive the secrets of its (deleted) state dir.
+        local volumes; volumes=$("$DOCKER" volume ls -q 2>/dev/null || true)
+        [ -n "$volumes" ] && "$DOCKER" volume rm -f $volumes >/dev/null 2>&1 || true
+        kill -TERM "$pid"
+        for _ in $(seq 1 200); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+        [ -d "/proc/$pid" ] && { echo "dockerd ignored SIGTERM for 20 s: SIGKILL"; kill -KILL "$pid"; }
+        echo "stopped dockerd (pid $pid)"
+    fi
+    rm -f "$PIDFILE"
+    # Our engine's helpers (containerd, shims, docker-proxy) name our exec root: stop any left, by pid.
+    for pid in $(pgrep -f -- "$RUN_ROOT/exec" 2>/dev/null || true); do
+        kill -TERM "$pid" 2>/dev/null && echo "stopped leftover engine helper (pid $pid)"
+    done
+    # Mounts under our roots (overlay layers, network namespaces), deepest first.
+    awk -v a="$RUN_ROOT" -v b="$DOCKER_ROOT/data" 'index($2, a) == 1 || index($2, b) == 1 {print $2}' /proc/mounts \
+        | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    cleanup_network
+    rm -rf "$RUN_ROOT"    # sockets and runtime state only; images and build cache stay in $DOCKER_ROOT
+}
+
+cleanup_network() {   # remove only what appeared since the snapshot and looks like Docker's
+    [ -f "$SNAP/links" ] || return 0
+    local removed=0
+    for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | sort \
+                  | comm -13 "$SNAP/links" - | grep -E '^(docker0|br-[0-9a-f]{12}|veth[0-9a-f]+)$' || true); do
+        ip link delete "$link" 2>/dev/null && removed=$((removed + 1))
+    done
+    if command -v iptables >/dev/null; then
+        for table in filter nat; do
+            local now; now=$(iptables -w -t "$table" -S 2>/dev/null || true)
+            # Rules Docker added (they name a DOCKER chain or a Docker bridge), newest first.
+            { comm -13 <(grep '^-A ' "$SNAP/iptables-$table" | sort) <(echo "$now" | grep '^-A ' | sort) \
+                | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' || true; } | tac | while read -r rule; do
+                    eval iptables -w -t "$table" "-D ${rule#-A }" 2>/dev/null || true
+                done
+            local chains
+            chains=$(comm -13 <(grep '^-N ' "$SNAP/iptables-$table" | sort || true) \
+                              <(echo "$now" | grep '^-N ' | sort || true) | awk '$2 ~ /^DOCKER/ {print $2}')
+            for chain in $chains; do iptables -w -t "$table" -F "$chain" 2>/dev/null || true; done
+            for chain in $chains; do
+                iptables -w -t "$table" -X "$chain" 2>/dev/null && removed=$((removed + 1))
+            done
+            # Policies Docker changed (FORWARD -> DROP when it turns forwarding on).
+            { grep '^-P ' "$SNAP/iptables-$table" || true; } | while read -r _ chain policy; do
+                iptables -w -t "$table" -P "$chain" "$policy" 2>/dev/null || true
+            done
+        done
+    fi
+    if [ -s "$SNAP/ip_forward" ]; then
+        sysctl -qw "net.ipv4.ip_forward=$(cat "$SNAP/ip_forward")" 2>/dev/null || true
+    fi
+    left=$(ip -o link show 2>/dev/null | grep -cE ': (docker0|br-[0-9a-f]{12})[:@]' || true)
+    chains=$(iptables -w -S 2>/dev/null | grep -c '^-N DOCKER' || true)
+    echo "network clean-up: removed $removed link(s)/chain(s); now $left Docker bridge(s), $chains DOCKER chain(s) on this host"
+    rm -rf "$SNAP"
+}
+
+# -- 3. images ---------------------------------------------------------------------------
+base_image() {
+    if "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
+        echo "base image $BASE_IMAGE exists (cached in $DOCKER_ROOT)"
+        return 0
+    fi
+    local sources=/etc/apt/sources.list.d/debian.sources mirror
+    mirror=$(awk '/^URIs:/ {print $2; exit}' "$sources" 2>/dev/null || true)
+    mirror=${mirror:-http://deb.debian.org/debian}
+    local rootfs; rootfs=$(mktemp -d "$DOCKER_ROOT/rootfs.XXXXXX")
+    echo "debootstrap --variant=minbase bookworm from $mirror"
+    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" > "$DOCKER_ROOT/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$DOCKER_ROOT/debootstrap.log" >&2; rm -rf "$rootfs"; die "debootstrap failed"; }
+    if [ -f "$sources" ]; then   # the same suites as debian:bookworm-slim: updates and security too
+        cp "$sources" "$rootfs/etc/apt/sources.list.d/debian.sources"
+        rm -f "$rootfs/etc/apt/sources.list"
+    fi
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -c . | "$DOCKER" import -c 'CMD ["bash"]' - "$BASE_IMAGE" >/dev/null
+    rm -rf "$rootfs"
+    echo "imported $BASE_IMAGE"
+}
+
+ensure_venv() {
+    if [ ! -x .venv/bin/python ]; then
+        python3 -m venv .venv
+        .venv/bin/pip install -q -r requirements.txt
+        .venv/bin/pip install -q --no-deps -e .
+    fi
+}
+
+# -- the tier ----------------------------------------------------------------------------
+run_tier() {
+    finish() {
+        local status=$?
+        trap - EXIT INT TERM
+        phase "stop engine + clean up"
+        stop_engine || status=1
+        report
+        exit $status
+    }
+    trap finish EXIT INT TERM
+    phase "install packages"
+    install_packages
+    phase "start dockerd"
+    start_engine
+    phase "base image (debootstrap)"
+    base_image
+    ensure_venv
+    phase "build images"
+    SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE .venv/bin/python -m stack.docker build
+    phase "tests (tests/test_docker*.py)"
+    mkdir -p test-artifacts
+    SCALELAB_DOCKER_TESTS=1 SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
+        SCALELAB_DOCKER_TIMINGS="$ROOT/test-artifacts/docker-timings.json" \
+        .venv/bin/pytest tests/test_docker*.py "$@"
+    if [ -f test-artifacts/docker-timings.json ]; then
+        echo "== stack timings (s): $(tr -d ' \n' < test-artifacts/docker-timings.json)"
+    fi
+}
+
+case "${1:-run}" in
+    run) shift || true; run_tier "$@" ;;
+    start) install_packages; start_engine; base_image; echo "export DOCKER_HOST=$DOCKER_HOST" ;;
+    base-image) base_image ;;
+    stop) stop_engine ;;
+    *) die "usage: $0 [run [PYTEST ARGS]] | start | base-image | stop" ;;
+esac
