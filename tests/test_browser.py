@@ -2,7 +2,6 @@
 appears, a key press on the replica slider adds a replica, and the chart shows it."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path

@@ -10,7 +10,6 @@ import pytest
 from conftest import running_stack
 from stack.load import LoadSpec, RequestMix
 from stack import live
-from stack.topology import Topology
 
 URL = "http://127.0.0.1:22000"
 pytestmark = pytest.mark.timeout(120)

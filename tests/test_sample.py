@@ -11,7 +11,6 @@ from stack.local import redis as redis_mod
 from conftest import running_stack
 from stack.load import LoadSpec, RequestMix, run_load_async
 from stack.sample import Sampler
-from stack.topology import Topology
 
 URL = "http://127.0.0.1:22000"
 pytestmark = pytest.mark.timeout(120)

@@ -32,11 +32,11 @@ import hashlib
 import json
 import time
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from ..errors import PortInUseError, ServiceFailedError, StackError
+from ..files import run_parallel
 from ..ports import HOST, Ports
 from ..topology import Topology
 from .compose import compose_model, container_spec, host_port, services_for, to_yaml
@@ -72,17 +72,6 @@ def _app_config(t: Topology) -> tuple:
 def _spec_hash(spec: dict) -> str:
     kept = {k: v for k, v in spec.items() if k not in LIVE_SPEC_KEYS}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _run_parallel(jobs: list) -> None:
-    """Run jobs in threads; re-raise the first failure after all have finished."""
-    if not jobs:
-        return
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = [pool.submit(job) for job in jobs]
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
 
 
 class DockerStack:
@@ -319,7 +308,7 @@ class DockerStack:
         # 1. Containers that are missing, outdated or stopped: all at once, nginx last (it
         #    resolves app-1 ... app-N when it loads its upstream).
         if to_recreate:
-            _run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in to_recreate])
+            run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in to_recreate])
 
         def bring(service: str) -> None:
             if service in to_start:
@@ -331,12 +320,12 @@ class DockerStack:
                 note(("recreated " if service in to_recreate else "created ") + service)
 
         first = [s for s in wanted if s in fresh and s != "nginx"]
-        _run_parallel([lambda s=s: bring(s) for s in first])
+        run_parallel([lambda s=s: bring(s) for s in first])
         new_apps = [s for s in first if s.startswith("app-")]
         if old is None:
             if "nginx" in fresh:
                 bring("nginx")
-            _run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in to_remove])
+            run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in to_remove])
             if fresh:
                 self._wait_healthy(project, [s for s in wanted if s in fresh])
                 note(f"every service healthy ({len(wanted)} containers)")
@@ -344,7 +333,7 @@ class DockerStack:
         # A live stack: what was (re)started must answer before anything depends on it (new
         # replicas before nginx sends them traffic). Probed from the host, every 20 ms: quicker
         # than waiting for Docker's next health check.
-        _run_parallel([lambda s=s: self._wait_ready(new, s, project) for s in first])
+        run_parallel([lambda s=s: self._wait_ready(new, s, project) for s in first])
         if "nginx" in fresh:
             bring("nginx")
             self._wait_ready(new, "nginx", project)
@@ -356,7 +345,7 @@ class DockerStack:
         kept_apps = [s for s in kept if s.startswith("app-")]
         if _app_config(old) != _app_config(new) or "app/config.json" in run_changed:
             from ..local.app import push_config
-            _run_parallel([lambda s=s: push_config(ctx, int(s.split("-")[1])) for s in kept_apps])
+            run_parallel([lambda s=s: push_config(ctx, int(s.split("-")[1])) for s in kept_apps])
             note("pushed app config (ttl, pools, concurrency, read target) to running replicas")
         if old.app.cpu_quota != new.app.cpu_quota and kept_apps:
             quota = int(new.app.cpu_quota * 100_000) if new.app.cpu_quota is not None else -1
@@ -374,7 +363,7 @@ class DockerStack:
             note(f"reloaded nginx: {new.balancer.strategy} over {new.app.replicas} replicas")
         for stage in STOP_ORDER:
             batch = [s for s in to_remove if _stop_rank(s) == STOP_ORDER.index(stage)]
-            _run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in batch])
+            run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in batch])
             for service in batch:
                 note(f"stopped {service}" + (" (writes now go straight to the primary)"
                                              if service == "pgbouncer" else ""))
@@ -584,7 +573,7 @@ class DockerStack:
         """After a failed change: remove what this call created, restore the old files."""
         try:
             listing = self._list(project)
-            _run_parallel([lambda s=s: self._stop_remove(listing[s]) for s in created if s in listing])
+            run_parallel([lambda s=s: self._stop_remove(listing[s]) for s in created if s in listing])
             if old is not None:
                 refs = self.state.load().get("images") or {}
                 if refs:
@@ -610,7 +599,7 @@ class DockerStack:
                 existing = self._list(project)
                 for rank in range(len(STOP_ORDER)):
                     batch = [s for s in existing if _stop_rank(s) == rank]
-                    _run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in batch])
+                    run_parallel([lambda s=s: self._stop_remove(existing[s]) for s in batch])
                     for service in sorted(batch):
                         done.append(f"stopped {service}")
                         say(f"stopped {service}")

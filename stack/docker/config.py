@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 
-from ..render.nginx import LOG_FORMAT, STRATEGY_DIRECTIVES
+from ..render.nginx import LOG_FORMAT, server_block
+from ..render.nginx import render_upstream_conf as render_upstream
 from ..render.pgbouncer import DATABASE
+from ..render.pgbouncer import render_pgbouncer_ini as render_pgbouncer
 from ..render.postgres import primary_settings, render_conf_lines, replica_settings
 from ..topology import Topology
 
@@ -58,39 +60,15 @@ http {{
     access_log /var/log/nginx/access.log scalelab buffer=32k flush=1s;
     include {CONF_DIR}/nginx/upstream.conf;
 
-    server {{
-        listen {INTERNAL_PORTS['nginx']} backlog=4096;
-        location = /nginx-health {{
-            access_log off;
-            return 200 "ok\\n";
-        }}
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_connect_timeout 2s;
-        }}
-    }}
+{server_block(str(INTERNAL_PORTS['nginx']))}
 }}
 """
 
 
 def render_upstream_conf(topology: Topology) -> str:
     """The upstream block: each replica by its service name (app-1, app-2 ...) and weight."""
-    balancer = topology.balancer
-    lines = ["# Rendered by stack.docker.config: edits are overwritten.", "upstream app {"]
-    directive = STRATEGY_DIRECTIVES[balancer.strategy]
-    if directive:
-        lines.append(f"    {directive}")
-    for index, weight in enumerate(balancer.weight_list(topology.app.replicas), start=1):
-        lines.append(f"    server {app_name(index)}:{INTERNAL_PORTS['app']} weight={weight} "
-                     f"max_fails={balancer.max_fails} fail_timeout={balancer.fail_timeout_s}s;")
-    if balancer.keepalive:
-        lines.append(f"    keepalive {balancer.keepalive};")
-    lines.append("}")
-    lines.append(f"proxy_next_upstream {' '.join(balancer.next_upstream)};")
-    return "\n".join(lines) + "\n"
+    return render_upstream(topology, address=lambda index: f"{app_name(index)}:{INTERNAL_PORTS['app']}",
+                           source="stack.docker.config")
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------
@@ -142,25 +120,9 @@ def render_schema_sql() -> str:
 
 # -- PgBouncer and Redis -----------------------------------------------------------------
 def render_pgbouncer_ini(topology: Topology) -> str:
-    spec = topology.pgbouncer
-    return f"""; Rendered by stack.docker.config: edits are overwritten.
-[databases]
-{DATABASE} = host=postgres-primary port={INTERNAL_PORTS['postgres']} dbname={DATABASE}
-
-[pgbouncer]
-listen_addr = *
-listen_port = {INTERNAL_PORTS['pgbouncer']}
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = {RUN_DIR}/pgbouncer/userlist.txt
-admin_users = postgres
-stats_users = postgres
-pool_mode = {spec.mode}
-default_pool_size = {spec.pool_size}
-max_client_conn = {spec.max_client_conn}
-server_login_retry = 1
-ignore_startup_parameters = extra_float_digits,options
-"""
+    return render_pgbouncer(topology, server=("postgres-primary", INTERNAL_PORTS["postgres"]),
+                            listen=("*", INTERNAL_PORTS["pgbouncer"]), auth_file=f"{RUN_DIR}/pgbouncer/userlist.txt",
+                            source="stack.docker.config")
 
 
 def render_redis_conf(topology: Topology) -> str:

@@ -17,29 +17,15 @@ import json
 import os
 import secrets as secrets_mod
 import sys
-import tempfile
 from pathlib import Path
 
+from ..files import write_atomic
 from ..topology import Topology
 from .config import SECRET_NAMES, runtime_files
 
 
 def new_secrets() -> dict:
     return {name: secrets_mod.token_urlsafe(18) for name in SECRET_NAMES}
-
-
-def write_atomic(path: Path, text: str, mode: int) -> None:
-    """Readers (a bind mount of the directory) see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_runtime(run_dir: Path, topology: Topology, secrets: dict) -> list[str]:

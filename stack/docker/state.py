@@ -13,14 +13,13 @@ reads its own as an unprivileged user) stay private to their owner on the host.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
-from .runtime import new_secrets, write_atomic
+from ..files import JsonState, write_atomic
+from .runtime import new_secrets
 
 
 def default_state_dir() -> Path:
@@ -30,7 +29,8 @@ def default_state_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"scalelab-docker-{os.getuid()}"
 
 
-class DockerState:
+class DockerState(JsonState):
+    state_mode = 0o600
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else default_state_dir()
 
@@ -42,35 +42,13 @@ class DockerState:
     def run_dir(self) -> Path:
         return self.project_dir / "docker" / "run"
 
+    def prepare(self) -> None:
+        self.ensure()
+
     def ensure(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.path, 0o700)
         self.project_dir.mkdir(exist_ok=True)
-
-    # -- state.json -------------------------------------------------------------------
-    @property
-    def state_file(self) -> Path:
-        return self.path / "state.json"
-
-    def load(self) -> dict:
-        try:
-            return json.loads(self.state_file.read_text())
-        except FileNotFoundError:
-            return {}
-
-    def save(self, state: dict) -> None:
-        write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=True), 0o600)
-
-    @contextmanager
-    def locked(self):
-        """Only one process changes the stack at a time; others wait their turn."""
-        self.ensure()
-        with open(self.path / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- secrets ------------------------------------------------------------------------
     def has_secrets(self) -> bool:

@@ -12,7 +12,7 @@ from ..ports import HOST
 from ..render.pgbouncer import DATABASE
 from .context import Context
 from .proc import ProcessRecord, stop, wait_until
-from .state import write_atomic
+from ..files import write_atomic
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # the directory holding `stack/`
 

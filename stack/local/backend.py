@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 from .. import binaries as binaries_mod
 from ..errors import PortInUseError, StackError
+from ..files import run_parallel
 from ..ports import HOST, Ports
 from ..topology import Topology
 from . import app, cpu_quota, nginx, pgbouncer, postgres, redis
@@ -192,7 +192,7 @@ class LocalStack:
             jobs.append(lambda: start_one("nginx", nginx.start))
         new_apps = [s for s in wanted_apps if s not in records]
         jobs += [lambda s=s: start_app(s, wanted_apps[s]) for s in new_apps]
-        _run_parallel(jobs)
+        run_parallel(jobs)
 
         # 2. Live changes to what already ran.
         if old is not None:
@@ -258,7 +258,7 @@ class LocalStack:
             stages = [["nginx"], apps, ["pgbouncer", "redis"], ["postgres-replica"], ["postgres-primary"]]
             for stage in stages:
                 present = [s for s in stage if s in records]
-                _run_parallel([lambda s=s: _stop_service(s, records[s]) for s in present])
+                run_parallel([lambda s=s: _stop_service(s, records[s]) for s in present])
                 for service in present:
                     records.pop(service)
                     done.append(f"stopped {service}")
@@ -285,17 +285,6 @@ def _stop_service(service: str, record: ProcessRecord) -> None:
         app.stop_replica(record)
     else:
         stop(record)
-
-
-def _run_parallel(jobs: list) -> None:
-    """Run jobs in threads; re-raise the first failure after all have finished."""
-    if not jobs:
-        return
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = [pool.submit(job) for job in jobs]
-    errors = [f.exception() for f in futures if f.exception() is not None]
-    if errors:
-        raise errors[0]
 
 
 def _app_config(topology: Topology) -> tuple:

@@ -12,7 +12,7 @@ from ..ports import HOST
 from ..render.nginx import render_nginx_conf, render_upstream_conf
 from .context import Context
 from .proc import ProcessRecord, wait_until
-from .state import write_atomic
+from ..files import write_atomic
 
 
 def _directory(ctx: Context):

@@ -9,7 +9,7 @@ from ..ports import HOST
 from ..render.pgbouncer import render_pgbouncer_ini, render_userlist
 from .context import Context
 from .proc import ProcessRecord, port_open, wait_until
-from .state import write_atomic
+from ..files import write_atomic
 
 
 def _write_config(ctx: Context) -> None:

@@ -20,7 +20,7 @@ from ..render import postgres as render
 from ..render.pgbouncer import DATABASE
 from .context import Context
 from .proc import ProcessRecord, stop, wait_until
-from .state import write_atomic
+from ..files import write_atomic
 
 SEED_USERS = 10_000
 REGIONS = ("eu", "us", "apac", "latam")

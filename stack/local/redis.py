@@ -6,7 +6,7 @@ import redis
 from ..ports import HOST
 from .context import Context
 from .proc import ProcessRecord, wait_until
-from .state import write_atomic
+from ..files import write_atomic
 
 
 def url(ctx: Context) -> str:

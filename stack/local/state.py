@@ -11,17 +11,16 @@ A restarted kernel or a second terminal reads state.json and re-attaches.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import secrets
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import StackError
+from ..files import JsonState, write_atomic
 from .proc import RunAs
 
 
@@ -33,21 +32,7 @@ def default_state_dir() -> Path:
     return Path(tempfile.gettempdir()) / f"scalelab-{os.getuid()}"
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write a file so readers see the old or the new content, never half of it."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class StateDir:
+class StateDir(JsonState):
     def __init__(self, path: Path | str | None = None, run_as: RunAs | None = None):
         self.path = Path(path) if path else default_state_dir()
         self.run_as = run_as or RunAs()
@@ -78,31 +63,6 @@ class StateDir:
         if owned_by_service_user:
             self.run_as.own(d)
         return d
-
-    # -- state.json ---------------------------------------------------------------
-    @property
-    def state_file(self) -> Path:
-        return self.path / "state.json"
-
-    def load(self) -> dict:
-        try:
-            return json.loads(self.state_file.read_text())
-        except FileNotFoundError:
-            return {}
-
-    def save(self, state: dict) -> None:
-        write_atomic(self.state_file, json.dumps(state, indent=2, sort_keys=True))
-
-    @contextmanager
-    def locked(self):
-        """Only one process changes the stack at a time; others wait their turn."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- secrets ----------------------------------------------------------------
     def secrets(self) -> dict:

@@ -20,6 +20,24 @@ LOG_FORMAT = ('$msec $remote_addr $request_method "$request_uri" $status '
               '$upstream_addr $upstream_response_time $request_time')
 
 
+def server_block(listen: str) -> str:
+    """The one server: a health check of nginx itself, everything else to the app replicas."""
+    return f"""    server {{
+        listen {listen} backlog=4096;
+        location = /nginx-health {{
+            access_log off;
+            return 200 "ok\\n";
+        }}
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_connect_timeout 2s;
+        }}
+    }}"""
+
+
 def render_nginx_conf(directory: Path, port: int) -> str:
     """The main file. Everything that changes at run time lives in upstream.conf."""
     d = Path(directory)
@@ -41,36 +59,30 @@ http {{
     access_log {d / 'access.log'} scalelab buffer=32k flush=1s;
     include {d / 'upstream.conf'};
 
-    server {{
-        listen {HOST}:{port} backlog=4096;
-        location = /nginx-health {{
-            access_log off;
-            return 200 "ok\\n";
-        }}
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $remote_addr;
-            proxy_connect_timeout 2s;
-        }}
-    }}
+{server_block(f"{HOST}:{port}")}
 }}
 """
 
 
-def render_upstream_conf(topology: Topology, ports: Ports) -> str:
-    """The upstream block plus the retry policy: the part a strategy, weight or scale change rewrites."""
+def render_upstream_conf(topology: Topology, ports: Ports | None = None, address=None,
+                         source: str = "stack.render.nginx") -> str:
+    """The upstream block plus the retry policy: the part a strategy, weight or scale change rewrites.
+
+    Replica i listens at `address(i)` ("host:port"): by default 127.0.0.1 and its port
+    from `ports` (the local backend); the Docker backend passes its service names.
+    """
+    if address is None:
+        address = lambda index: f"{HOST}:{ports.app(index)}"  # noqa: E731
     balancer = topology.balancer
     # No `zone`: with one worker the balancer's state (round-robin position, connection
     # counts) is local anyway, so exact splits can be taught without shared memory.
-    lines = ["# Rendered by stack.render.nginx: edits are overwritten.", "upstream app {"]
+    lines = [f"# Rendered by {source}: edits are overwritten.", "upstream app {"]
     directive = STRATEGY_DIRECTIVES[balancer.strategy]
     if directive:
         lines.append(f"    {directive}")
     weights = balancer.weight_list(topology.app.replicas)
     for index, weight in enumerate(weights, start=1):
-        lines.append(f"    server {HOST}:{ports.app(index)} weight={weight} "
+        lines.append(f"    server {address(index)} weight={weight} "
                      f"max_fails={balancer.max_fails} fail_timeout={balancer.fail_timeout_s}s;")
     if balancer.keepalive:
         lines.append(f"    keepalive {balancer.keepalive};")
