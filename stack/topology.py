@@ -169,6 +169,11 @@ class Topology:
         _int_in("base_port", self.base_port, 1024, 65535 - 64)
 
     @classmethod
+    def from_state(cls, saved: dict) -> "Topology | None":
+        """The topology a backend's state.json recorded as applied, if any."""
+        return cls.from_dict(saved["topology"]) if saved.get("topology") else None
+
+    @classmethod
     def from_env(cls) -> "Topology":
         """The defaults, on the port block named by $SCALELAB_BASE_PORT if set (tests use their own)."""
         raw = os.environ.get("SCALELAB_BASE_PORT")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -31,12 +30,12 @@ if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
 
 import psycopg  # noqa: E402
 
+import stack_checks as checks  # noqa: E402
 from conftest import Trickle, request  # noqa: E402
 from stack.docker import DockerStack  # noqa: E402
 from stack.docker.compose import compose_model, to_yaml  # noqa: E402
 from stack.docker.config import project_files  # noqa: E402
 from stack.docker.engine import connect  # noqa: E402
-from stack.errors import PortInUseError, TopologyError  # noqa: E402
 from stack.local import pgbouncer, postgres  # noqa: E402
 from stack.local import redis as redis_service  # noqa: E402
 from stack.local.proc import port_is_free  # noqa: E402
@@ -117,8 +116,7 @@ def test_each_replica_is_published_at_the_local_offsets(stack):
 
 
 def test_requests_through_nginx_reach_every_replica(stack):
-    seen = Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(40))
-    assert set(seen) == {"app-1", "app-2", "app-3", "app-4"}, seen
+    checks.requests_reach_every_replica(PORTS)
 
 
 def test_every_port_is_published_on_loopback_only(stack, engine):
@@ -149,24 +147,11 @@ def test_bad_requests_get_clear_4xx(stack):
 
 
 def test_row_written_on_primary_appears_on_replica(stack):
-    status, _, user = request(PORTS.nginx, "POST", "/users", {"name": "Ada", "email": f"ada{time.time()}@x.io"})
-    assert status == 201
-    ctx = stack.context()
-    deadline = time.monotonic() + 2
-    with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as conn:
-        while time.monotonic() < deadline:
-            if conn.execute("SELECT 1 FROM users WHERE id = %s", (user["id"],)).fetchone():
-                break
-            time.sleep(0.005)
-        else:
-            pytest.fail("row never reached the replica")
-        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
-    assert postgres.replication_status(ctx)["state"] == "streaming"
+    checks.row_written_on_primary_appears_on_replica(stack, PORTS)
 
 
 def replica_name_of_user(stack, user_id: int) -> str:
-    with psycopg.connect(postgres.dsn(stack.context(), PORTS.replica)) as conn:
-        return conn.execute("SELECT name FROM users WHERE id = %s", (user_id,)).fetchone()[0]
+    return checks.replica_name_of_user(stack, PORTS, user_id)
 
 
 def test_replica_delay_breaks_read_your_writes_and_reset_restores_it(stack):
@@ -185,17 +170,7 @@ def test_replica_delay_breaks_read_your_writes_and_reset_restores_it(stack):
 
 
 def test_remote_apply_gives_read_your_writes_immediately(stack):
-    stack.apply(synchronous_commit="remote_apply")
-    try:
-        ctx = stack.context()
-        with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as replica:
-            for i in range(20):
-                name = f"sync-{i}"
-                assert request(PORTS.nginx, "PUT", "/users/8", {"name": name})[0] == 200
-                assert replica.execute("SELECT name FROM users WHERE id = 8").fetchone()[0] == name
-        assert postgres.replication_status(ctx)["sync_state"] == "sync"
-    finally:
-        stack.apply(synchronous_commit="on")
+    checks.remote_apply_gives_read_your_writes(stack, PORTS)
 
 
 def test_pgbouncer_is_in_the_write_path(stack):
@@ -304,10 +279,7 @@ def test_max_connections_restarts_postgres_in_an_order_the_standby_accepts(stack
 
 # -- reconciling ------------------------------------------------------------------------------
 def test_up_twice_changes_nothing(stack):
-    before = containers(stack)
-    assert stack.up() == []
-    assert stack.up(stack.applied()) == []
-    assert containers(stack) == before
+    checks.up_twice_changes_nothing(stack, containers)
 
 
 def test_a_stopped_service_is_restarted_by_up(stack, engine):
@@ -356,36 +328,16 @@ def test_scaling_and_strategy_changes_under_load_lose_no_request(stack):
 
 
 def test_weights_shape_the_split(stack):
-    stack.apply(strategy="round_robin", weights=(1, 1, 1, 5))
-    try:
-        seen = Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(80))
-        assert seen["app-4"] == 50 and seen["app-1"] == 10, seen
-    finally:
-        stack.apply(strategy="least_conn", weights=None)
+    checks.weights_shape_the_split(stack, PORTS)
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"replicas": 0}, "app.replicas"), ({"replicas": 100}, "app.replicas"),
-    ({"strategy": "foo"}, "balancer.strategy"), ({"weights": (1, 0, 1, 1)}, "balancer.weights[1]")])
+@pytest.mark.parametrize("changes, field", checks.BAD_INPUT)
 def test_bad_input_is_refused_and_the_stack_is_unchanged(stack, changes, field):
-    before, topology = containers(stack), stack.applied()
-    with pytest.raises(TopologyError, match=field.replace("[", r"\[").replace("]", r"\]")):
-        stack.apply(**changes)
-    assert containers(stack) == before and stack.applied() == topology
+    checks.bad_input_is_refused(stack, containers, changes, field)
 
 
 def test_port_in_use_is_refused_and_the_stack_is_unchanged(stack):
-    before, topology = containers(stack), stack.applied()
-    blocker = socket.socket()
-    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    blocker.bind(("127.0.0.1", PORTS.app(5)))
-    blocker.listen()
-    try:
-        with pytest.raises(PortInUseError, match=f"port {PORTS.app(5)} \\(app-5\\).*base_port"):
-            stack.apply(replicas=5)
-    finally:
-        blocker.close()
-    assert containers(stack) == before and stack.applied() == topology
+    checks.port_in_use_is_refused(stack, PORTS, containers)
 
 
 def test_cli_scale_set_logs_and_errors(stack):

@@ -16,8 +16,9 @@ import psutil
 import psycopg
 import pytest
 
+import stack_checks as checks
 from conftest import Trickle, request
-from stack.errors import BinaryNotFoundError, PortInUseError, TopologyError
+from stack.errors import BinaryNotFoundError
 from stack.local import pgbouncer, postgres
 from stack.local import redis as redis_service
 from stack.local.backend import LocalStack
@@ -42,9 +43,7 @@ def pids(stack) -> dict:
 
 
 def replica_name_of_user(stack, user_id: int) -> str:
-    ctx = stack.context()
-    with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as conn:
-        return conn.execute("SELECT name FROM users WHERE id = %s", (user_id,)).fetchone()[0]
+    return checks.replica_name_of_user(stack, PORTS, user_id)
 
 
 def test_up_brings_every_service_to_healthy(stack):
@@ -61,8 +60,7 @@ def test_up_brings_every_service_to_healthy(stack):
 
 
 def test_requests_through_nginx_reach_every_replica(stack):
-    seen = Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(40))
-    assert set(seen) == {"app-1", "app-2", "app-3", "app-4"}, seen
+    checks.requests_reach_every_replica(PORTS)
 
 
 def test_bad_requests_get_clear_4xx(stack):
@@ -77,18 +75,7 @@ def test_bad_requests_get_clear_4xx(stack):
 
 
 def test_row_written_on_primary_appears_on_replica(stack):
-    status, _, user = request(PORTS.nginx, "POST", "/users", {"name": "Ada", "email": f"ada{time.time()}@x.io"})
-    assert status == 201
-    ctx = stack.context()
-    deadline = time.monotonic() + 2
-    with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as conn:
-        while time.monotonic() < deadline:
-            if conn.execute("SELECT 1 FROM users WHERE id = %s", (user["id"],)).fetchone():
-                break
-            time.sleep(0.005)
-        else:
-            pytest.fail("row never reached the replica")
-        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+    checks.row_written_on_primary_appears_on_replica(stack, PORTS)
 
 
 def test_replica_delay_breaks_read_your_writes_and_reset_restores_it(stack):
@@ -106,17 +93,7 @@ def test_replica_delay_breaks_read_your_writes_and_reset_restores_it(stack):
 
 
 def test_remote_apply_gives_read_your_writes_immediately(stack):
-    stack.apply(synchronous_commit="remote_apply")
-    try:
-        ctx = stack.context()
-        with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as replica:
-            for i in range(20):
-                name = f"sync-{i}"
-                assert request(PORTS.nginx, "PUT", "/users/8", {"name": name})[0] == 200
-                assert replica.execute("SELECT name FROM users WHERE id = 8").fetchone()[0] == name
-        assert postgres.replication_status(ctx)["sync_state"] == "sync"
-    finally:
-        stack.apply(synchronous_commit="on")
+    checks.remote_apply_gives_read_your_writes(stack, PORTS)
 
 
 def test_pgbouncer_is_in_the_write_path(stack):
@@ -160,10 +137,7 @@ def test_cache_invalidation_on_write(stack):
 
 
 def test_up_twice_changes_nothing(stack):
-    before = pids(stack)
-    assert stack.up() == []
-    assert stack.up(stack.applied()) == []
-    assert pids(stack) == before
+    checks.up_twice_changes_nothing(stack, pids)
 
 
 def test_second_process_attaches(stack):
@@ -194,36 +168,16 @@ def test_scaling_and_strategy_changes_under_load_lose_no_request(stack):
 
 
 def test_weights_shape_the_split(stack):
-    stack.apply(strategy="round_robin", weights=(1, 1, 1, 5))
-    try:
-        seen = Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(80))
-        assert seen["app-4"] == 50 and seen["app-1"] == 10, seen
-    finally:
-        stack.apply(strategy="least_conn", weights=None)
+    checks.weights_shape_the_split(stack, PORTS)
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"replicas": 0}, "app.replicas"), ({"replicas": -1}, "app.replicas"), ({"replicas": 100}, "app.replicas"),
-    ({"strategy": "foo"}, "balancer.strategy"), ({"weights": (1, 0, 1, 1)}, "balancer.weights[1]")])
+@pytest.mark.parametrize("changes, field", checks.BAD_INPUT)
 def test_bad_input_is_refused_and_the_stack_is_unchanged(stack, changes, field):
-    before, topology = pids(stack), stack.applied()
-    with pytest.raises(TopologyError, match=field.replace("[", r"\[").replace("]", r"\]")):
-        stack.apply(**changes)
-    assert pids(stack) == before and stack.applied() == topology
+    checks.bad_input_is_refused(stack, pids, changes, field)
 
 
 def test_port_in_use_is_refused_and_the_stack_is_unchanged(stack):
-    before, topology = pids(stack), stack.applied()
-    blocker = socket.socket()
-    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as servers do: TIME_WAIT is no obstacle
-    blocker.bind(("127.0.0.1", PORTS.app(5)))
-    blocker.listen()
-    try:
-        with pytest.raises(PortInUseError, match=f"port {PORTS.app(5)} \\(app-5\\).*base_port"):
-            stack.apply(replicas=5)
-    finally:
-        blocker.close()
-    assert pids(stack) == before and stack.applied() == topology
+    checks.port_in_use_is_refused(stack, PORTS, pids)
 
 
 def test_missing_binary_is_refused_and_the_stack_is_unchanged(stack, tmp_path):

@@ -100,12 +100,11 @@ class DockerStack:
     # -- reading what runs ------------------------------------------------------------------
     def applied(self) -> Topology | None:
         """The topology the stack was last brought to, if any."""
-        saved = self.state.load()
-        return Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+        return Topology.from_state(self.state.load())
 
     def status(self) -> dict:
         saved = self.state.load()
-        topology = Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+        topology = Topology.from_state(saved)
         ports = Ports(topology.base_port) if topology else None
         project = saved.get("project")
         services: dict = {}
@@ -200,7 +199,7 @@ class DockerStack:
         self.client   # connect first: a clear error (what to do) when no engine answers
         with self.state.locked():
             saved = self.state.load()
-            old = Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+            old = Topology.from_state(saved)
             new = topology or old or Topology()
             project = saved.get("project") or project_name(new)
             existing = self._list(project)

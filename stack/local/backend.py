@@ -54,12 +54,11 @@ class LocalStack:
 
     def applied(self) -> Topology | None:
         """The topology the running stack was last brought to, if any."""
-        saved = self.state.load()
-        return Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+        return Topology.from_state(self.state.load())
 
     def status(self) -> dict:
         saved = self.state.load()
-        topology = Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+        topology = Topology.from_state(saved)
         records = self._records(saved)
         ports = Ports(topology.base_port) if topology else None
         services = {}
@@ -109,7 +108,7 @@ class LocalStack:
         self.state.ensure()
         with self.state.locked():
             saved = self.state.load()
-            old = Topology.from_dict(saved["topology"]) if saved.get("topology") else None
+            old = Topology.from_state(saved)
             new = topology or old or Topology.from_env()
             records = self._records(saved)
             # Everything that can refuse runs before the first change.

@@ -1,0 +1,100 @@
+"""Integration checks that hold for every backend (processes or containers).
+
+Each takes the stack, its Ports and `snapshot(stack)`: what identifies the running
+services (pids for processes, container ids for Docker), so "nothing restarted"
+and "the stack is unchanged" mean the same on both.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+
+import psycopg
+import pytest
+
+from conftest import request
+from stack.errors import PortInUseError, TopologyError
+from stack.local import postgres
+
+
+def replica_name_of_user(stack, ports, user_id: int) -> str:
+    with psycopg.connect(postgres.dsn(stack.context(), ports.replica)) as conn:
+        return conn.execute("SELECT name FROM users WHERE id = %s", (user_id,)).fetchone()[0]
+
+
+def requests_reach_every_replica(ports, replicas: int = 4) -> None:
+    seen = Counter(request(ports.nginx, "GET", "/health")[1]["x-replica"] for _ in range(10 * replicas))
+    assert set(seen) == {f"app-{i}" for i in range(1, replicas + 1)}, seen
+
+
+def row_written_on_primary_appears_on_replica(stack, ports) -> None:
+    status, _, user = request(ports.nginx, "POST", "/users", {"name": "Ada", "email": f"ada{time.time()}@x.io"})
+    assert status == 201
+    ctx = stack.context()
+    deadline = time.monotonic() + 2
+    with psycopg.connect(postgres.dsn(ctx, ports.replica)) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM users WHERE id = %s", (user["id"],)).fetchone():
+                break
+            time.sleep(0.005)
+        else:
+            pytest.fail("row never reached the replica")
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+    assert postgres.replication_status(ctx)["state"] == "streaming"
+
+
+def remote_apply_gives_read_your_writes(stack, ports) -> None:
+    stack.apply(synchronous_commit="remote_apply")
+    try:
+        ctx = stack.context()
+        with psycopg.connect(postgres.dsn(ctx, ports.replica)) as replica:
+            for i in range(20):
+                name = f"sync-{i}"
+                assert request(ports.nginx, "PUT", "/users/8", {"name": name})[0] == 200
+                assert replica.execute("SELECT name FROM users WHERE id = 8").fetchone()[0] == name
+        assert postgres.replication_status(ctx)["sync_state"] == "sync"
+    finally:
+        stack.apply(synchronous_commit="on")
+
+
+def up_twice_changes_nothing(stack, snapshot) -> None:
+    before = snapshot(stack)
+    assert stack.up() == []
+    assert stack.up(stack.applied()) == []
+    assert snapshot(stack) == before
+
+
+def weights_shape_the_split(stack, ports) -> None:
+    stack.apply(strategy="round_robin", weights=(1, 1, 1, 5))
+    try:
+        seen = Counter(request(ports.nginx, "GET", "/health")[1]["x-replica"] for _ in range(80))
+        assert seen["app-4"] == 50 and seen["app-1"] == 10, seen
+    finally:
+        stack.apply(strategy="least_conn", weights=None)
+
+
+BAD_INPUT = [({"replicas": 0}, "app.replicas"), ({"replicas": -1}, "app.replicas"),
+             ({"replicas": 100}, "app.replicas"), ({"strategy": "foo"}, "balancer.strategy"),
+             ({"weights": (1, 0, 1, 1)}, "balancer.weights[1]")]
+
+
+def bad_input_is_refused(stack, snapshot, changes: dict, field: str) -> None:
+    before, topology = snapshot(stack), stack.applied()
+    with pytest.raises(TopologyError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        stack.apply(**changes)
+    assert snapshot(stack) == before and stack.applied() == topology
+
+
+def port_in_use_is_refused(stack, ports, snapshot) -> None:
+    before, topology = snapshot(stack), stack.applied()
+    blocker = socket.socket()
+    blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as servers do: TIME_WAIT is no obstacle
+    blocker.bind(("127.0.0.1", ports.app(5)))
+    blocker.listen()
+    try:
+        with pytest.raises(PortInUseError, match=f"port {ports.app(5)} \\(app-5\\).*base_port"):
+            stack.apply(replicas=5)
+    finally:
+        blocker.close()
+    assert snapshot(stack) == before and stack.applied() == topology
