@@ -40,9 +40,10 @@ def jupyterlab(root: Path, work: Path):
     """JupyterLab on 127.0.0.1 with a token; yields its base URL (token included)."""
     port, token = _free_port(), secrets.token_hex(16)
     settings = work / "lab-settings"
+    settings.mkdir(parents=True, exist_ok=True)
     # No news pop-up: it would cover the notebook and try to reach the internet.
     notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True)
+    notification.parent.mkdir(parents=True, exist_ok=True)
     notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
