@@ -73,8 +73,13 @@ def outage_timeline(frames: dict) -> go.Figure:
     for i, (label, frame) in enumerate(frames.items(), start=1):
         errors = frame[[c for c in frame.columns if c.startswith("err_")]].sum(axis=1)
         ok = frame["completed"] - errors
-        fig.add_bar(x=frame.index, y=ok, name="answered", marker_color="#2ca02c", showlegend=i == 1, row=i, col=1)
-        fig.add_bar(x=frame.index, y=errors, name="failed", marker_color="#d62728", showlegend=i == 1, row=i, col=1)
+        # A fixed width: the last, partial interval sits close to the one before it, and plotly
+        # would otherwise size every bar by that smallest gap.
+        width = 0.8 * float(frame["interval_s"].median()) if "interval_s" in frame else 0.4
+        fig.add_bar(x=frame.index, y=ok, name="answered", marker_color="#2ca02c", showlegend=i == 1,
+                    width=width, row=i, col=1)
+        fig.add_bar(x=frame.index, y=errors, name="failed", marker_color="#d62728", showlegend=i == 1,
+                    width=width, row=i, col=1)
         fig.add_vline(x=frame.attrs["total"]["killed_at_s"], line_dash="dash", row=i, col=1)
     fig.update_layout(barmode="stack")
     fig.update_xaxes(title_text="seconds into the run (dashed: app-1 killed)", row=len(frames), col=1)
