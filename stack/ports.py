@@ -6,8 +6,10 @@ base ports are at least 64 apart.
 """
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 
+from .errors import PortInUseError
 from .topology import MAX_REPLICAS, Topology
 
 HOST = "127.0.0.1"
@@ -43,12 +45,45 @@ class Ports:
             raise ValueError(f"replica index {index} outside 1..{MAX_REPLICAS}")
         return self.base + 10 + index
 
+    def of(self, service: str) -> int:
+        """The host port of a service by name: "nginx", "redis", "postgres-primary", "app-3" ..."""
+        fixed = {"nginx": self.nginx, "redis": self.redis, "postgres-primary": self.primary,
+                 "postgres-replica": self.replica, "pgbouncer": self.pgbouncer}
+        if service in fixed:
+            return fixed[service]
+        if service.startswith("app-"):
+            return self.app(int(service.split("-")[1]))
+        raise ValueError(f"no port for service {service!r}")
+
     def all_for(self, topology: Topology) -> dict[str, int]:
         """Every port the topology needs, by service name."""
-        ports = {"nginx": self.nginx, "redis": self.redis, "postgres-primary": self.primary,
-                 "postgres-replica": self.replica}
+        services = ["nginx", "redis", "postgres-primary", "postgres-replica"]
         if topology.pgbouncer.enabled:
-            ports["pgbouncer"] = self.pgbouncer
-        for i in range(1, topology.app.replicas + 1):
-            ports[f"app-{i}"] = self.app(i)
-        return ports
+            services.append("pgbouncer")
+        services += [f"app-{i}" for i in range(1, topology.app.replicas + 1)]
+        return {service: self.of(service) for service in services}
+
+
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """Whether a server could listen here (SO_REUSEADDR, as servers bind: TIME_WAIT is no obstacle)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def refuse_ports_in_use(topology: Topology, running) -> None:
+    """Raise PortInUseError for the first port the topology needs that another program holds.
+
+    `running`: services of this stack that already run (their ports are theirs).
+    """
+    for service, port in Ports(topology.base_port).all_for(topology).items():
+        if service not in running and not port_is_free(port):
+            raise PortInUseError(
+                f"port {port} ({service}) on {HOST} is already in use by another program. "
+                f"Stop that program, or choose other ports: Topology(base_port=...) "
+                f"(this stack uses base_port..base_port+{10 + topology.app.replicas}). "
+                f"Nothing was changed.")

@@ -16,6 +16,7 @@ import pytest
 from conftest import request
 from stack.errors import PortInUseError, TopologyError
 from stack.local import postgres
+from stack.local import redis as redis_service
 
 
 def replica_name_of_user(stack, ports, user_id: int) -> str:
@@ -98,3 +99,21 @@ def port_in_use_is_refused(stack, ports, snapshot) -> None:
     finally:
         blocker.close()
     assert snapshot(stack) == before and stack.applied() == topology
+
+
+def ttl_change_reaches_every_replica(stack, ports, snapshot, apply=None) -> None:
+    """A TTL change is a config push: nothing restarts, and every replica caches with it."""
+    apply = apply or stack.apply
+    cache = redis_service.client(stack.context())
+    before = snapshot(stack)
+    done = apply(ttl_s=2)
+    assert done == ["pushed app config (ttl, pools, concurrency, read target) to running replicas"]
+    assert snapshot(stack) == before
+    for _ in range(8):               # requests spread over the replicas: each must use the new TTL
+        cache.delete("user:300")
+        assert request(ports.nginx, "GET", "/users/300")[0] == 200
+        assert 0 < cache.ttl("user:300") <= 2
+    stack.apply(ttl_s=300)
+    cache.delete("user:301")
+    request(ports.nginx, "GET", "/users/301")
+    assert cache.ttl("user:301") > 250

@@ -35,9 +35,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..errors import PortInUseError, ServiceFailedError, StackError
+from ..errors import ServiceFailedError, StackError
 from ..files import run_parallel
-from ..ports import HOST, Ports
+from ..ports import HOST, Ports, refuse_ports_in_use
 from ..topology import Topology
 from .compose import compose_model, container_spec, host_port, services_for, to_yaml
 from .config import project_files
@@ -207,7 +207,7 @@ class DockerStack:
             if running and old and old.base_port != new.base_port:
                 raise StackError(f"base_port={new.base_port} differs from the running stack's "
                                  f"{old.base_port}: run down() first, then up() on the new port")
-            self._check_ports(new, running)
+            refuse_ports_in_use(new, running)
             if not self.state.has_secrets() and self._volumes(project):
                 raise StackError(
                     f"Docker volumes of project {project!r} exist, but this state directory "
@@ -232,17 +232,6 @@ class DockerStack:
             self.state.save({"backend": "docker", "project": project, "topology": new.to_dict(),
                              "images": refs, "up": True})
             return done
-
-    def _check_ports(self, topology: Topology, running: set[str]) -> None:
-        from ..local.proc import port_is_free
-        for service in services_for(topology):
-            port = host_port(service, Ports(topology.base_port))
-            if service not in running and not port_is_free(port):
-                raise PortInUseError(
-                    f"port {port} ({service}) on {HOST} is already in use by another program. "
-                    f"Stop that program, or choose other ports: Topology(base_port=...) "
-                    f"(this stack uses base_port..base_port+{10 + topology.app.replicas}). "
-                    f"Nothing was changed.")
 
     def _volumes(self, project: str) -> list:
         return self.client.volumes.list(filters={"label": f"scalelab.project={project}"})

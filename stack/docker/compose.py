@@ -70,11 +70,7 @@ def image_of(service: str) -> str:
 
 
 def host_port(service: str, ports: Ports) -> int:
-    fixed = {"nginx": ports.nginx, "redis": ports.redis, "postgres-primary": ports.primary,
-             "postgres-replica": ports.replica, "pgbouncer": ports.pgbouncer}
-    if service in fixed:
-        return fixed[service]
-    return ports.app(int(service.split("-")[1]))
+    return ports.of(service)
 
 
 def internal_port(service: str) -> int:

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from .. import binaries as binaries_mod
-from ..errors import PortInUseError, StackError
+from ..errors import StackError
 from ..files import run_parallel
-from ..ports import HOST, Ports
+from ..ports import HOST, Ports, refuse_ports_in_use
 from ..topology import Topology
 from . import app, cpu_quota, nginx, pgbouncer, postgres, redis
 from .context import Context
-from .proc import ProcessRecord, port_is_free, stop
+from .proc import ProcessRecord, stop
 from .state import StateDir
 
 INFRA = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "nginx")
@@ -116,7 +116,7 @@ class LocalStack:
                 raise StackError(f"base_port={new.base_port} differs from the running stack's "
                                  f"{old.base_port}: run down() first, then up() on the new port")
             bins = self._binaries()
-            self._check_ports(new, records)
+            refuse_ports_in_use(new, records)
             if new.app.cpu_quota is not None:
                 cpu_quota.support().require()
             ctx = Context(self.state, bins, new, self.state.secrets())
@@ -133,19 +133,10 @@ class LocalStack:
             self._save(new, records, ctx.ports)
             return done
 
-    def _check_ports(self, topology: Topology, records: dict) -> None:
-        for service, port in Ports(topology.base_port).all_for(topology).items():
-            if service not in records and not port_is_free(port):
-                raise PortInUseError(
-                    f"port {port} ({service}) on {HOST} is already in use by another program. "
-                    f"Stop that program, or choose other ports: Topology(base_port=...) "
-                    f"(this stack uses base_port..base_port+{10 + topology.app.replicas}). "
-                    f"Nothing was changed.")
-
     def _save(self, topology: Topology | None, records: dict, ports: Ports) -> None:
         services = {}
         for service, record in records.items():
-            services[service] = {**record.to_dict(), "port": _port_of(service, ports)}
+            services[service] = {**record.to_dict(), "port": ports.of(service)}
         self.state.save({"topology": topology.to_dict() if topology else None, "services": services})
 
     def _reconcile(self, ctx: Context, old: Topology | None, records: dict, done: list, say: Progress) -> None:
@@ -290,13 +281,3 @@ def _app_config(topology: Topology) -> tuple:
     return (topology.app.write_pool, topology.app.read_pool, topology.app.pool_timeout_s,
             topology.app.pool_idle_s, topology.app.read_from, topology.app.concurrency,
             topology.cache.ttl_s, topology.pgbouncer.enabled)
-
-
-def _port_of(service: str, ports: Ports) -> int | None:
-    fixed = {"nginx": ports.nginx, "redis": ports.redis, "postgres-primary": ports.primary,
-             "postgres-replica": ports.replica, "pgbouncer": ports.pgbouncer}
-    if service in fixed:
-        return fixed[service]
-    if service.startswith("app-"):
-        return ports.app(int(service.split("-")[1]))
-    return None

@@ -160,16 +160,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 def wait_until(check, what: str, timeout: float, record: ProcessRecord | None = None,
                log_path: Path | None = None, interval: float = 0.01):
     """Poll `check()` until it returns a truthy value; fail clearly with the log's tail."""

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from stack.docker import DockerStack  # noqa: E402
-from stack.local.proc import port_is_free  # noqa: E402
+from stack.ports import port_is_free  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
 
