@@ -18,7 +18,16 @@ from stack.local.backend import LocalStack
 from stack.topology import Topology
 
 
-NOTEBOOK_BASE_PORT = 24000
+# Every test port block moves by SCALELAB_TEST_PORT_SHIFT, so two test runs (two checkouts,
+# or parallel workers) on one machine never meet on a port.
+PORT_SHIFT = int(os.environ.get("SCALELAB_TEST_PORT_SHIFT", "0"))
+
+
+def shifted_port(base: int) -> int:
+    return base + PORT_SHIFT
+
+
+NOTEBOOK_BASE_PORT = shifted_port(24000)
 
 
 def pytest_configure(config):

@@ -4,13 +4,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import request
+from conftest import request, shifted_port
 from stack.errors import StackError
 from stack.local import cpu_quota
 from stack.local.backend import LocalStack
 from stack.topology import Topology
 
-BASE = 20200
+BASE = shifted_port(20200)
 
 
 def cpu_work_rate(port: int, seconds: float = 1.5) -> float:

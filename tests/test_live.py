@@ -7,17 +7,18 @@ import time
 
 import pytest
 
-from conftest import running_stack
+from conftest import running_stack, shifted_port
 from stack.load import LoadSpec, RequestMix
 from stack import live
 
-URL = "http://127.0.0.1:22000"
+PORT = shifted_port(22000)
+URL = f"http://127.0.0.1:{PORT}"
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def stack(state_dir):
-    with running_stack(state_dir, 22000, replicas=2, strategy="round_robin") as s:
+    with running_stack(state_dir, PORT, replicas=2, strategy="round_robin") as s:
         yield s
 
 

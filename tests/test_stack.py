@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 import stack_checks as checks
-from conftest import Trickle, request
+from conftest import Trickle, request, shifted_port
 from stack.errors import BinaryNotFoundError
 from stack.local import pgbouncer, postgres
 from stack.local import redis as redis_service
@@ -25,7 +25,7 @@ from stack.local.backend import LocalStack
 from stack.ports import Ports
 from stack.topology import Topology
 
-BASE = 20000
+BASE = shifted_port(20000)
 PORTS = Ports(BASE)
 pytestmark = pytest.mark.stack
 
