@@ -39,7 +39,7 @@ def two_replicas():
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_open_loop_keeps_its_rate_and_attributes_each_response_to_its_replica(two_replicas, client):
-    r = run_load(url=two_replicas.url, mode="open", rate=200, duration_s=1.0, interval_s=0.25, client=client)
+    r = run_load(url=two_replicas.url, mode="open", arrivals="uniform", rate=200, duration_s=1.0, interval_s=0.25, client=client)
     assert accounted(r)
     assert r.sent == 200 and r.responses == 200 and r.ok == 200
     assert r.throughput_rps == pytest.approx(200, rel=0.1)
@@ -58,7 +58,7 @@ def test_open_loop_keeps_its_rate_and_attributes_each_response_to_its_replica(tw
 def test_errors_are_classified_and_counted_never_dropped(client):
     with TestServer() as server:
         mix = RequestMix.parse("GET /status/500:1, GET /status/404:1, GET /drop:1, GET /ok:1")
-        r = run_load(url=server.url, mode="open", rate=200, duration_s=0.5, mix=mix, client=client)
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=200, duration_s=0.5, mix=mix, client=client)
     assert accounted(r) and r.sent == 100
     per = {name: g for name, g in r.requests.items()}
     assert per["GET /status/500"].errors["5xx"] == per["GET /status/500"].count > 10
@@ -73,7 +73,7 @@ def test_errors_are_classified_and_counted_never_dropped(client):
 
 @pytest.mark.parametrize("client", CLIENTS)
 def test_a_closed_port_is_a_connect_error(client):
-    r = run_load(url=f"http://127.0.0.1:{free_port()}", mode="open", rate=50, duration_s=0.4, client=client)
+    r = run_load(url=f"http://127.0.0.1:{free_port()}", mode="open", arrivals="uniform", rate=50, duration_s=0.4, client=client)
     assert accounted(r)
     assert r.errors["connect"] == r.sent == 20 and r.responses == 0
     assert r.latency.count == 0                       # no response, so not in the percentiles
@@ -83,7 +83,7 @@ def test_a_closed_port_is_a_connect_error(client):
 def test_a_stalling_server_gives_timeouts_and_the_run_still_ends_on_time(client):
     with TestServer() as server:
         began = time.perf_counter()
-        r = run_load(url=server.url, mode="open", rate=40, duration_s=0.5, path="/hang", timeout_s=0.3,
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=40, duration_s=0.5, path="/hang", timeout_s=0.3,
                      client=client)
         took = time.perf_counter() - began
     assert accounted(r)
@@ -106,7 +106,7 @@ def test_open_loop_latency_includes_the_wait_for_a_free_connection():
     # One connection, each request takes ~50 ms, one scheduled every 25 ms: the queue
     # grows and every wait is part of the latency, counted from the intended send time.
     with TestServer() as server:
-        r = run_load(url=server.url, mode="open", rate=40, duration_s=0.5, path="/sleep/50",
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=40, duration_s=0.5, path="/sleep/50",
                      connections=1, timeout_s=5)
     assert accounted(r) and r.responses == 20
     assert r.pool_waits >= 15
@@ -119,7 +119,7 @@ def test_open_loop_latency_includes_the_wait_for_a_free_connection():
 def test_coordinated_omission_open_loop_sees_the_stall_closed_loop_hides_it():
     """The server holds every request arriving from 0.5 s to 1.5 s until 1.5 s."""
     with TestServer(stall=(0.5, 1.0)) as server:
-        opened = run_load(url=server.url, mode="open", rate=200, duration_s=2.5)
+        opened = run_load(url=server.url, mode="open", arrivals="uniform", rate=200, duration_s=2.5)
     with TestServer(stall=(0.5, 1.0)) as server:
         closed = run_load(url=server.url, mode="closed", connections=2, duration_s=2.5)
         held_in_closed = server.stalled
@@ -146,7 +146,7 @@ def test_interval_snapshots_stream_while_running_through_an_async_iterator_and_a
 
     async def go():
         with TestServer(identities=("a", "b")) as server:
-            run = start_load(url=server.url, mode="open", rate=100, duration_s=1.0, interval_s=0.25,
+            run = start_load(url=server.url, mode="open", arrivals="uniform", rate=100, duration_s=1.0, interval_s=0.25,
                              on_interval=seen_by_callback.append)
             streamed = []
             async for snap in run:
@@ -188,7 +188,7 @@ def test_result_to_dict_is_json_and_histograms_merge_back():
 def test_mix_weights_put_bodies_and_zipf_keys_reach_the_server():
     with TestServer() as server:
         mix = RequestMix.users(read_ratio=0.7, keys="zipf", n=1000, s=1.2)
-        r = run_load(url=server.url, mode="open", rate=400, duration_s=1.0, mix=mix, seed=3)
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=400, duration_s=1.0, mix=mix, seed=3)
         seen, bodies = dict(server.seen), list(server.bodies)
     assert accounted(r) and r.ok == 400
     gets = sum(n for k, n in seen.items() if k.startswith("GET /users/"))
@@ -203,7 +203,7 @@ def test_mix_weights_put_bodies_and_zipf_keys_reach_the_server():
 @pytest.mark.parametrize("client", CLIENTS)
 def test_requests_spread_across_client_source_addresses(client):
     with TestServer() as server:
-        r = run_load(url=server.url, mode="open", rate=200, duration_s=0.5, client=client,
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=200, duration_s=0.5, client=client,
                      source_addresses=("127.0.0.2", "127.0.0.3"))
         peers = dict(server.peers)
     assert accounted(r) and r.ok == 100
@@ -212,10 +212,10 @@ def test_requests_spread_across_client_source_addresses(client):
 
 def test_generator_bottleneck_is_reported_when_it_cannot_keep_its_schedule_or_cpu():
     with TestServer() as server:
-        r = run_load(url=server.url, mode="open", rate=200, duration_s=0.5,
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=200, duration_s=0.5,
                      max_send_lag_ms=0.001, cpu_limit=0.0001)
         # (a loose lag limit: on a busy shared machine a 5 ms hiccup is not this test's business)
-        ok = run_load(url=server.url, mode="open", rate=100, duration_s=0.5, max_send_lag_ms=250)
+        ok = run_load(url=server.url, mode="open", arrivals="uniform", rate=100, duration_s=0.5, max_send_lag_ms=250)
     assert r.generator_bottleneck
     assert any("could not keep its schedule" in w for w in r.warnings)
     assert any("CPU core" in w for w in r.warnings)
@@ -224,7 +224,7 @@ def test_generator_bottleneck_is_reported_when_it_cannot_keep_its_schedule_or_cp
 
 def test_run_load_works_inside_a_running_loop_and_async_api_in_it():
     async def go(url):
-        blocking = run_load(url=url, mode="open", rate=50, duration_s=0.2)    # from a helper thread
+        blocking = run_load(url=url, mode="open", arrivals="uniform", rate=50, duration_s=0.2)    # from a helper thread
         awaited = await run_load_async(LoadSpec(url=url, mode="closed", connections=1, duration_s=0.2))
         return blocking, awaited
 
@@ -235,7 +235,7 @@ def test_run_load_works_inside_a_running_loop_and_async_api_in_it():
 
 def test_stop_ends_sending_early_and_counts_what_was_in_flight():
     async def go(url):
-        run = start_load(url=url, mode="open", rate=100, duration_s=10)
+        run = start_load(url=url, mode="open", arrivals="uniform", rate=100, duration_s=10)
         await asyncio.sleep(0.3)
         run.stop()
         return await run
@@ -254,7 +254,7 @@ def test_a_generator_hiccup_counts_in_latency_because_it_is_measured_from_the_in
     # Their latency must include that delay (it is measured from when they were due),
     # and the run must say the generator could not keep its schedule.
     async def go(url):
-        run = start_load(url=url, mode="open", rate=200, duration_s=1.0)
+        run = start_load(url=url, mode="open", arrivals="uniform", rate=200, duration_s=1.0)
         await asyncio.sleep(0.3)
         time.sleep(0.3)                                 # a 300 ms stall of the generator itself
         return await run
@@ -318,7 +318,16 @@ def test_throughput_counts_only_what_was_answered_inside_the_window():
     """Offered 200 req/s to a server that answers 50 req/s: throughput is what it answered."""
     with TestServer(delays_ms={"test-1": 80}) as server:
         # 4 connections x (1 / 80 ms) = 50 responses per second at most.
-        result = run_load(LoadSpec(url=server.url, mode="open", rate=200, connections=4, duration_s=2,
+        result = run_load(LoadSpec(url=server.url, mode="open", arrivals="uniform", rate=200, connections=4, duration_s=2,
                                    timeout_s=10, path="/x"))
     assert result.responses == result.sent == 400
     assert result.throughput_rps < 60, result.throughput_rps
+
+
+def test_poisson_arrivals_send_the_rate_on_average_and_repeat_for_a_seed():
+    with TestServer() as server:
+        runs = [run_load(url=server.url, mode="open", rate=400, duration_s=1.0, seed=seed) for seed in (5, 5, 6)]
+    assert all(accounted(r) and r.error_count == 0 for r in runs)
+    assert runs[0].sent == runs[1].sent                       # the same seed, the same schedule
+    assert all(abs(r.sent - 400) <= 80 for r in runs)         # ~ +-4 standard deviations of Poisson(400)
+    assert runs[0].sent != 400 or runs[2].sent != 400         # not the uniform schedule's exact count

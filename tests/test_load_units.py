@@ -196,3 +196,41 @@ def test_open_loop_pool_is_sized_for_the_rate_unless_given():
     assert LoadSpec(url="http://127.0.0.1:1", rate=10, connections=3).pool_size == 3
     assert spec.client_kind == "fast"
     assert LoadSpec(url="https://127.0.0.1:1", rate=10).client_kind == "aiohttp"
+
+
+# -- arrival processes -------------------------------------------------------------
+
+def test_poisson_gaps_have_the_mean_and_spread_of_an_exponential():
+    from stack.load.schedule import poisson_gaps
+    gaps = poisson_gaps(rate=500, count=20_000, seed=7)
+    mean = sum(gaps) / len(gaps)
+    sd = (sum((g - mean) ** 2 for g in gaps) / (len(gaps) - 1)) ** 0.5
+    assert mean == pytest.approx(1 / 500, rel=0.05)
+    assert sd / mean == pytest.approx(1.0, rel=0.05)     # an exponential's coefficient of variation is 1
+
+
+def test_poisson_schedule_repeats_for_a_seed_and_differs_across_seeds():
+    from stack.load.schedule import poisson_gaps
+    assert poisson_gaps(100, 50, seed=3) == poisson_gaps(100, 50, seed=3)
+    assert poisson_gaps(100, 50, seed=3) != poisson_gaps(100, 50, seed=4)
+
+
+def test_arrivals_stay_inside_the_window_and_start_at_zero():
+    from stack.load.schedule import Arrivals
+    for kind in ("poisson", "uniform"):
+        arrivals = Arrivals(kind, rate=1000, duration_s=2.0, seed=1)
+        offsets = list(iter(arrivals.next_offset, None))
+        assert offsets[0] == 0.0 and all(0 <= o < 2.0 for o in offsets)
+        assert offsets == sorted(offsets)
+        assert len(offsets) == pytest.approx(2000, rel=0.1 if kind == "poisson" else 0)
+
+
+def test_uniform_arrivals_are_evenly_spaced():
+    from stack.load.schedule import Arrivals
+    arrivals = Arrivals("uniform", rate=100, duration_s=0.05)
+    assert list(iter(arrivals.next_offset, None)) == pytest.approx([0, 0.01, 0.02, 0.03, 0.04])
+
+
+def test_unknown_arrivals_name_the_field_and_the_choices():
+    with pytest.raises(LoadSpecError, match=r"arrivals='gaussian' is not allowed.*poisson.*uniform"):
+        LoadSpec(url="http://127.0.0.1:1", rate=10, arrivals="gaussian")

@@ -13,6 +13,7 @@ from .errors import LoadSpecError
 from .keys import Keys
 from .mix import RequestMix
 from .result import IntervalSnapshot, LoadResult
+from .schedule import ARRIVALS
 from .spec import CLIENTS, MODES, LoadSpec
 
 DESCRIPTION = ("Send HTTP load (open or closed loop) and report throughput, latency percentiles, "
@@ -27,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="open: fixed arrival rate, latency from intended send time; "
                         "closed: C connections, next request on answer (default: %(default)s)")
     p.add_argument("--rate", type=float, help="open loop: requests per second")
+    p.add_argument("--arrivals", choices=ARRIVALS, default="poisson",
+                   help="open loop: poisson (random gaps, like real clients) or uniform "
+                        "(evenly spaced, like wrk2/k6) (default: %(default)s)")
     p.add_argument("--connections", "-c", type=int,
                    help="closed loop: concurrent connections; open loop: pool limit (default: sized for --rate)")
     p.add_argument("--duration", "-d", type=float, default=10.0, help="seconds of sending (default: %(default)s)")
@@ -38,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-count", type=int, default=10_000, help="keys are 1..N (default: %(default)s)")
     p.add_argument("--zipf-s", type=float, default=1.1, help="Zipf exponent (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--source", default="", help="client source addresses, e.g. 127.0.0.2,127.0.0.3")
+    p.add_argument("--source", default="", help="client source addresses, e.g. 127.0.1.1,127.0.2.1 (ip_hash uses the first three octets)")
     p.add_argument("--interval", type=float, default=0.5, help="seconds per live line (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout, s (default: %(default)s)")
     p.add_argument("--client", choices=CLIENTS, default="auto")
@@ -80,7 +84,8 @@ def spec_from_args(args: argparse.Namespace) -> LoadSpec:
     sources = tuple(a.strip() for a in args.source.split(",") if a.strip())
     return LoadSpec(url=args.url, mode=args.mode, rate=args.rate, connections=args.connections,
                     duration_s=args.duration, mix=mix, path=args.path, timeout_s=args.timeout,
-                    interval_s=args.interval, source_addresses=sources, seed=args.seed, client=args.client)
+                    interval_s=args.interval, source_addresses=sources, seed=args.seed, client=args.client,
+                    arrivals=args.arrivals)
 
 
 def _ms(value) -> str:

@@ -20,7 +20,7 @@ from .closedloop import run_closed_users
 from .mix import MixPlan, Prepared
 from .recorder import Recorder
 from .result import IntervalSnapshot, LoadResult
-from .schedule import due_count, intended_time, total_requests
+from .schedule import Arrivals
 from .spec import LoadSpec
 
 _DONE = object()
@@ -183,9 +183,10 @@ class LoadRun:
         rec.response(request.label, status, replica, done_at - t_from)
 
     async def _open_loop(self, rec: Recorder, plan: MixPlan, clients: list, start: float) -> float:
-        """Send request i at start + i/rate, latency counted from then; returns the last send time."""
+        """Send each request at its intended time (uniform or Poisson arrivals), latency counted
+        from then; returns the last send time."""
         spec, loop = self.spec, asyncio.get_running_loop()
-        rate, total = spec.rate, total_requests(spec.rate, spec.duration_s)
+        arrivals = Arrivals(spec.arrivals, spec.rate, spec.duration_s, spec.seed)
         exchange, n_clients = self._exchange, len(clients)
         tasks: set[asyncio.Task] = set()
 
@@ -193,19 +194,20 @@ class LoadRun:
             rec.sent_one(time.perf_counter() - intended)
             await exchange(rec, clients[index % n_clients], plan.next(), intended)
 
-        i, last_sent = 0, start
-        while i < total and not self._stopping:
+        i, last_sent, offset = 0, start, arrivals.next_offset()
+        while offset is not None and not self._stopping:
             # Everything already due goes out now, in one batch: one wake-up per
             # batch instead of one sleeping task per request.
-            due = due_count(start, time.perf_counter(), rate, total)
-            while i < due:
-                task = loop.create_task(one(i, intended_time(start, i, rate)))
+            now = time.perf_counter()
+            while offset is not None and start + offset <= now:
+                task = loop.create_task(one(i, start + offset))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 i += 1
+                offset = arrivals.next_offset()
             last_sent = time.perf_counter()
-            if i < total:       # (in short naps, so stop() is noticed even at low rates)
-                await asyncio.sleep(min(0.1, max(0.0, intended_time(start, i, rate) - time.perf_counter())))
+            if offset is not None:   # (in short naps, so stop() is noticed even at low rates)
+                await asyncio.sleep(min(0.1, max(0.0, start + offset - time.perf_counter())))
         await asyncio.sleep(0)                  # let the last batch start
         await self._drain(tasks, time.perf_counter() + spec.timeout_s)
         return last_sent

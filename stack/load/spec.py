@@ -11,6 +11,7 @@ from .errors import LoadSpecError, int_in, number_in, one_of
 from yarl import URL
 
 from .mix import RequestMix
+from .schedule import ARRIVALS
 
 MODES = ("open", "closed")
 CLIENTS = ("auto", "fast", "aiohttp")
@@ -26,8 +27,10 @@ AUTO_POOL_MIN, AUTO_POOL_MAX = 32, 1024
 class LoadSpec:
     """What to send, how fast and for how long.
 
-    mode="open": `rate` requests per second on a fixed schedule, whatever the server
-    does; latency counts from each request's intended send time. `connections`
+    mode="open": `rate` requests per second arriving on a schedule, whatever the
+    server does; latency counts from each request's intended send time.
+    `arrivals` is "poisson" (random, independent gaps, like real clients; the
+    default) or "uniform" (evenly spaced, like wrk2 and k6). `connections`
     bounds the pool (None: sized for the rate).
     mode="closed": `connections` clients, each sending its next request when the
     previous one answers (what wrk and most tools do).
@@ -41,8 +44,11 @@ class LoadSpec:
     path: str = "/health"
     timeout_s: float = 5.0             # per request; the run ends at most this long after duration_s
     interval_s: float = 0.5            # snapshot period
-    source_addresses: tuple[str, ...] = ()   # e.g. ("127.0.0.2", "127.0.0.3") for ip_hash lessons
-    seed: int = 1
+    # ip_hash hashes only the first three octets of an IPv4 address: spread clients over
+    # different /24 networks, e.g. ("127.0.1.1", "127.0.2.1", "127.0.3.1").
+    source_addresses: tuple[str, ...] = ()
+    arrivals: str = "poisson"          # open loop: "poisson" or "uniform" (see stack.load.schedule)
+    seed: int = 1                      # the arrivals and the keys repeat for the same seed
     max_send_lag_ms: float = 5.0       # open loop: p99 send lag above this = generator bottleneck
     cpu_limit: float = 0.9             # generator CPU (cores) above this = generator bottleneck
     client: str = "auto"               # "fast" (lean, http only), "aiohttp", or "auto": fast for http
@@ -61,6 +67,7 @@ class LoadSpec:
             raise LoadSpecError("url", self.url, "a base URL without path or query (put those in path or mix)")
         one_of("mode", self.mode, MODES)
         one_of("client", self.client, CLIENTS)
+        one_of("arrivals", self.arrivals, ARRIVALS)
         if self.client == "fast" and parts.scheme != "http":
             raise LoadSpecError("client", self.client, "'aiohttp' or 'auto' for an https:// URL")
         if self.mode == "open":
@@ -89,7 +96,7 @@ class LoadSpec:
             try:
                 ipaddress.ip_address(address)
             except (ValueError, TypeError):
-                raise LoadSpecError(f"source_addresses[{i}]", address, "an IP address, e.g. '127.0.0.2'") from None
+                raise LoadSpecError(f"source_addresses[{i}]", address, "an IP address, e.g. '127.0.1.1'") from None
         if len(set(self.source_addresses)) != len(self.source_addresses):
             raise LoadSpecError("source_addresses", self.source_addresses, "distinct addresses")
         if self.connections is not None and self.source_addresses and self.connections < len(self.source_addresses):
@@ -125,7 +132,7 @@ class LoadSpec:
     def to_dict(self) -> dict:
         mix = self.request_mix
         return {"url": self.url, "mode": self.mode, "rate": self.rate, "connections": self.pool_size,
-                "duration_s": self.duration_s, "timeout_s": self.timeout_s, "interval_s": self.interval_s,
+                "duration_s": self.duration_s, "arrivals": self.arrivals, "timeout_s": self.timeout_s, "interval_s": self.interval_s,
                 "client": self.client_kind,
                 "source_addresses": list(self.source_addresses), "seed": self.seed,
                 "mix": {"requests": [{"method": r.method, "path": r.path, "weight": r.weight,
