@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from stack.lab import registry
+from stack import get_stack
+from stack.lab import check, progress, registry, solve, start
 from stack.lab.make_labs import main as make_labs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +63,124 @@ def test_solution_passes_every_check(lab, tmp_path):
     recorded = run_notebook(ROOT / "solutions" / lab, tmp_path / "progress.json")
     for name in lab_checks(lab):
         assert recorded[name]["passed"] is True, f"{name} rejected the solution"
+
+
+# -- plausible wrong answers: every one is rejected, with a message that helps -------------
+
+def _unsorted(samples, p):
+    return samples[max(1, math.ceil(p / 100 * len(samples))) - 1]
+
+
+def _sorts_in_place(samples, p):
+    samples.sort()
+    return samples[max(1, math.ceil(p / 100 * len(samples))) - 1]
+
+
+# (check, wrong answer, why it is plausible, True when the check should recognise the mistake)
+WRONG_ANSWERS = [
+    ("percentile", _unsorted, "forgot to sort", True),
+    ("percentile", lambda s, p: sorted(s)[min(len(s) - 1, math.ceil(p / 100 * len(s)))], "rank off by one", True),
+    ("percentile", lambda s, p: sorted(s)[max(0, math.floor(p / 100 * len(s)) - 1)], "rounded the rank down", True),
+    ("percentile", lambda s, p: sum(s) / len(s), "the mean", True),
+    ("percentile", _sorts_in_place, "sorted the caller's list", True),
+    ("throughput", lambda spans: len(spans) / sum(e - s for s, e in spans), "divided by busy time", True),
+    ("throughput", lambda spans: len(spans) / (max(s for s, _ in spans) - min(s for s, _ in spans)), "window to last start", True),
+    ("throughput", lambda spans: len(spans) / max(e for _, e in spans), "window from zero", True),
+    ("throughput", lambda spans: 1.5, "copied the worked example's number", False),
+    ("littles_law", lambda r, c, s: r * c / s, "ms, not s", True),
+    ("littles_law", lambda r, c, s: c / (s / 1000), "forgot the replicas", True),
+    ("littles_law", lambda r, c, s: r * c * s / 1000, "upside down", True),
+    ("littles_law", lambda r, c, s: 120, "copied the worked example's number", False),
+    ("replicas_needed", lambda t, c, s, u: round(t / (c / (s / 1000) * u)), "rounded to nearest", True),
+    ("replicas_needed", lambda t, c, s, u: math.floor(t / (c / (s / 1000) * u)) + 1, "floor + 1", True),
+    ("replicas_needed", lambda t, c, s, u: math.ceil(t / (c / (s / 1000))), "ignored the cap", True),
+    ("replicas_needed", lambda t, c, s, u: math.ceil(t / (c / s * u)), "ms, not s", True),
+    ("replicas_needed", lambda t, c, s, u: 3, "the lab's own plan, typed in", False),
+    ("cpu_ceiling", lambda cores, ms: 1000 / ms, "forgot the cores", True),
+    ("cpu_ceiling", lambda cores, ms: cores * ms / 1000, "upside down", True),
+    ("cpu_ceiling", lambda cores, ms: cores / ms, "units", True),
+    ("cpu_ceiling", lambda cores, ms: 500, "copied the worked example's number", False),
+    ("survive_one_failure", lambda t, p: math.ceil(t / p), "forgot the +1", True),
+    ("survive_one_failure", lambda t, p: math.floor(t / p) + 1, "floor + 1", True),
+    ("survive_one_failure", lambda t, p: round(t / p) + 1, "round + 1", True),
+    ("survive_one_failure", lambda t, p: 2 * math.ceil(t / p), "doubled", True),
+]
+
+
+@pytest.fixture
+def own_progress(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALELAB_PROGRESS", str(tmp_path / "progress.json"))
+
+
+@pytest.mark.parametrize("name,answer,why,recognised", WRONG_ANSWERS, ids=[f"{w[0]}: {w[2]}" for w in WRONG_ANSWERS])
+def test_plausible_wrong_answers_are_rejected_with_a_hint_that_fits(own_progress, name, answer, why, recognised):
+    result = check(name, answer)
+    assert not result.passed, f"{name} accepted a wrong answer ({why})"
+    assert result.hint and result.message, result
+    ladder = registry()[name].hints
+    if recognised:     # the hint names this mistake, not just the first rung of the ladder
+        assert result.hint not in ladder, (why, result.hint)
+    assert all(h != repr(result.expected) for h in ladder)
+
+
+def test_no_hint_is_the_answer():
+    """The last rung is a worked example with other numbers, never the code of the solution."""
+    for name, spec in registry().items():
+        for text in spec.hints:
+            assert "return " not in text, (name, text)
+
+
+# -- live checks: the verdict follows the measurement -----------------------------------
+
+@pytest.mark.stack
+def test_measured_capacity_rejects_a_number_or_a_constant_and_accepts_the_formula(own_progress):
+    assert not check("measured_capacity", 400).passed
+    constant = check("measured_capacity", lambda r, c, s: 400)
+    assert not constant.passed and "same number for every shape" in constant.hint
+    ms = check("measured_capacity", lambda r, c, s: r * c / s)
+    assert not ms.passed and "1000" in ms.hint
+    right = check("measured_capacity", lambda r, c, s: r * c / (s / 1000))
+    assert right.passed, right
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("shape,passes", [
+    (dict(replicas=4, concurrency=4), False),     # the starting stack, untouched
+    (dict(replicas=3, concurrency=4), False),     # 600 req/s, but on 3 replicas
+    (dict(replicas=2, concurrency=4), False),     # 2 replicas, slots not raised: 400 req/s
+    (dict(replicas=2, concurrency=8), False),     # overshoots: 800 req/s
+    (dict(replicas=2, concurrency=6), True),
+])
+def test_target_capacity_verdict_depends_on_the_live_stack(own_progress, shape, passes):
+    start("lab01", progress=None)
+    get_stack().apply(**shape)
+    result = check("target_capacity")
+    assert result.passed is passes, result
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("shape,passes", [
+    (dict(replicas=2, concurrency=4), False),     # too small: p99 misses the target, measured
+    (dict(replicas=4, concurrency=4), False),     # meets it, but 3 would too: over-provisioned
+    (dict(replicas=3, concurrency=5), False),     # changed the slots instead of planning replicas
+    (dict(replicas=3, concurrency=4), True),
+])
+def test_capacity_plan_verdict_depends_on_the_live_stack(own_progress, shape, passes):
+    start("lab02", progress=None)
+    get_stack().apply(**shape)
+    result = check("capacity_plan")
+    assert result.passed is passes, result
+    if not passes and shape["replicas"] == 2:
+        assert "p99" in result.message and "missed" in result.message
+
+
+@pytest.mark.stack
+def test_solve_applies_the_solution_state_and_counts_as_skipped(own_progress):
+    start("lab01", progress=None)
+    result = solve("target_capacity", progress=None)
+    assert result.passed, result
+    assert get_stack().applied().app.replicas == 2
+    row = next(r for r in progress().rows if r[1] == "target_capacity")
+    assert row[3] is False and row[5] is True       # not passed by the learner: skipped
+    with pytest.raises(ValueError, match="only for checks that measure the live stack"):
+        solve("percentile")

@@ -242,14 +242,18 @@ async def get_user(request, replica, layers):
         replica.metrics.cache_misses += 1
     pool = "read" if replica.config.read_from == "replica" else "primary-read"
     async with replica.connection(pool, layers) as conn:
-        row = await (await conn.execute(f"SELECT {USER_COLUMNS} FROM users WHERE id = %s",
+        # The server names itself on the same connection, in the same round trip: which
+        # PostgreSQL answered is the database's word, not the app's configuration.
+        row = await (await conn.execute(f"SELECT {USER_COLUMNS}, pg_is_in_recovery() AS db_standby, "
+                                        f"inet_server_port() AS db_port FROM users WHERE id = %s",
                                         (user_id,))).fetchone()
     if row is None:
         raise HTTPProblem(404, f"no user with id {user_id}")
+    served_by = {"standby": row.pop("db_standby"), "port": row.pop("db_port")}
     user = _public(row)
     if ttl > 0:
         await _cache_call(replica, layers, "set", cache_key(user_id), json.dumps(user), ex=ttl)
-    return 200, {**user, "source": replica.config.read_from}
+    return 200, {**user, "source": replica.config.read_from, "db": served_by}
 
 
 @endpoint("create_user")

@@ -61,14 +61,32 @@ def _unknown(name: str) -> KeyError:
     return KeyError(f"no check named {name!r}: known checks are {known}")
 
 
-def check(name: str, answer) -> CheckResult:
-    """Run the check `name` on your answer (a value or a function) and say at once how it went."""
+_NO_ANSWER = object()
+
+
+def check(name: str, answer=_NO_ANSWER) -> CheckResult:
+    """Run the check `name` on your answer (a value or a function) and say at once how it went.
+
+    A stack-state check takes no answer: `check("name")` measures the live stack as you left it.
+    """
     checks = registry()
     if name not in checks:
         raise _unknown(name)
     spec = checks[name]
+    stack_state = spec.solution_state is not None
+    if stack_state and answer is not _NO_ANSWER:
+        raise TypeError(f"check({name!r}) takes no answer: it measures the live stack. Change the stack "
+                        f"(stack.apply(...)), then run check({name!r}).")
+    if not stack_state and answer is _NO_ANSWER:
+        raise TypeError(f"check({name!r}, answer) needs your answer as its second argument")
+    return _judge(spec, (answer,) if not stack_state else ())
+
+
+def _judge(spec: Check, args: tuple, skipped: bool = False) -> CheckResult:
+    """Run one check, record the attempt (unless the measurement was inconclusive), say how it went."""
+    name = spec.name
     try:
-        verdict = spec.run(answer)
+        verdict = spec.run(*args)
     except NotImplementedError:
         verdict = Verdict(False, "your code", "NotImplementedError",
                           "Not written yet: replace `raise NotImplementedError` with your code.")
@@ -86,9 +104,32 @@ def check(name: str, answer) -> CheckResult:
         message = verdict.detail or "Correct."
     else:
         message = verdict.detail or "Not yet."
-    progress_store.record_check(name, verdict.passed)
-    first_hint = spec.hints[0] if spec.hints and not verdict.passed else None
+    if verdict.inconclusive:
+        message = "Inconclusive, not your fault: " + message
+    else:
+        progress_store.record_check(name, verdict.passed and not skipped, skipped=skipped)
+    first_hint = None
+    if not verdict.passed:
+        first_hint = verdict.hint or (spec.hints[0] if spec.hints else None)
     return CheckResult(name, spec.title, verdict.passed, verdict.expected, verdict.got, message, first_hint)
+
+
+def solve(name: str, progress=print) -> CheckResult:
+    """For a stack-state check: apply the solution's stack state so you can go on, then run the check.
+
+    It counts as solved-by-skip in progress(), not as passed."""
+    checks = registry()
+    if name not in checks:
+        raise _unknown(name)
+    spec = checks[name]
+    if spec.solution_state is None:
+        raise ValueError(f"solve({name!r}) is only for checks that measure the live stack; "
+                         f"for {name!r}, hint({name!r}) climbs the hint ladder")
+    from .. import get_stack
+    get_stack().apply(**spec.solution_state)
+    if progress:
+        progress(f"applied {spec.solution_state} to the stack")
+    return _judge(spec, (), skipped=True)
 
 
 @dataclass(frozen=True)
@@ -118,7 +159,7 @@ def hint(name: str) -> Hint:
 
 @dataclass(frozen=True)
 class Progress:
-    rows: list  # (lab, name, title, passed, attempts)
+    rows: list  # (lab, name, title, passed, attempts, skipped)
 
     @property
     def passed(self) -> int:
@@ -133,14 +174,17 @@ class Progress:
 
     def __repr__(self) -> str:
         lines = [f"{self.passed}/{len(self.rows)} checks pass"]
-        lines += [f"  {'PASS' if ok else '    '} {lab:8} {name:28} {title}" for lab, name, title, ok, _ in self.rows]
+        lines += [f"  {'PASS' if ok else ('SKIP' if skip else '    ')} {lab:8} {name:28} {title}"
+                  for lab, name, title, ok, _, skip in self.rows]
+        if any(row[5] and not row[3] for row in self.rows):
+            lines.append("  (SKIP: solved with solve(), not yet by you)")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         body = "".join(
             f"<tr><td>{html.escape(lab)}</td><td><code>{html.escape(name)}</code></td><td>{html.escape(title)}</td>"
-            f"<td>{'&#10004;' if ok else ('&#10008;' if tries else '')}</td></tr>"
-            for lab, name, title, ok, tries in self.rows)
+            f"<td>{'&#10004;' if ok else ('skipped with solve()' if skip else ('&#10008;' if tries else ''))}</td></tr>"
+            for lab, name, title, ok, tries, skip in self.rows)
         return (f"<b>{self.passed}/{len(self.rows)} checks pass</b><table><tr><th>lab</th><th>check</th>"
                 f"<th>what</th><th></th></tr>{body}</table>")
 
@@ -150,5 +194,6 @@ def progress() -> Progress:
     rows = []
     for name, spec in sorted(registry().items(), key=lambda item: (item[1].lab, item[0])):
         entry = data.get(name, {})
-        rows.append((spec.lab, name, spec.title, entry.get("passed", False), entry.get("attempts", 0)))
+        rows.append((spec.lab, name, spec.title, entry.get("passed", False), entry.get("attempts", 0),
+                     entry.get("skipped", False)))
     return Progress(rows)

@@ -10,7 +10,8 @@ A solution notebook marks the learner's part:
 
     predicted = littles_law(4, 4, 20)  ### SOLUTION
 
-In the lab, a marked block becomes `raise NotImplementedError("...")` and a
+In the lab, a marked block inside a function becomes `raise NotImplementedError("...")`,
+a marked top-level block (a change to the live stack) becomes a `# YOUR CODE HERE` comment, and a
 marked line keeps its left-hand side with `None` as the answer. Outputs are
 never written.
 
@@ -39,7 +40,8 @@ def starter_source(source: str) -> str:
             inside = True
             indent = line[: len(line) - len(line.lstrip())]
             out.append(f"{indent}# YOUR CODE HERE")
-            out.append(f"{indent}{STUB}")
+            if indent:      # a function body needs a statement; a top-level block (a stack change) does not
+                out.append(f"{indent}{STUB}")
         elif stripped == END:
             if not inside:
                 raise ValueError(f"{END} without {BEGIN}")

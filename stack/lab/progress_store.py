@@ -1,4 +1,5 @@
-"""Progress across labs: which checks passed and how many hints were taken, in one JSON file."""
+"""Progress across lessons and labs, in one JSON file: which checks passed (or were skipped
+with solve()), how many hints were taken, and the predictions committed before experiments."""
 from __future__ import annotations
 
 import json
@@ -14,9 +15,12 @@ def progress_path() -> Path:
 
 def load() -> dict:
     try:
-        return json.loads(progress_path().read_text())
+        data = json.loads(progress_path().read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return {"checks": {}, "hints": {}}
+        data = {}
+    for section in ("checks", "hints", "predictions"):
+        data.setdefault(section, {})
+    return data
 
 
 def save(data: dict) -> None:
@@ -27,14 +31,30 @@ def save(data: dict) -> None:
     os.replace(tmp, path)
 
 
-def record_check(name: str, passed: bool) -> None:
+def record_check(name: str, passed: bool, skipped: bool = False) -> None:
+    """One attempt at a check; `skipped`: solve() applied the solution, so it counts as solved-by-skip."""
     data = load()
     entry = data["checks"].setdefault(name, {"attempts": 0, "passed": False})
     entry["attempts"] += 1
-    entry["last"] = "pass" if passed else "fail"
-    entry["passed"] = entry["passed"] or passed
+    entry["last"] = "skip" if skipped else ("pass" if passed else "fail")
+    if skipped:
+        entry["skipped"] = True
+    elif passed:
+        entry["passed"] = True
     entry["time"] = time.time()
     save(data)
+
+
+def record_prediction(name: str, value, unit: str, at: float) -> None:
+    data = load()
+    data["predictions"][name] = {"value": value, "unit": unit, "at": at}
+    save(data)
+
+
+def forget_prediction(name: str) -> None:
+    data = load()
+    if data["predictions"].pop(name, None) is not None:
+        save(data)
 
 
 def next_hint_level(name: str) -> int:

@@ -1,9 +1,22 @@
-"""What live checks share: bring the learner's stack to a shape, then measure it."""
+"""What live checks share: shape or read the learner's stack, then measure it honestly.
+
+A live check asks the running servers, not the applied configuration: which app
+replicas answer, and with how many work slots (each replica's /metrics). A
+measurement the machine was too busy to make (the load generator fell behind)
+is retried once, and then reported as inconclusive instead of failing the learner.
+"""
 from __future__ import annotations
+
+import json
+import urllib.request
 
 from ... import get_stack
 from ...load import LoadSpec, run_load
 from ...topology import Topology
+from ..registry import Verdict
+
+BUSY = ("The machine was too busy to measure (the load generator itself fell behind), twice. "
+        "Close other heavy programs, then run the check again.")
 
 
 def shape_stack(**changes):
@@ -14,14 +27,47 @@ def shape_stack(**changes):
     return stack
 
 
+def learner_stack():
+    """The learner's stack as they left it (started with the defaults if nothing runs)."""
+    stack = get_stack()
+    if not stack.status()["running"]:
+        stack.up(stack.applied() or Topology.from_env(), progress=None)
+    return stack
+
+
 def entry_url(stack) -> str:
     return stack.status()["url"]
 
 
+def replica_slots(stack) -> dict[str, int]:
+    """{replica name: work slots}, as each running replica reports itself on /metrics."""
+    slots = {}
+    for name, info in stack.status()["services"].items():
+        if name.startswith("app-") and info["state"] == "running" and info.get("address"):
+            with urllib.request.urlopen(f"http://{info['address']}/metrics", timeout=5) as resp:
+                slots[name] = json.load(resp)["work"]["concurrency"]
+    return slots
+
+
+def measure(stack, **spec):
+    """One load run (LoadSpec fields); retried once if the generator was the bottleneck.
+
+    Returns the result, or None when both runs were disturbed (say BUSY)."""
+    load = LoadSpec(url=entry_url(stack), **spec)
+    for _ in range(2):
+        result = run_load(load)
+        if not result.generator_bottleneck:
+            return result
+    return None
+
+
+def inconclusive() -> Verdict:
+    return Verdict(False, "a measurement", "the generator fell behind twice", BUSY, inconclusive=True)
+
+
 def closed_loop(stack, path: str, connections: int, seconds: float = 2.0):
-    return run_load(LoadSpec(url=entry_url(stack), mode="closed", connections=connections,
-                             duration_s=seconds, path=path))
+    return measure(stack, mode="closed", connections=connections, duration_s=seconds, path=path)
 
 
-def open_loop(stack, path: str, rate: float, seconds: float = 3.0):
-    return run_load(LoadSpec(url=entry_url(stack), mode="open", rate=rate, duration_s=seconds, path=path))
+def open_loop(stack, path: str, rate: float, seconds: float = 3.0, seed: int = 1):
+    return measure(stack, mode="open", rate=rate, duration_s=seconds, path=path, seed=seed)

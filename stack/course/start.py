@@ -1,0 +1,64 @@
+"""Every lesson and lab begins from its own topology, whatever ran before it.
+
+    lab = start("lesson03")      # first cell: brings the stack there, prints what it changed
+    reset()                      # back to the starting topology of the last start(...)
+
+The starting point is the article's defaults (Topology.from_env(): 4 app
+replicas, least_conn, ...) plus the few changes a notebook needs; a learner
+who left 1 replica and round-robin behind in lesson 2 finds lesson 3 as its
+text describes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .. import get_stack
+from ..topology import SECTIONS, Topology
+
+# Departures from the defaults, per notebook. Absent: the defaults.
+STARTING_CHANGES: dict[str, dict] = {}
+
+_current: list[str] = []
+
+
+def starting_topology(name: str) -> Topology:
+    return Topology.from_env().with_changes(**STARTING_CHANGES.get(name, {}))
+
+
+def differences(old: Topology | None, new: Topology) -> list[str]:
+    """'app.replicas 1 -> 4' for each field that differs (everything, when nothing ran)."""
+    if old is None:
+        return ["(nothing was running: started the stack)"]
+    out = []
+    for section in SECTIONS:
+        before, after = getattr(old, section), getattr(new, section)
+        for f in dataclasses.fields(after):
+            a, b = getattr(before, f.name), getattr(after, f.name)
+            if a != b:
+                out.append(f"{section}.{f.name} {a!r} -> {b!r}")
+    return out
+
+
+def start(name: str, progress=print):
+    """Bring the stack to `name`'s starting topology (starting it if needed) and return it."""
+    stack = get_stack()
+    old = stack.applied() if stack.status()["running"] else None
+    target = starting_topology(name)
+    if old is not None and old.base_port != target.base_port:
+        # A stack already runs on another port block (started with --base-port): keep its ports.
+        target = dataclasses.replace(target, base_port=old.base_port)
+    stack.up(target, progress=None if old is not None else progress)
+    _current[:] = [name]
+    changed = differences(old, target)
+    if progress:
+        progress(f"{name}: the stack is at its starting topology"
+                 + (": " + "; ".join(changed) if changed else " (nothing to change)"))
+        progress(f"entry point: {stack.status()['url']}")
+    return stack
+
+
+def reset(progress=print):
+    """Back to the starting topology of the notebook that last called start()."""
+    if not _current:
+        raise RuntimeError("reset() knows no starting point yet: run the notebook's first cell, start(...), first")
+    return start(_current[0], progress=progress)
