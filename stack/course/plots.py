@@ -4,6 +4,8 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .predict import prediction
+
 LAYER_COLORS = {"cache": "#d62728", "db": "#1f77b4", "queue": "#9467bd", "app": "#2ca02c",
                 "outside_app_ms": "#7f7f7f"}
 
@@ -11,6 +13,28 @@ LAYER_COLORS = {"cache": "#d62728", "db": "#1f77b4", "queue": "#9467bd", "app": 
 def _style(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(l=60, r=30, t=60, b=50),
                       legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+PREDICTION_COLOR = "#ff7f0e"
+
+
+def with_prediction(fig: go.Figure, name: str, axis: str = "y", row=None, col=None) -> go.Figure:
+    """Overlay the learner's committed prediction `name`: a dashed line for one number (on the
+    y axis, or the x axis with axis="x"), diamonds at each setting for a mapping. Nothing if none."""
+    value = prediction(name).value
+    if value is None:
+        return fig
+    where = {} if row is None else {"row": row, "col": col}
+    if isinstance(value, dict):
+        fig.add_scatter(x=list(value), y=list(value.values()), mode="markers", name="your prediction",
+                        marker=dict(symbol="diamond", size=12, color=PREDICTION_COLOR), **where)
+    elif axis == "x":
+        fig.add_vline(x=value, line_dash="dash", line_color=PREDICTION_COLOR,
+                      annotation_text="your prediction", **where)
+    else:
+        fig.add_hline(y=value, line_dash="dash", line_color=PREDICTION_COLOR,
+                      annotation_text="your prediction", **where)
     return fig
 
 

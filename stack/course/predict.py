@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from numbers import Real
 
-from ..lab import progress_store
+from . import progress_store
 
 _last_experiment_started: float | None = None   # set by experiments as they begin (see `experiment_started`)
 

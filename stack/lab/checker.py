@@ -6,7 +6,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import progress_store
+from ..course import progress_store
 from .registry import CHECKS, Check, Verdict
 
 
