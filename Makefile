@@ -11,6 +11,9 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
+	# JupyterLab without the "news" pop-up over the first lesson (settings for this venv only)
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	cp stack/jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	rm -f $(VENV)/.installed-*; touch $@
 
 system-deps:

@@ -41,10 +41,11 @@ def jupyterlab(root: Path, work: Path):
     port, token = _free_port(), secrets.token_hex(16)
     settings = work / "lab-settings"
     settings.mkdir(parents=True, exist_ok=True)
-    # No news pop-up: it would cover the notebook and try to reach the internet.
-    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
-    notification.parent.mkdir(parents=True, exist_ok=True)
-    notification.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    # No news pop-up (it would cover the notebook and try to reach the internet): the venv's
+    # overrides.json, which `make` installs, turns it off for learners and this test alike.
+    overrides = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
+    news = json.loads(overrides.read_text())["@jupyterlab/apputils-extension:notification"]
+    assert news["fetchNews"] == "false", f"{overrides} must turn the news pop-up off (make installs it)"
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",

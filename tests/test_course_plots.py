@@ -1,7 +1,10 @@
 """The lessons' plots, built from tables shaped like the experiments' (no stack needed)."""
 import pandas as pd
+import pytest
 
 from stack.course import plots
+from stack.course.predictions import predict
+from stack.course.queueing import percentile, simulate_latency
 from stack.course.experiments import parse_server_timing
 
 
@@ -20,12 +23,28 @@ def test_outage_timeline_bars_keep_their_width_despite_a_short_last_interval():
     assert answered.width == 0.4
 
 
-def test_knee_marks_capacity_on_both_panels():
-    curve = pd.DataFrame({"offered_rps": [50, 300], "served_rps": [50, 200], "throughput_rps": [50, 200],
-                          "p50_ms": [21, 500], "p99_ms": [23, 900]}).set_index("offered_rps")
-    fig = plots.knee(curve, capacity_rps=200)
-    assert [t.name for t in fig.data] == ["offered", "served", "p50", "p99"]
-    assert len(fig.layout.shapes) == 2
+def test_knee_marks_capacity_and_the_prediction_on_both_panels(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCALELAB_PROGRESS", str(tmp_path / "progress.json"))
+    rows = [(kind, rate, served, p99, model) for kind, rate, served, p99, model in
+            [("poisson", 50, 50, 30, 28), ("poisson", 300, 200, 900, 880),
+             ("uniform", 50, 50, 21, 20), ("uniform", 300, 200, 850, 840)]]
+    curve = pd.DataFrame(rows, columns=["arrivals", "offered_rps", "served_rps", "p99_ms", "model_p99_ms"]) \
+        .set_index(["arrivals", "offered_rps"])
+    assert len(plots.knee(curve, capacity_rps=200).layout.shapes) == 2
+    predict("capacity", 180)
+    fig = plots.knee(curve, capacity_rps=200, predicted="capacity")
+    assert [t.name for t in fig.data] == ["offered", "served (poisson)", "p99 measured, poisson arrivals",
+                                          "p99 queueing theory (M/D/c), same arrivals",
+                                          "served (uniform)", "p99 measured, uniform arrivals"]
+    assert sorted(shape.x0 for shape in fig.layout.shapes) == [180, 180, 200, 200]
+
+
+def test_queueing_model_replays_the_generators_schedule():
+    poisson = simulate_latency(160, slots=4, service_ms=20, duration_s=3, arrivals="poisson", seed=7)
+    uniform = simulate_latency(160, slots=4, service_ms=20, duration_s=3, arrivals="uniform", seed=7)
+    assert len(uniform) == 480 and min(poisson) == pytest.approx(20.0)
+    assert percentile(uniform, 99) == pytest.approx(20.0)         # evenly spaced arrivals below capacity never queue
+    assert percentile(poisson, 99) > 40             # random ones do, at 80% load
 
 
 def test_percentile_curves_one_line_per_mode():

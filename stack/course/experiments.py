@@ -6,6 +6,8 @@ setting) so a lesson can plot it and assert its claim on it. Plots live in
 """
 from __future__ import annotations
 
+import functools
+import json
 import signal
 import threading
 import time
@@ -16,6 +18,8 @@ import pandas as pd
 
 from ..load import LoadSpec, run_load
 from ..local import redis as redis_service
+from .predictions import experiment_started
+from .queueing import percentile, simulate_latency
 
 IO_WORK = "/work?kind=io&ms={ms}"
 CURVE_PERCENTILES = (50, 75, 90, 95, 99, 99.9)
@@ -33,6 +37,15 @@ def pid_of(stack, service: str) -> int:
     return info["pid"]
 
 
+def experiment(fn):
+    """Marks the start of a measurement, so a prediction changed after it is flagged by reveal()."""
+    @functools.wraps(fn)
+    def run_experiment(*args, **kwargs):
+        experiment_started()
+        return fn(*args, **kwargs)
+    return run_experiment
+
+
 # -- one request, layer by layer ----------------------------------------------------
 
 def parse_server_timing(header: str) -> dict[str, float]:
@@ -45,24 +58,29 @@ def parse_server_timing(header: str) -> dict[str, float]:
     return layers
 
 
+@experiment
 def trace_request(stack, user_id: int = 42) -> pd.DataFrame:
     """GET one user twice, first with a cold cache (miss: the database answers), then warm (hit).
 
-    Returns one row per request: which replica served it, where the data came
-    from, and the milliseconds each layer took (from Server-Timing), plus the
-    round trip measured by the client (so nginx's share shows as the remainder).
+    Returns one row per request: which app replica served it, where the data came
+    from, which PostgreSQL server answered (the server's own word: pg_is_in_recovery()
+    and inet_server_port() on the connection that ran the query), and the
+    milliseconds each layer took (from Server-Timing), plus the round trip measured
+    by the client (so nginx's share shows as the remainder).
     """
     redis_service.client(stack.context()).delete(f"user:{user_id}")
     rows = []
     for attempt in ("cold cache", "warm cache"):
         start = time.perf_counter()
         with urllib.request.urlopen(f"{entry_url(stack)}/users/{user_id}", timeout=5) as resp:
-            body = resp.read()
+            body = json.loads(resp.read())
             timing = parse_server_timing(resp.headers["Server-Timing"])
             replica = resp.headers["X-Replica"]
         round_trip = (time.perf_counter() - start) * 1000
-        source = pd.read_json(pd.io.common.StringIO(body.decode()), typ="series")["source"]
-        rows.append({"request": attempt, "replica": replica, "source": source, **timing,
+        db = body.get("db") or {}
+        rows.append({"request": attempt, "replica": replica, "source": body["source"],
+                     "db_server": ("standby" if db["standby"] else "primary") if db else None,
+                     "db_port": db.get("port"), **timing,
                      "client_ms": round_trip, "outside_app_ms": round_trip - timing.get("total", 0.0)})
     return pd.DataFrame(rows).set_index("request")
 
@@ -72,11 +90,12 @@ def trace_request(stack, user_id: int = 42) -> pd.DataFrame:
 OPEN_LOOP_CONNECTIONS = 512   # enough that, past capacity, requests queue at the server, not in the client
 
 
-def run(stack, mode: str, path: str, seconds: float, rate: float | None = None, connections: int | None = None):
+def run(stack, mode: str, path: str, seconds: float, rate: float | None = None, connections: int | None = None,
+        arrivals: str = "poisson", seed: int = 1):
     if mode == "open" and connections is None:
         connections = OPEN_LOOP_CONNECTIONS
     spec = LoadSpec(url=entry_url(stack), mode=mode, rate=rate, connections=connections,
-                    duration_s=seconds, path=path, timeout_s=10)
+                    duration_s=seconds, path=path, timeout_s=10, arrivals=arrivals, seed=seed)
     result = run_load(spec)
     if result.generator_bottleneck:
         # The generator itself fell behind (a busy moment on a shared machine): the numbers
@@ -97,19 +116,29 @@ def _row(result, **settings) -> dict:
             "warnings": " ".join(result.warnings)}
 
 
-def latency_vs_offered_load(stack, rates, path: str = IO_WORK.format(ms=20), seconds: float = 2.0,
-                            progress=None) -> pd.DataFrame:
-    """Open loop at each rate: throughput follows the offered load until capacity, then latency explodes."""
+@experiment
+def latency_vs_offered_load(stack, rates, service_ms: float = 20, slots: int = 4, seconds: float = 3.0,
+                            arrivals=("poisson", "uniform"), progress=None) -> pd.DataFrame:
+    """Open loop at each rate, for each arrival process; queueing theory's p99 beside each.
+
+    One row per (arrivals, offered rate). `model_p99_ms` replays the very same seeded
+    schedule through an ideal server with `slots` slots of `service_ms` (M/D/c for
+    Poisson arrivals): what theory says those arrivals should have seen.
+    """
     rows = []
-    for rate in rates:
-        result = run(stack, "open", path, seconds, rate=rate)
-        rows.append(_row(result, offered_rps=rate))
-        if progress:
-            progress(f"offered {rate} req/s -> served {result.throughput_rps:.0f}, "
-                     f"p99 {result.latency_ms()['p99_ms']:.0f} ms")
-    return pd.DataFrame(rows).set_index("offered_rps")
+    path = IO_WORK.format(ms=service_ms)
+    for kind in arrivals:
+        for rate in rates:
+            result = run(stack, "open", path, seconds, rate=rate, arrivals=kind, seed=7)
+            model = simulate_latency(rate, slots, service_ms, seconds, arrivals=kind, seed=7)
+            rows.append(_row(result, arrivals=kind, offered_rps=rate, model_p99_ms=percentile(model, 99)))
+            if progress:
+                progress(f"{kind:8} arrivals, offered {rate} req/s -> served {result.throughput_rps:.0f}, "
+                         f"p99 {result.latency_ms()['p99_ms']:.0f} ms (theory {percentile(model, 99):.0f} ms)")
+    return pd.DataFrame(rows).set_index(["arrivals", "offered_rps"])
 
 
+@experiment
 def capacity_by_replicas(stack, counts, concurrency: int = 4, service_ms: float = 20, kind: str = "io",
                          seconds: float = 2.0, progress=None) -> pd.DataFrame:
     """Closed loop at saturation for each replica count; Little's law's prediction beside it."""
@@ -126,6 +155,7 @@ def capacity_by_replicas(stack, counts, concurrency: int = 4, service_ms: float 
     return pd.DataFrame(rows).set_index("replicas")
 
 
+@experiment
 def capacity_by_cpu_quota(stack, quotas, cpu_ms: float = 5, seconds: float = 2.0, progress=None) -> pd.DataFrame:
     """One replica, CPU-bound work, growing CPU quota: vertical scaling and its ceiling."""
     rows = []
@@ -140,6 +170,7 @@ def capacity_by_cpu_quota(stack, quotas, cpu_ms: float = 5, seconds: float = 2.0
     return pd.DataFrame(rows).set_index("cpu_quota")
 
 
+@experiment
 def capacity_by_concurrency(stack, slots, service_ms: float = 20, seconds: float = 2.0, progress=None) -> pd.DataFrame:
     """One replica with more work slots: the 'bigger box' model where CPU quotas are not available."""
     rows = []
@@ -176,6 +207,7 @@ class Stall:
             os.kill(self.pid, signal.SIGCONT)
 
 
+@experiment
 def coordinated_omission(stack, rate: float = 100, seconds: float = 4.0, stall_s: float = 1.0,
                          service_ms: float = 5) -> pd.DataFrame:
     """The same 1 s stall measured two ways: open loop (fixed schedule) and closed loop (wait, then send).
@@ -200,6 +232,7 @@ def coordinated_omission(stack, rate: float = 100, seconds: float = 4.0, stall_s
     return pd.DataFrame(rows).set_index("mode")
 
 
+@experiment
 def kill_replica_under_load(stack, replicas: int, rate: float = 200, seconds: float = 4.0, service_ms: float = 50,
                             next_upstream=("error", "timeout")) -> pd.DataFrame:
     """Open-loop load; app-1 is killed (SIGKILL) a third of the way in. Per-interval outcome."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .predict import prediction
+from .predictions import prediction
 
 LAYER_COLORS = {"cache": "#d62728", "db": "#1f77b4", "queue": "#9467bd", "app": "#2ca02c",
                 "outside_app_ms": "#7f7f7f"}
@@ -51,24 +51,34 @@ def request_layers(trace) -> go.Figure:
     return _style(fig, "One request, layer by layer (from its Server-Timing header)", 300)
 
 
-def knee(curve, capacity_rps: float | None = None) -> go.Figure:
-    """Served rate and latency percentiles against offered load."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("served vs offered (req/s)", "latency (ms, log scale)"))
-    x = list(curve.index)
-    fig.add_scatter(x=x, y=x, name="offered", line=dict(dash="dot", color="#999"), row=1, col=1)
-    fig.add_scatter(x=x, y=curve["served_rps"] if "served_rps" in curve else curve["throughput_rps"],
-                    name="served", mode="lines+markers", row=1, col=1)
-    fig.add_scatter(x=x, y=curve["p50_ms"], name="p50", mode="lines+markers", row=1, col=2)
-    fig.add_scatter(x=x, y=curve["p99_ms"], name="p99", mode="lines+markers", row=1, col=2)
+def knee(curve, capacity_rps: float | None = None, predicted: str | None = None) -> go.Figure:
+    """Served rate and p99 against offered load, per arrival process, with queueing theory's p99."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("served vs offered (req/s)", "p99 latency (ms, log scale)"))
+    colors = {"poisson": "#1f77b4", "uniform": "#2ca02c"}
+    for kind in curve.index.get_level_values("arrivals").unique():
+        part = curve.xs(kind, level="arrivals")
+        x = list(part.index)
+        if kind == "poisson":
+            fig.add_scatter(x=x, y=x, name="offered", line=dict(dash="dot", color="#999"), row=1, col=1)
+        fig.add_scatter(x=x, y=part["served_rps"], name=f"served ({kind})", mode="lines+markers",
+                        line=dict(color=colors.get(kind)), row=1, col=1)
+        fig.add_scatter(x=x, y=part["p99_ms"], name=f"p99 measured, {kind} arrivals", mode="lines+markers",
+                        line=dict(color=colors.get(kind)), row=1, col=2)
+        if kind == "poisson":
+            fig.add_scatter(x=x, y=part["model_p99_ms"], name="p99 queueing theory (M/D/c), same arrivals",
+                            mode="lines", line=dict(dash="dash", color=colors["poisson"]), row=1, col=2)
     fig.update_yaxes(type="log", row=1, col=2)
     for col in (1, 2):
         fig.update_xaxes(title_text="offered load (req/s)", row=1, col=col)
         if capacity_rps:
             fig.add_vline(x=capacity_rps, line_dash="dash", line_color="#d62728", row=1, col=col)
-    return _style(fig, "The knee: latency is flat until the load nears capacity (dashed), then explodes")
+        if predicted:
+            with_prediction(fig, predicted, axis="x", row=1, col=col)
+    return _style(fig, "The knee: random arrivals queue long before capacity (red dashes)")
 
 
-def predicted_vs_measured(table, x_title: str, title: str) -> go.Figure:
+def predicted_vs_measured(table, x_title: str, title: str, predicted: str | None = None) -> go.Figure:
+    """Bars per setting: the model's figure, the measurement, and (diamonds) the learner's prediction."""
     fig = go.Figure()
     x = [str(v) for v in table.index]
     if "predicted_rps" in table and table["predicted_rps"].notna().any():
@@ -76,6 +86,8 @@ def predicted_vs_measured(table, x_title: str, title: str) -> go.Figure:
     if "ceiling_rps" in table:
         fig.add_bar(x=x, y=table["ceiling_rps"], name="quota ceiling", marker_color="#c7c7c7")
     fig.add_bar(x=x, y=table["throughput_rps"], name="measured", marker_color="#1f77b4")
+    if predicted:
+        with_prediction(fig, predicted)
     fig.update_layout(barmode="group", xaxis_title=x_title, yaxis_title="requests per second")
     return _style(fig, title)
 

@@ -9,7 +9,7 @@
     reset()                             # the stack back to this lab's starting topology
     predict("name", 300)                # commit a prediction before an experiment
 """
-from ..course.predict import predict, reveal
+from ..course.predictions import predict, reveal
 from ..course.start import reset, start
 from .checker import CheckResult, check, hint, progress, registry, solve
 

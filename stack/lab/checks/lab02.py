@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ...course.predict import prediction
+from ...course.predictions import prediction
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
 
