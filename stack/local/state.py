@@ -4,6 +4,7 @@
     <state>/secrets.json    generated passwords and the admin token (mode 0600)
     <state>/lock            held while a process changes the stack
     <state>/logs/           one log per service
+    <state>/exits/          how each service's last process ended (exit code or signal)
     <state>/postgres-primary/, postgres-replica/, redis/, nginx/, pgbouncer/, app/
     <state>/bin/            server binaries copied where the service user can reach them
 
@@ -16,6 +17,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -39,16 +41,20 @@ class StateDir(JsonState):
 
     # -- layout ------------------------------------------------------------------
     def ensure(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path)
         if not self.run_as.can_reach(self.path.parent):
             raise StackError(
                 f"state directory {self.path} is inside a folder the service user "
                 f"{self.run_as.user!r} cannot enter (as root, PostgreSQL and PgBouncer run as that user). "
                 f"Choose another place, e.g. SCALELAB_STATE=/tmp/scalelab, or run as a normal user.")
-        # 0711: the service user may pass through to its own directories, not list ours.
-        os.chmod(self.path, 0o711)
+        # Owner-only; as root, 0711 lets the service user pass through to its own
+        # directories without listing ours.
+        os.chmod(self.path, 0o711 if self.run_as.as_root else 0o700)
         self.logs.mkdir(exist_ok=True)
-        os.chmod(self.logs, 0o777 if self.run_as.as_root else 0o755)
+        # Written by us only (servers get an open descriptor), so no one else needs write access.
+        os.chmod(self.logs, 0o755)
+        self.exits.mkdir(exist_ok=True)
+        os.chmod(self.exits, 0o700)
 
     @property
     def logs(self) -> Path:
@@ -56,6 +62,13 @@ class StateDir(JsonState):
 
     def log(self, service: str) -> Path:
         return self.logs / f"{service}.log"
+
+    @property
+    def exits(self) -> Path:
+        return self.path / "exits"
+
+    def exit_file(self, service: str) -> Path:
+        return self.exits / f"{service}.json"
 
     def service_dir(self, name: str, owned_by_service_user: bool = True) -> Path:
         d = self.path / name
@@ -103,6 +116,30 @@ class StateDir(JsonState):
             _open_up(staging)
             os.replace(staging, target)
         return target / Path(source).relative_to(anchor)
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the state directory owner-only; refuse one that someone else could have planted.
+
+    It lives under /tmp by default, where any user can create a name first: a
+    symlink or a directory owned by someone else would hand them our secrets.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise StackError(f"state directory {path} is a symlink: refusing to use it (under a shared "
+                         f"temp dir anyone can plant one). Remove it, or choose SCALELAB_STATE=<your own dir>.")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StackError(f"state directory {path} exists and is not a directory: remove it or choose "
+                         f"another SCALELAB_STATE.")
+    if st.st_uid != os.geteuid():
+        raise StackError(f"state directory {path} is owned by uid {st.st_uid}, not by you (uid "
+                         f"{os.geteuid()}): refusing to use it. Choose SCALELAB_STATE=<your own dir>.")
 
 
 def _copy_plan(source: Path) -> tuple[Path, list[str]]:
