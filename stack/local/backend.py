@@ -389,4 +389,4 @@ def _stop_service(service: str, record: ProcessRecord) -> None:
 def _app_config(topology: Topology) -> tuple:
     return (topology.app.write_pool, topology.app.read_pool, topology.app.pool_timeout_s,
             topology.app.pool_idle_s, topology.app.read_from, topology.app.concurrency,
-            topology.cache.ttl_s, topology.pgbouncer.enabled)
+            topology.cache.ttl_s, topology.pgbouncer.enabled, topology.postgres.replica_delay_ms)
