@@ -17,12 +17,11 @@ import json
 import os
 import secrets
 import shutil
-import stat
 import tempfile
 from pathlib import Path
 
 from ..errors import StackError
-from ..files import JsonState, write_atomic
+from ..files import JsonState, make_private_dir, write_atomic
 from .proc import RunAs
 
 
@@ -116,30 +115,6 @@ class StateDir(JsonState):
             _open_up(staging)
             os.replace(staging, target)
         return target / Path(source).relative_to(anchor)
-
-
-def make_private_dir(path: Path) -> None:
-    """Create the state directory owner-only; refuse one that someone else could have planted.
-
-    It lives under /tmp by default, where any user can create a name first: a
-    symlink or a directory owned by someone else would hand them our secrets.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        raise StackError(f"state directory {path} is a symlink: refusing to use it (under a shared "
-                         f"temp dir anyone can plant one). Remove it, or choose SCALELAB_STATE=<your own dir>.")
-    if not stat.S_ISDIR(st.st_mode):
-        raise StackError(f"state directory {path} exists and is not a directory: remove it or choose "
-                         f"another SCALELAB_STATE.")
-    if st.st_uid != os.geteuid():
-        raise StackError(f"state directory {path} is owned by uid {st.st_uid}, not by you (uid "
-                         f"{os.geteuid()}): refusing to use it. Choose SCALELAB_STATE=<your own dir>.")
 
 
 def _copy_plan(source: Path) -> tuple[Path, list[str]]:
