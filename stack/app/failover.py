@@ -109,18 +109,49 @@ class ServerWatch:
         self.lag_s = 0.0
         self._conn: psycopg.AsyncConnection | None = None
         self._probe_task: asyncio.Future | None = None
+        self._recheck: asyncio.Future | None = None
+        self.seen_healthy = False
 
     async def _probe(self):
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self.dsn_of(), autocommit=True,
-                                                               connect_timeout=2)
+        query = REPLICA_PROBE if self.lag_bound_of else PRIMARY_PROBE
+        if self._conn is not None and not self._conn.closed:
+            try:
+                return await (await self._conn.execute(query)).fetchone()
+            except psycopg.OperationalError:
+                # The server restarted (or died): only a fresh connection can tell which.
+                conn, self._conn = self._conn, None
+                await conn.close()
+        self._conn = await psycopg.AsyncConnection.connect(self.dsn_of(), autocommit=True, connect_timeout=2)
         try:
-            query = REPLICA_PROBE if self.lag_bound_of else PRIMARY_PROBE
             return await (await self._conn.execute(query)).fetchone()
         except BaseException:
             conn, self._conn = self._conn, None
             await conn.close()
             raise
+
+    async def _probe_fresh(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.dsn_of(), autocommit=True,
+                                                         connect_timeout=2) as conn:
+            await conn.execute(PRIMARY_PROBE)
+
+    async def recheck(self) -> bool:
+        """A request found the breaker open: probe now rather than wait for the next round.
+
+        A dead server refuses the connection in a millisecond, so the request still fails
+        fast; a server that is back (a restart just finished) closes the breaker at once.
+        Concurrent callers share one probe.
+        """
+        if not self.breaker.open:
+            return True
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.ensure_future(self._probe_fresh())
+            self._recheck.add_done_callback(_forget)
+        done, _ = await asyncio.wait({self._recheck}, timeout=PROBE_TIMEOUT_S)
+        if done and self._recheck.exception() is None and self.breaker.open:
+            if self.on_recover is not None:
+                await within(self.on_recover(), PROBE_TIMEOUT_S)
+            self.breaker.open = False
+        return not self.breaker.open
 
     async def probe_once(self) -> None:
         if self._probe_task is None or self._probe_task.done():
@@ -128,11 +159,12 @@ class ServerWatch:
             self._probe_task.add_done_callback(_forget)
         done, _ = await asyncio.wait({self._probe_task}, timeout=PROBE_TIMEOUT_S)
         if not done:
-            self.breaker.trip(f"no answer to a probe within {PROBE_TIMEOUT_S:g} s")
+            self._failed(f"no answer to a probe within {PROBE_TIMEOUT_S:g} s")
             return
         if self._probe_task.exception() is not None:
-            self.breaker.trip(f"probe failed: {_first_line(self._probe_task.exception())}")
+            self._failed(f"probe failed: {_first_line(self._probe_task.exception())}")
             return
+        self.seen_healthy = True
         if self.lag_bound_of:
             received, replayed = self._probe_task.result()
             self.lag_s = self.lag.update(received, replayed, time.monotonic())
@@ -141,6 +173,12 @@ class ServerWatch:
                 self.breaker.trip(f"replay lag {self.lag_s:.1f} s is past the bound of {bound:g} s")
                 return
         await self._good_probe()
+
+    def _failed(self, reason: str) -> None:
+        # Replicas start alongside PostgreSQL: probes fail until it first answers, and that
+        # is no outage. (A request that fails meanwhile still trips the breaker itself.)
+        if self.seen_healthy:
+            self.breaker.trip(reason)
 
     async def _good_probe(self) -> None:
         breaker = self.breaker
@@ -157,7 +195,7 @@ class ServerWatch:
             try:
                 await self.probe_once()
             except Exception as exc:  # noqa: BLE001 - the watch must outlive any one probe
-                self.breaker.trip(f"probe failed: {_first_line(exc)}")
+                self._failed(f"probe failed: {_first_line(exc)}")
             await asyncio.sleep(PROBE_INTERVAL_S)
 
 

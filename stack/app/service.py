@@ -178,8 +178,8 @@ class Replica:
         return row
 
     async def write(self, layers: Layers, query: str, params: tuple):
-        """One statement on the primary: refused at once while its breaker is open."""
-        if self.breakers["primary"].open:
+        """One statement on the primary: refused at once while it is down."""
+        if self.breakers["primary"].open and not await self.watches[1].recheck():
             raise self.primary_down()
 
         async def run():
