@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import threading
 import time
 import urllib.request
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .. import fault
 from ..load import LoadSpec, run_load
 from ..local import redis as redis_service
 from .predictions import experiment_started
@@ -28,13 +28,6 @@ CPU_WORK = "/work?kind=cpu&ms={ms}"
 
 def entry_url(stack) -> str:
     return stack.status()["url"]
-
-
-def pid_of(stack, service: str) -> int:
-    info = stack.status()["services"].get(service)
-    if not info or info["state"] != "running":
-        raise RuntimeError(f"{service} is not running: run stack.up() first")
-    return info["pid"]
 
 
 def experiment(fn):
@@ -91,17 +84,30 @@ OPEN_LOOP_CONNECTIONS = 512   # enough that, past capacity, requests queue at th
 
 
 def run(stack, mode: str, path: str, seconds: float, rate: float | None = None, connections: int | None = None,
-        arrivals: str = "poisson", seed: int = 1):
+        arrivals: str = "poisson", seed: int = 1, during=None):
+    """One load run on the stack's entry point. `during`: a function that arms a fault for the run
+    (it returns the started thread, joined after the run); it is armed again if the run is repeated."""
     if mode == "open" and connections is None:
         connections = OPEN_LOOP_CONNECTIONS
     spec = LoadSpec(url=entry_url(stack), mode=mode, rate=rate, connections=connections,
                     duration_s=seconds, path=path, timeout_s=10, arrivals=arrivals, seed=seed)
-    result = run_load(spec)
+
+    def attempt():
+        fault = during() if during else None
+        try:
+            return run_load(spec)
+        finally:
+            if fault is not None:
+                fault.join()
+
+    result = attempt()
     if result.generator_bottleneck:
         # The generator itself fell behind (a busy moment on a shared machine): the numbers
         # would describe the generator, not the stack. Measure once more and say so.
         first_warnings = result.warnings
-        result = run_load(spec)
+        if during:
+            stack.up(progress=None)       # heal what the first run's fault broke
+        result = attempt()
         result.warnings = [f"measured twice; the first run's generator was disturbed: {' '.join(first_warnings)}",
                            *result.warnings]
     return result
@@ -185,26 +191,25 @@ def capacity_by_concurrency(stack, slots, service_ms: float = 20, seconds: float
 
 # -- failures -----------------------------------------------------------------------
 
-@dataclass
-class Stall:
-    """Freeze a process (SIGSTOP) for a while, then let it go on (SIGCONT): a real, total stall."""
-    pid: int
-    after_s: float
-    for_s: float
+def after(delay_s: float, action) -> threading.Thread:
+    """Run `action` in a thread `delay_s` from now; returns the started thread."""
+    def wait_then_act():
+        time.sleep(delay_s)
+        action()
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self._run, daemon=True)
-        thread.start()
-        return thread
 
-    def _run(self) -> None:
-        time.sleep(self.after_s)
-        import os
-        os.kill(self.pid, signal.SIGSTOP)
+def stall(stack, service: str, after_s: float, for_s: float) -> threading.Thread:
+    """Freeze `service` (SIGSTOP) for a while, then let it go on: a real, total stall."""
+    def freeze():
+        fault.pause(service, stack=stack)
         try:
-            time.sleep(self.for_s)
+            time.sleep(for_s)
         finally:
-            os.kill(self.pid, signal.SIGCONT)
+            fault.resume(service, stack=stack)
+    return after(after_s, freeze)
 
 
 @experiment
@@ -212,20 +217,19 @@ def coordinated_omission(stack, rate: float = 100, seconds: float = 4.0, stall_s
                          service_ms: float = 5) -> pd.DataFrame:
     """The same 1 s stall measured two ways: open loop (fixed schedule) and closed loop (wait, then send).
 
-    One replica is frozen mid-run. The open loop keeps its schedule, so every
+    The only app replica is frozen mid-run. The open loop keeps its schedule, so every
     request due during the stall counts the wait; the closed loop stops
     sending while it waits, so it records one slow request per connection and
     its percentiles barely move.
     """
     stack.apply(replicas=1, concurrency=16)
+    freeze = functools.partial(stall, stack, "app-1", after_s=seconds / 2 - stall_s / 2, for_s=stall_s)
     rows = []
     for mode in ("open", "closed"):
-        stall = Stall(pid_of(stack, "app-1"), after_s=seconds / 2 - stall_s / 2, for_s=stall_s).start()
         if mode == "open":
-            result = run(stack, "open", IO_WORK.format(ms=service_ms), seconds, rate=rate)
+            result = run(stack, "open", IO_WORK.format(ms=service_ms), seconds, rate=rate, during=freeze)
         else:
-            result = run(stack, "closed", IO_WORK.format(ms=service_ms), seconds, connections=2)
-        stall.join()
+            result = run(stack, "closed", IO_WORK.format(ms=service_ms), seconds, connections=2, during=freeze)
         curve = result.latency.percentiles_ms(CURVE_PERCENTILES)
         rows.append({"mode": mode, "requests": result.responses,
                      **{f"p{p:g}_ms": curve[p] for p in CURVE_PERCENTILES}, "max_ms": result.latency.max_ms()})
@@ -237,24 +241,11 @@ def kill_replica_under_load(stack, replicas: int, rate: float = 200, seconds: fl
                             next_upstream=("error", "timeout")) -> pd.DataFrame:
     """Open-loop load; app-1 is killed (SIGKILL) a third of the way in. Per-interval outcome."""
     stack.apply(replicas=replicas, concurrency=16, next_upstream=tuple(next_upstream))
-    victim = pid_of(stack, "app-1")
-    killer = threading.Timer(seconds / 3, lambda: _kill(victim))
-    killer.start()
-    try:
-        result = run(stack, "open", IO_WORK.format(ms=service_ms), seconds, rate=rate)
-    finally:
-        killer.join()
+    killer = functools.partial(after, seconds / 3, lambda: fault.kill("app-1", stack=stack))
+    result = run(stack, "open", IO_WORK.format(ms=service_ms), seconds, rate=rate, during=killer)
     frame = result.intervals_dataframe()
     frame.attrs["total"] = {"sent": result.sent, "ok": result.ok, "errors": result.error_count,
                             "killed_at_s": seconds / 3}
-    stack.up()   # the reconciler notices app-1 is gone and starts it again
+    stack.up(progress=None)   # the reconciler notices app-1 is gone and starts it again
     stack.apply(next_upstream=("error", "timeout"))
     return frame
-
-
-def _kill(pid: int) -> None:
-    import os
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass

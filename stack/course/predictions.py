@@ -4,6 +4,7 @@ gap between the two is shown after it.
     predict("one_replica_rps", 150)            # before the experiment cell; stored with the time
     curve = ex.latency_vs_offered_load(...)     # the experiment always runs
     reveal("one_replica_rps", 194.3)            # what you said, what the stack did, the gap
+    gap("one_replica_rps", 194.3)               # the same, as data (Gap.relative_errors())
 
 A prediction can be one number or a mapping ({1: 200, 2: 400}: one number per
 setting). It is kept with its timestamp in the learner's progress file, so a
@@ -61,8 +62,21 @@ class Prediction:
         return f"Prediction recorded: {self.name} = {_fmt(self.value, self.unit)} at {time.strftime('%H:%M:%S', time.localtime(self.at))}"
 
 
-def predict(name: str, value, unit: str = "") -> Prediction:
-    """Commit a prediction before the experiment. `...` (the placeholder) records none."""
+def show(obj) -> None:
+    """Display at once (rich in a notebook, text elsewhere), so several calls in one cell all show."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+        if get_ipython() is not None:
+            display(obj)
+            return
+    except ImportError:
+        pass
+    print(repr(obj))
+
+
+def record(name: str, value, unit: str = "") -> Prediction:
+    """Store a prediction (or, for `...`, forget any earlier one) and return it."""
     if value is Ellipsis or value is None:
         progress_store.forget_prediction(name)
         return Prediction(name, None, unit, None)
@@ -70,6 +84,11 @@ def predict(name: str, value, unit: str = "") -> Prediction:
     at = time.time()
     progress_store.record_prediction(name, stored, unit, at)
     return Prediction(name, stored, unit, at)
+
+
+def predict(name: str, value, unit: str = "") -> None:
+    """Commit a prediction before the experiment and say so. `...` (the placeholder) records none."""
+    show(record(name, value, unit))
 
 
 def prediction(name: str) -> Prediction:
@@ -109,13 +128,17 @@ class Gap:
     def _sentence(self, label, p, m) -> str:
         where = f"{label}: " if label else ""
         if p is None:
-            return f"{where}measured {_num(m)} {self.unit} (no prediction was recorded)".rstrip()
+            return f"{where}measured {_num(m)}{self._unit} (no prediction was recorded)"
         if p == 0:
-            return f"{where}you predicted 0, measured {_num(m)} {self.unit}".rstrip()
+            return f"{where}you predicted 0, measured {_num(m)}{self._unit}"
         err = (m - p) / p
         word = "more" if err > 0 else "less"
-        return (f"{where}you predicted {_num(p)}, the stack measured {_num(m)} {self.unit}: "
-                f"{abs(err):.0%} {word} than predicted").replace("  ", " ")
+        return (f"{where}you predicted {_num(p)}, the stack measured {_num(m)}{self._unit}: "
+                f"{abs(err):.0%} {word} than predicted")
+
+    @property
+    def _unit(self) -> str:
+        return f" {self.unit}" if self.unit else ""
 
     def lines(self) -> list[str]:
         out = [self._sentence(*row) for row in self.rows]
@@ -133,8 +156,13 @@ class Gap:
                 f"<b>Prediction vs measurement</b> <code>{html.escape(self.name)}</code><ul>{items}</ul></div>")
 
 
-def reveal(name: str, measured, unit: str | None = None) -> Gap:
+def reveal(name: str, measured, unit: str | None = None) -> None:
     """Show the committed prediction `name` beside what was measured (a number, or a mapping/Series)."""
+    show(gap(name, measured, unit))
+
+
+def gap(name: str, measured, unit: str | None = None) -> Gap:
+    """The committed prediction `name` beside what was measured, as data."""
     pred = prediction(name)
     unit = pred.unit if unit is None else unit
     made_after = bool(pred.at and _last_experiment_started and pred.at > _last_experiment_started)
