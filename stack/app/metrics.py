@@ -1,6 +1,8 @@
 """Counters one replica keeps, served as JSON at /metrics."""
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ class Metrics:
     by_route: dict = field(default_factory=lambda: defaultdict(int))
     read_sources: dict = field(default_factory=lambda: defaultdict(int))   # replica / primary / cache
 
-    def to_dict(self, pools: dict, work: dict, failover: dict | None = None) -> dict:
+    def to_dict(self, pools: dict, work: dict, failover: dict | None = None, process: dict | None = None) -> dict:
         return {"replica": self.replica, "uptime_s": round(time.time() - self.started_at, 3),
                 "time": time.time(), "requests": self.requests, "in_flight": self.in_flight,
                 "errors": self.errors, "client_errors": self.client_errors,
@@ -32,4 +34,17 @@ class Metrics:
                 "db_queries": self.db_queries, "layer_seconds": dict(self.layer_seconds),
                 "by_route": dict(self.by_route), "pools": pools, "work": work,
                 "read_sources": dict(self.read_sources), "read_failovers": self.read_failovers,
-                "failover": failover or {}}
+                "failover": failover or {}, "process": process or {}}
+
+
+def process_stats() -> dict:
+    """This process's own memory and CPU, as the kernel counts them (no third-party module:
+    the app's image stays small). Resident memory from /proc on Linux; elsewhere the peak."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)   # macOS: bytes; Linux: KiB
+    return {"rss_mb": round(rss / 2**20, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 3)}

@@ -32,7 +32,7 @@ from starlette.routing import Route
 from . import failover
 from .config import AppConfig
 from .limiter import ResizableLimiter
-from .metrics import Metrics
+from .metrics import Metrics, process_stats
 
 USER_COLUMNS = "id, name, email, region, updated_at"
 WRITABLE_FIELDS = {"name": str, "email": str, "region": str}
@@ -410,7 +410,7 @@ async def work(request, replica, layers):
 async def metrics(request, replica, layers):
     limiter = replica.limiter
     return 200, replica.metrics.to_dict(
-        pools=replica.pool_stats(), failover=replica.failover_stats(),
+        pools=replica.pool_stats(), failover=replica.failover_stats(), process=process_stats(),
         work={"concurrency": limiter.capacity, "busy": limiter.in_use, "queued": limiter.waiting})
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from .. import fault
 from ..load import LoadSpec, run_load
 from ..local import redis as redis_service
+from . import readings
 from .predictions import experiment_started
 from .queueing import percentile, simulate_latency
 
@@ -249,3 +250,22 @@ def kill_replica_under_load(stack, replicas: int, rate: float = 200, seconds: fl
     stack.up(progress=None)   # the reconciler notices app-1 is gone and starts it again
     stack.apply(next_upstream=("error", "timeout"))
     return frame
+
+
+# -- what replicas cost -----------------------------------------------------------
+
+@experiment
+def cost_by_replicas(stack, counts, seconds: float = 1.5, progress=None) -> pd.DataFrame:
+    """For each replica count: run user reads for a moment (so pools open), then ask every replica
+    for its own resident memory and its open PostgreSQL connections (pool sizes)."""
+    rows = []
+    for n in counts:
+        stack.apply(replicas=n, concurrency=4)
+        result = run(stack, "closed", "/users/{key}", seconds, connections=8 * n)
+        reported = readings.replica_metrics(stack)
+        rows.append({"replicas": n, "reporting": len(reported), "served_rps": result.throughput_rps,
+                     "memory_mb": sum(m["process"]["rss_mb"] for m in reported.values()),
+                     "db_connections": sum(p["size"] for m in reported.values() for p in m["pools"].values())})
+        if progress:
+            progress(f"{n} replica(s): {rows[-1]['memory_mb']:.0f} MB, {rows[-1]['db_connections']} connections")
+    return pd.DataFrame(rows).set_index("replicas")

@@ -7,10 +7,8 @@ is retried once, and then reported as inconclusive instead of failing the learne
 """
 from __future__ import annotations
 
-import json
-import urllib.request
-
 from ... import get_stack
+from ...course.readings import replica_slots  # noqa: F401 - the checks' way to ask the replicas
 from ...load import LoadSpec, run_load
 from ...topology import Topology
 from ..registry import Verdict
@@ -37,16 +35,6 @@ def learner_stack():
 
 def entry_url(stack) -> str:
     return stack.status()["url"]
-
-
-def replica_slots(stack) -> dict[str, int]:
-    """{replica name: work slots}, as each running replica reports itself on /metrics."""
-    slots = {}
-    for name, info in stack.status()["services"].items():
-        if name.startswith("app-") and info["state"] == "running" and info.get("address"):
-            with urllib.request.urlopen(f"http://{info['address']}/metrics", timeout=5) as resp:
-                slots[name] = json.load(resp)["work"]["concurrency"]
-    return slots
 
 
 def measure(stack, **spec):
