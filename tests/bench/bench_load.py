@@ -73,10 +73,15 @@ def closed_side_by_side(args) -> dict:
 
 
 def open_loop(args) -> dict:
+    """The open loop at a fixed rate, Poisson and evenly spaced arrivals side by side."""
+    return {kind: _open_loop(args, kind) for kind in ("poisson", "uniform")}
+
+
+def _open_loop(args, arrivals: str) -> dict:
     r = run_load(LoadSpec(url=args.open_url or args.url, mode="open", rate=args.rate,
-                          duration_s=args.open_duration, path=args.path))
+                          duration_s=args.open_duration, path=args.path, arrivals=arrivals))
     lag = r.send_lag
-    return {"url": r.url, "rate": args.rate, "duration_s": args.open_duration, "sent": r.sent,
+    return {"url": r.url, "arrivals": arrivals, "rate": args.rate, "duration_s": args.open_duration, "sent": r.sent,
             "send_rps": round(r.send_rps, 1), "throughput_rps": round(r.throughput_rps, 1),
             "send_lag_ms": {"p50": lag.percentile_ms(50), "p99": lag.percentile_ms(99),
                             "p99_9": lag.percentile_ms(99.9), "max": lag.max_ms()},
