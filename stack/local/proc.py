@@ -44,16 +44,10 @@ class ProcessRecord:
 
     def process(self) -> psutil.Process | None:
         """The live process, or None if it exited (zombies and killed ones count as exited)."""
+        if not self.exists() or dying(self.pid):
+            return None
         try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.05:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                _reap(self.pid)
-                return None
-            if dying(self.pid):
-                return None
-            return proc
+            return psutil.Process(self.pid)
         except psutil.Error:
             return None
 
