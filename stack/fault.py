@@ -40,3 +40,23 @@ def resume(service: str, stack=None) -> str:
 def delay_replica(ms: int, stack=None) -> list[str]:
     """Make the read replica apply changes `ms` late (0 restores it): a lagging replica."""
     return _target(stack).apply(replica_delay_ms=ms)
+
+
+class Faults:
+    """kill/pause/resume on a backend; it supplies `_fault(action, service)`, which checks the
+    name against the services it runs before touching anything."""
+
+    def kill(self, service: str) -> str:
+        """Kill the service and every process it forked, as a crash (or `docker kill`) would."""
+        return self._fault("kill", service)
+
+    def pause(self, service: str) -> str:
+        """Freeze it (SIGSTOP / docker pause): it holds its connections and answers nothing."""
+        return self._fault("pause", service)
+
+    def resume(self, service: str) -> str:
+        """Undo pause() (SIGCONT / docker unpause)."""
+        return self._fault("resume", service)
+
+    def _fault(self, action: str, service: str) -> str:
+        raise NotImplementedError

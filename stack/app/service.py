@@ -89,10 +89,13 @@ class Replica:
         # prepare_threshold=None: PgBouncer in transaction mode cannot keep prepared statements.
         common = {"kwargs": {"autocommit": True, "prepare_threshold": None, "connect_timeout": 2},
                   "min_size": 0, "timeout": c.pool_timeout_s, "max_idle": c.pool_idle_s, "open": False}
-        return {"write": AsyncConnectionPool(c.write_dsn, max_size=c.write_pool, name="write", **common),
+        # Writes and fail-over reads check a pooled connection before use (one round trip): after
+        # a restart of PgBouncer or the primary, a broken one is replaced, never sent a statement.
+        checked = {**common, "check": AsyncConnectionPool.check_connection}
+        return {"write": AsyncConnectionPool(c.write_dsn, max_size=c.write_pool, name="write", **checked),
                 "read": AsyncConnectionPool(c.replica_dsn, max_size=c.read_pool, name="read", **common),
                 "primary-read": AsyncConnectionPool(c.primary_dsn, max_size=c.read_pool,
-                                                    name="primary-read", **common)}
+                                                    name="primary-read", **checked)}
 
     async def open(self):
         for pool in self.pools.values():

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ServiceFailedError, StackError, UnknownServiceError
+from ..fault import Faults
 from ..files import run_parallel
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..topology import Topology
@@ -74,7 +75,7 @@ def _spec_hash(spec: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class DockerStack:
+class DockerStack(Faults):
     backend = "docker"
 
     def __init__(self, state_dir: str | Path | None = None, client=None):
@@ -574,19 +575,7 @@ class DockerStack:
         except Exception:   # noqa: BLE001 - the original error matters more
             pass
 
-    # -- faults (stack.fault calls these) ----------------------------------------------------
-    def kill(self, service: str) -> str:
-        """`docker kill` (SIGKILL) the service's container; up() starts it again."""
-        return self._fault("kill", service)
-
-    def pause(self, service: str) -> str:
-        """`docker pause`: the container's processes are frozen (cgroup freezer)."""
-        return self._fault("pause", service)
-
-    def resume(self, service: str) -> str:
-        """`docker unpause` what pause() froze."""
-        return self._fault("resume", service)
-
+    # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
     def _fault(self, action: str, service: str) -> str:
         saved = self.state.load()
         topology = Topology.from_state(saved)

@@ -21,6 +21,7 @@ import psutil
 
 from .. import binaries as binaries_mod
 from ..errors import StackError, UnknownServiceError
+from ..fault import Faults
 from ..files import run_parallel
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..topology import Topology
@@ -38,7 +39,7 @@ def _quiet(_message: str) -> None:
     pass
 
 
-class LocalStack:
+class LocalStack(Faults):
     backend = "local"
 
     def __init__(self, state_dir: str | Path | None = None, binaries: str | None = None,
@@ -282,20 +283,8 @@ class LocalStack:
             pgbouncer.apply(ctx, records["pgbouncer"])
             note("reloaded pgbouncer")
 
-    # -- faults (stack.fault calls these) ---------------------------------------------
+    # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
     FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}
-
-    def kill(self, service: str) -> str:
-        """SIGKILL the service and every process it forked, as a crash (or `docker kill`) would."""
-        return self._fault("kill", service)
-
-    def pause(self, service: str) -> str:
-        """SIGSTOP the service and its children: it holds its connections and answers nothing."""
-        return self._fault("pause", service)
-
-    def resume(self, service: str) -> str:
-        """SIGCONT what pause() stopped."""
-        return self._fault("resume", service)
 
     def _fault(self, action: str, service: str) -> str:
         saved = self.state.load()

@@ -22,16 +22,22 @@ from pathlib import Path
 
 import psutil
 
-from .proc import ProcessRecord
+from .proc import ProcessRecord, dying
 
 LEFTOVER_WAIT_S = 2.0
 
 
-def _alive(proc: psutil.Process) -> bool:
+def _running(proc: psutil.Process) -> bool:
+    """Still holding what it held (ports, shared memory): anything but gone or a zombie."""
     try:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+def _alive(proc: psutil.Process) -> bool:
+    """Running and not already killed: a dying server holds no lock worth keeping."""
+    return _running(proc) and not dying(proc.pid)
 
 
 def _cwd_under(proc: psutil.Process, root: str) -> bool:
@@ -43,14 +49,14 @@ def _cwd_under(proc: psutil.Process, root: str) -> bool:
 
 
 def leftovers(directory: Path, uid: int) -> list[psutil.Process]:
-    """Live processes of user `uid` running in `directory` (or below it)."""
+    """Processes of user `uid` running in `directory` (or below it), dying ones included."""
     root = str(Path(directory).resolve())
     found = []
     for proc in psutil.process_iter(["uids"]):
         uids = proc.info.get("uids")
         if uids is None or uids.real != uid or proc.pid == os.getpid():
             continue
-        if _cwd_under(proc, root) and _alive(proc):
+        if _cwd_under(proc, root) and _running(proc):
             found.append(proc)
     return found
 
@@ -64,7 +70,7 @@ def kill_leftovers(directory: Path, uid: int, timeout: float = LEFTOVER_WAIT_S) 
         except psutil.Error:
             pass
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in procs) and time.monotonic() < deadline:
+    while any(_running(p) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.005)
     return len(procs)
 

@@ -43,20 +43,53 @@ class ProcessRecord:
         return cls(data["pid"], data["create_time"]) if data else None
 
     def process(self) -> psutil.Process | None:
-        """The live process, or None if it exited (zombies count as exited)."""
+        """The live process, or None if it exited (zombies and killed ones count as exited)."""
+        if not self.exists() or dying(self.pid):
+            return None
         try:
-            proc = psutil.Process(self.pid)
-            if abs(proc.create_time() - self.create_time) > 0.05:
-                return None
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                _reap(self.pid)
-                return None
-            return proc
+            return psutil.Process(self.pid)
         except psutil.Error:
             return None
 
     def alive(self) -> bool:
         return self.process() is not None
+
+    def exists(self) -> bool:
+        """Still there, dying or not (what a caller waiting for it to be gone needs)."""
+        try:
+            proc = psutil.Process(self.pid)
+            if abs(proc.create_time() - self.create_time) > 0.05:
+                return False
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                _reap(self.pid)
+                return False
+            return True
+        except psutil.Error:
+            return False
+
+
+PF_EXITING = 0x4
+SIGKILL_BIT = 1 << (signal.SIGKILL - 1)
+
+
+def dying(pid: int) -> bool:
+    """Killed but not yet gone: SIGKILL pending, or the kernel already tearing it down.
+
+    Right after `kill -9` a big server (PostgreSQL unmapping its shared memory)
+    still shows as running for a few milliseconds; `up()` must not count on it.
+    Linux only (reads /proc); elsewhere, False.
+    """
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    flags = int(stat.rsplit(")", 1)[1].split()[6])    # field 9; the name may hold spaces
+    return bool(pending & SIGKILL_BIT or flags & PF_EXITING)
 
 
 def _reap(pid: int) -> None:
@@ -261,14 +294,14 @@ def stop(record: ProcessRecord | None, sig: int = signal.SIGTERM, timeout: float
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not record.alive():
+        if not record.exists():
             return
         time.sleep(0.01)
     try:
         proc.kill()
     except psutil.NoSuchProcess:
         return
-    while record.alive():
+    while record.exists():
         time.sleep(0.01)
 
 
