@@ -156,7 +156,9 @@ def replica_name_of_user(stack, user_id: int) -> str:
 def test_replica_delay_breaks_read_your_writes_and_reset_restores_it(stack):
     before = containers(stack)
     done = timed("replica_delay_s", stack.apply, replica_delay_ms=1500)
-    assert done == ["reloaded postgres settings (synchronous_commit, replica apply delay)"]
+    # The replicas learn the new lag bound too (stack.plan: replica_delay_ms -> reload + push).
+    assert done == ["reloaded postgres settings (synchronous_commit, replica apply delay)",
+                    "pushed app config (ttl, pools, concurrency, read target) to running replicas"]
     assert request(PORTS.nginx, "PUT", "/users/7", {"name": "delayed"})[0] == 200
     time.sleep(0.3)
     assert request(PORTS.nginx, "GET", "/users/7")[2]["name"] != "delayed"
