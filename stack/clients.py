@@ -237,3 +237,12 @@ class StackAccess:
     @property
     def ports(self):
         return Ports(self.topology.base_port)
+
+
+def wait_replicas_reconnected(target, indexes, timeout: float = 15) -> None:
+    """Until every replica's breakers (primary, replica) are closed again: after a PostgreSQL
+    restart, the stack is back only when the app serves from it, not when the server is up."""
+    for index in indexes:
+        wait_in_force(f"app-{index} reconnecting to postgres",
+                      lambda i=index: {name: b["open"] for name, b in metrics(target, i)["failover"].items()},
+                      {"primary": False, "replica": False}, timeout)

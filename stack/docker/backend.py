@@ -405,6 +405,8 @@ class _Run:
             for service in action.services:
                 clients.wait_postgres_settings(self.access, service, action.expect[service], timeout=30)
             clients.wait_streaming(self.access)
+            apps = [s for s, c in self.containers.listing().items() if s.startswith("app-") and c["State"] == "running"]
+            clients.wait_replicas_reconnected(self.access, [_index(s) for s in apps])
         elif kind == RELOAD_POSTGRES:
             for service in action.services:
                 with clients.connect(self.access, service, dbname="postgres") as conn:

@@ -241,6 +241,7 @@ class LocalStack(Faults):
             for service in action.services:
                 clients.wait_postgres_settings(ctx, service, action.expect[service])
             clients.wait_streaming(ctx)
+            clients.wait_replicas_reconnected(ctx, [_index(s) for s in records if s.startswith("app-")])
         elif kind == RELOAD_POSTGRES:
             for service in action.services:
                 postgres.write_settings(ctx, service.split("-")[1])
