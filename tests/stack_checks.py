@@ -15,12 +15,11 @@ import pytest
 
 from conftest import request
 from stack.errors import PortInUseError, TopologyError
-from stack.local import postgres
-from stack.local import redis as redis_service
+from stack import clients
 
 
 def replica_name_of_user(stack, ports, user_id: int) -> str:
-    with psycopg.connect(postgres.dsn(stack.context(), ports.replica)) as conn:
+    with psycopg.connect(clients.dsn(stack.context(), "standby")) as conn:
         return conn.execute("SELECT name FROM users WHERE id = %s", (user_id,)).fetchone()[0]
 
 
@@ -34,7 +33,7 @@ def row_written_on_primary_appears_on_replica(stack, ports) -> None:
     assert status == 201
     ctx = stack.context()
     deadline = time.monotonic() + 2
-    with psycopg.connect(postgres.dsn(ctx, ports.replica)) as conn:
+    with psycopg.connect(clients.dsn(ctx, "standby")) as conn:
         while time.monotonic() < deadline:
             if conn.execute("SELECT 1 FROM users WHERE id = %s", (user["id"],)).fetchone():
                 break
@@ -42,19 +41,19 @@ def row_written_on_primary_appears_on_replica(stack, ports) -> None:
         else:
             pytest.fail("row never reached the replica")
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
-    assert postgres.replication_status(ctx)["state"] == "streaming"
+    assert clients.replication_status(ctx)["state"] == "streaming"
 
 
 def remote_apply_gives_read_your_writes(stack, ports) -> None:
     stack.apply(synchronous_commit="remote_apply")
     try:
         ctx = stack.context()
-        with psycopg.connect(postgres.dsn(ctx, ports.replica)) as replica:
+        with psycopg.connect(clients.dsn(ctx, "standby")) as replica:
             for i in range(20):
                 name = f"sync-{i}"
                 assert request(ports.nginx, "PUT", "/users/8", {"name": name})[0] == 200
                 assert replica.execute("SELECT name FROM users WHERE id = 8").fetchone()[0] == name
-        assert postgres.replication_status(ctx)["sync_state"] == "sync"
+        assert clients.replication_status(ctx)["sync_state"] == "sync"
     finally:
         stack.apply(synchronous_commit="on")
 
@@ -104,7 +103,7 @@ def port_in_use_is_refused(stack, ports, snapshot) -> None:
 def ttl_change_reaches_every_replica(stack, ports, snapshot, apply=None) -> None:
     """A TTL change is a config push: nothing restarts, and every replica caches with it."""
     apply = apply or stack.apply
-    cache = redis_service.client(stack.context())
+    cache = clients.redis_client(stack.context())
     before = snapshot(stack)
     done = apply(ttl_s=2)
     assert done == ["pushed app config (ttl, pools, concurrency, read target) to running replicas"]

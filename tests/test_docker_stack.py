@@ -36,8 +36,7 @@ from stack.docker import DockerStack  # noqa: E402
 from stack.docker.compose import compose_model, to_yaml  # noqa: E402
 from stack.docker.config import project_files  # noqa: E402
 from stack.docker.engine import connect  # noqa: E402
-from stack.local import pgbouncer, postgres  # noqa: E402
-from stack.local import redis as redis_service  # noqa: E402
+from stack import clients  # noqa: E402
 from stack.ports import port_is_free  # noqa: E402
 from stack.ports import Ports  # noqa: E402
 from stack.topology import Topology  # noqa: E402
@@ -104,7 +103,7 @@ def test_up_brings_every_service_to_healthy_quickly(stack):
                              "app-1", "app-2", "app-3", "app-4"}
     assert all(i["state"] == "running" and i["health"] == "healthy" for i in services.values()), services
     assert request(PORTS.nginx, "GET", "/nginx-health")[0] == 200
-    assert redis_service.client(stack.context()).ping()
+    assert clients.redis_client(stack.context()).ping()
     status, headers, body = request(PORTS.nginx, "GET", "/users/42")
     assert status == 200 and body["email"] == "user42@example.com"
     assert {"cache", "db", "app"} <= {part.split(";")[0].strip() for part in headers["server-timing"].split(",")}
@@ -157,7 +156,9 @@ def replica_name_of_user(stack, user_id: int) -> str:
 def test_replica_delay_breaks_read_your_writes_and_reset_restores_it(stack):
     before = containers(stack)
     done = timed("replica_delay_s", stack.apply, replica_delay_ms=1500)
-    assert done == ["reloaded postgres settings (synchronous_commit, replica apply delay)"]
+    # The replicas learn the new lag bound too (stack.plan: replica_delay_ms -> reload + push).
+    assert done == ["reloaded postgres settings (synchronous_commit, replica apply delay)",
+                    "pushed app config (ttl, pools, concurrency, read target) to running replicas"]
     assert request(PORTS.nginx, "PUT", "/users/7", {"name": "delayed"})[0] == 200
     time.sleep(0.3)
     assert request(PORTS.nginx, "GET", "/users/7")[2]["name"] != "delayed"
@@ -175,13 +176,13 @@ def test_remote_apply_gives_read_your_writes_immediately(stack):
 
 def test_pgbouncer_is_in_the_write_path(stack):
     def app_stats():
-        return next(r for r in pgbouncer.admin(stack.context(), "SHOW STATS") if r["database"] == "scalelab")
+        return next(r for r in clients.pgbouncer_admin(stack.context(), "SHOW STATS") if r["database"] == "scalelab")
 
     before = app_stats()["total_xact_count"]
     for i in range(5):
         assert request(PORTS.nginx, "PUT", f"/users/{100 + i}", {"name": f"pooled-{i}"})[0] == 200
     assert app_stats()["total_xact_count"] >= before + 5
-    pool = next(r for r in pgbouncer.admin(stack.context(), "SHOW POOLS") if r["database"] == "scalelab")
+    pool = next(r for r in clients.pgbouncer_admin(stack.context(), "SHOW POOLS") if r["database"] == "scalelab")
     assert pool["user"] == "app" and pool["pool_mode"] == "transaction"
 
 
@@ -193,7 +194,7 @@ def test_ttl_change_is_applied_to_every_replica_without_a_restart(stack):
 def test_cache_aside_hit_then_invalidation_on_write(stack):
     request(PORTS.nginx, "GET", "/users/400")
     assert request(PORTS.nginx, "GET", "/users/400")[2]["source"] == "cache"
-    cache = redis_service.client(stack.context())
+    cache = clients.redis_client(stack.context())
     assert cache.exists("user:400")
     request(PORTS.nginx, "PUT", "/users/400", {"name": "fresh"})
     assert not cache.exists("user:400")
@@ -218,11 +219,11 @@ def test_pool_change_is_live_and_exhaustion_names_the_pool(stack):
 def test_pgbouncer_pool_and_redis_memory_change_live(stack):
     before = containers(stack)
     assert stack.apply(pool_size=7, maxmemory_mb=32) == ["changed redis maxmemory/policy live", "reloaded pgbouncer"]
-    cache = redis_service.client(stack.context())
+    cache = clients.redis_client(stack.context())
     assert cache.config_get("maxmemory")["maxmemory"] == str(32 * 1024 * 1024)
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
-        config = {r["key"]: r["value"] for r in pgbouncer.admin(stack.context(), "SHOW CONFIG")}
+        config = {r["key"]: r["value"] for r in clients.pgbouncer_admin(stack.context(), "SHOW CONFIG")}
         if config["default_pool_size"] == "7":
             break
         time.sleep(0.05)
@@ -240,7 +241,7 @@ def test_pgbouncer_can_be_switched_off_and_on_live(stack):
     stack.apply(**{"pgbouncer.enabled": True})
     assert request(PORTS.nginx, "PUT", "/users/9", {"name": "pooled"})[0] == 200
     assert stack.status()["services"]["pgbouncer"]["state"] == "running"
-    after = next(r for r in pgbouncer.admin(stack.context(), "SHOW STATS") if r["database"] == "scalelab")
+    after = next(r for r in clients.pgbouncer_admin(stack.context(), "SHOW STATS") if r["database"] == "scalelab")
     assert after["total_xact_count"] >= 1
 
 
@@ -259,11 +260,11 @@ def test_cpu_quota_changes_live_with_docker_update(stack, engine):
 def test_max_connections_restarts_postgres_in_an_order_the_standby_accepts(stack):
     timed("max_connections_s", stack.apply, max_connections=150)
     ctx = stack.context()
-    with psycopg.connect(postgres.dsn(ctx, PORTS.replica)) as conn:
+    with psycopg.connect(clients.dsn(ctx, "standby")) as conn:
         assert conn.execute("SHOW max_connections").fetchone()[0] == "150"
     stack.apply(max_connections=200)
     assert request(PORTS.nginx, "GET", "/users/11")[0] == 200
-    assert postgres.replication_status(stack.context())["state"] == "streaming"
+    assert clients.replication_status(stack.context())["state"] == "streaming"
 
 
 # -- reconciling ------------------------------------------------------------------------------

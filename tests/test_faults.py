@@ -32,6 +32,7 @@ import stack
 from conftest import reachable_tmp_dir, request, shifted_port
 from mixed_load import MixedLoad
 from stack.errors import StackError, UnknownServiceError
+from stack import clients
 from stack.local import heal, postgres
 from stack.local.backend import LocalStack
 from stack.local.proc import zombie_children
@@ -78,7 +79,7 @@ def lost_writes(s: LocalStack, emails: list[str]) -> int:
     """Acknowledged inserts that the primary does not have."""
     if not emails:
         return 0
-    with psycopg.connect(postgres.dsn(s.context(), PORTS.primary)) as conn:
+    with psycopg.connect(clients.dsn(s.context(), "primary")) as conn:
         found = conn.execute("SELECT count(*) FROM users WHERE email = ANY(%s)", (emails,)).fetchone()[0]
     return len(emails) - found
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from stack.local import redis as redis_mod
+from stack import clients
 from conftest import running_stack, shifted_port
 from stack.load import LoadSpec, RequestMix, run_load_async
 from stack.sample import Sampler
@@ -80,7 +80,7 @@ def test_rates_are_sane_and_shares_add_up(stack):
 
 
 def test_hit_ratio_rises_when_the_same_key_is_read_again(stack):
-    redis_mod.client(stack.context()).flushdb()
+    clients.redis_client(stack.context()).flushdb()
     cold = load(RequestMix.single("/users/{key}"), 200, 2.0)      # 400 reads over 10,000 keys: misses
     hot = load(RequestMix.single("/users/7"), 200, 2.0)           # one key: hits after the first read
     samples, _ = asyncio.run(sample_during(stack, cold, hot))

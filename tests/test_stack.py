@@ -19,8 +19,7 @@ import pytest
 import stack_checks as checks
 from conftest import Trickle, request, shifted_port
 from stack.errors import BinaryNotFoundError
-from stack.local import pgbouncer, postgres
-from stack.local import redis as redis_service
+from stack import clients
 from stack.local.backend import LocalStack
 from stack.ports import Ports
 from stack.topology import Topology
@@ -53,7 +52,7 @@ def test_up_brings_every_service_to_healthy(stack):
     assert set(services) == expected
     assert all(info["state"] == "running" for info in services.values()), services
     assert request(PORTS.nginx, "GET", "/nginx-health")[0] == 200
-    assert redis_service.client(stack.context()).ping()
+    assert clients.redis_client(stack.context()).ping()
     status, headers, body = request(PORTS.nginx, "GET", "/users/42")
     assert status == 200 and body["email"] == "user42@example.com"
     assert {"cache", "db", "app"} <= {part.split(";")[0].strip() for part in headers["server-timing"].split(",")}
@@ -98,11 +97,11 @@ def test_remote_apply_gives_read_your_writes_immediately(stack):
 
 def test_pgbouncer_is_in_the_write_path(stack):
     def app_pool():
-        rows = [r for r in pgbouncer.admin(stack.context(), "SHOW POOLS") if r["database"] == "scalelab"]
+        rows = [r for r in clients.pgbouncer_admin(stack.context(), "SHOW POOLS") if r["database"] == "scalelab"]
         return rows[0] if rows else None
 
     def app_stats():
-        return next(r for r in pgbouncer.admin(stack.context(), "SHOW STATS") if r["database"] == "scalelab")
+        return next(r for r in clients.pgbouncer_admin(stack.context(), "SHOW STATS") if r["database"] == "scalelab")
 
     before = app_stats()["total_xact_count"]
     for i in range(5):
@@ -118,7 +117,7 @@ def test_ttl_change_is_applied_to_every_replica(stack):
 
 def test_cache_invalidation_on_write(stack):
     request(PORTS.nginx, "GET", "/users/400")
-    cache = redis_service.client(stack.context())
+    cache = clients.redis_client(stack.context())
     assert cache.exists("user:400")
     request(PORTS.nginx, "PUT", "/users/400", {"name": "fresh"})
     assert not cache.exists("user:400")
@@ -260,8 +259,8 @@ def test_max_connections_restarts_both_servers_in_a_safe_order(state_dir):
         for value in (250, 150):
             stack.apply(max_connections=value)
             ctx = stack.context()
-            for port in (PORTS.primary, PORTS.replica):
-                with psycopg.connect(postgres.dsn(ctx, port)) as conn:
+            for server in ("primary", "standby"):
+                with psycopg.connect(clients.dsn(ctx, server)) as conn:
                     assert conn.execute("SHOW max_connections").fetchone()[0] == str(value)
             assert request(PORTS.nginx, "PUT", "/users/9", {"name": f"after-{value}"})[0] == 200
             deadline = time.monotonic() + 3      # the standby reconnects to the restarted primary

@@ -425,8 +425,11 @@ async def admin_config(request, replica, layers):
         raise HTTPProblem(403, "missing or wrong X-Admin-Token")
     await replica.reload()
     c = replica.config
+    # Everything stack.plan.app_config_expect checks: the push is done when these are in force.
     return 200, {"replica": replica.name, "ttl_s": c.ttl_s, "write_pool": c.write_pool,
-                 "read_pool": c.read_pool, "concurrency": c.concurrency, "read_from": c.read_from}
+                 "read_pool": c.read_pool, "concurrency": c.concurrency, "read_from": c.read_from,
+                 "pool_timeout_s": c.pool_timeout_s, "pool_idle_s": c.pool_idle_s,
+                 "via_pgbouncer": c.via_pgbouncer, "replica_lag_bound_s": c.replica_lag_bound_s}
 
 
 def create_app() -> Starlette:

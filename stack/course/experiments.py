@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import fault
 from ..load import LoadSpec, run_load
-from ..local import redis as redis_service
+from .. import clients
 from . import readings
 from .predictions import experiment_started
 from .queueing import percentile, simulate_latency
@@ -62,7 +62,7 @@ def trace_request(stack, user_id: int = 42) -> pd.DataFrame:
     milliseconds each layer took (from Server-Timing), plus the round trip measured
     by the client (so nginx's share shows as the remainder).
     """
-    redis_service.client(stack.context()).delete(f"user:{user_id}")
+    clients.redis_client(stack.context()).delete(f"user:{user_id}")
     rows = []
     for attempt in ("cold cache", "warm cache"):
         start = time.perf_counter()

@@ -17,12 +17,15 @@ Every port is published on 127.0.0.1 only, at the local backend's offsets.
 """
 from __future__ import annotations
 
-import json
 import re
 
+import yaml
+
+from ..plan import app_name, services_for
 from ..ports import HOST, Ports
+from ..render.addressing import INTERNAL_PORTS, internal_port
 from ..topology import Topology
-from .config import CONF_DIR, INTERNAL_PORTS, PGDATA, RUN_DIR, app_name
+from .config import CONF_DIR, PGDATA, RUN_DIR
 
 IMAGES = ("app", "postgres", "redis", "nginx")
 APP_MEMORY = "512M"            # the article's per-replica memory limit
@@ -52,15 +55,6 @@ def image_name(name: str, tag: str = "latest") -> str:
     return f"scalelab/{name}:{tag}"
 
 
-def services_for(topology: Topology) -> list[str]:
-    """The services a topology runs, in start order."""
-    names = ["postgres-primary", "postgres-replica", "redis"]
-    if topology.pgbouncer.enabled:
-        names.append("pgbouncer")
-    names += [app_name(i) for i in range(1, topology.app.replicas + 1)]
-    return names + ["nginx"]
-
-
 def image_of(service: str) -> str:
     if service.startswith("app-"):
         return "app"
@@ -71,14 +65,6 @@ def image_of(service: str) -> str:
 
 def host_port(service: str, ports: Ports) -> int:
     return ports.of(service)
-
-
-def internal_port(service: str) -> int:
-    if service.startswith("app-"):
-        return INTERNAL_PORTS["app"]
-    if service.startswith("postgres"):
-        return INTERNAL_PORTS["postgres"]
-    return INTERNAL_PORTS[service]
 
 
 def _build(kind: str) -> dict:
@@ -176,62 +162,26 @@ def compose_model(topology: Topology, *, standalone: bool = True, images: dict[s
     return {"services": services, "volumes": volumes}
 
 
-# -- YAML --------------------------------------------------------------------------------
-_PLAIN = re.compile(r"^[A-Za-z_/.][A-Za-z0-9_./@=+-]*$")
-_AMBIGUOUS = {"y", "n", "yes", "no", "true", "false", "on", "off", "null", "~"}
+# -- YAML ---------------------------------------------------------------------------------------
+class _Dumper(yaml.SafeDumper):
+    """Block style, except short lists of plain words ([CMD, pg_isready, ...]) on one line."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False):
+        return super().increase_indent(flow, False)     # list items indented under their key
 
 
-def _scalar(value) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if value is None:
-        return "null"
-    if isinstance(value, (int, float)):
-        return json.dumps(value)
-    text = str(value)
-    if _PLAIN.match(text) and text.lower() not in _AMBIGUOUS:
-        return text
-    return json.dumps(text)     # a JSON string is a valid YAML double-quoted scalar
+def _list(dumper: yaml.SafeDumper, items: list):
+    flow = all(isinstance(i, (str, int, float)) and ":" not in str(i) for i in items) \
+        and len(str(items)) <= 100
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flow)
 
 
-def _emit(value, indent: int, lines: list[str]) -> None:
-    pad = "  " * indent
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, dict) and item:
-                lines.append(f"{pad}{_scalar(key)}:")
-                _emit(item, indent + 1, lines)
-            elif isinstance(item, list) and item and not _flow_ok(item):
-                lines.append(f"{pad}{_scalar(key)}:")
-                _emit(item, indent + 1, lines)
-            else:
-                lines.append(f"{pad}{_scalar(key)}: {_inline(item)}")
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, (dict, list)) and item:
-                raise ValueError("nested collections inside lists are not used by the compose model")
-            lines.append(f"{pad}- {_inline(item)}")
-
-
-def _flow_ok(items: list) -> bool:
-    return all(not isinstance(i, (dict, list)) for i in items) and len(_inline(items)) <= 100 \
-        and not any(":" in str(i) for i in items)
-
-
-def _inline(value) -> str:
-    if isinstance(value, dict):
-        return "{}" if not value else "{" + ", ".join(f"{_scalar(k)}: {_inline(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_inline(v) for v in value) + "]"
-    return _scalar(value)
+_Dumper.add_representer(list, _list)
 
 
 def to_yaml(model: dict, header: str = HEADER) -> str:
-    lines: list[str] = []
-    _emit(model, 0, lines)
-    return header + "\n".join(lines) + "\n"
+    """The model as YAML (PyYAML: quoting of ports, durations and booleans is its job, not ours)."""
+    return header + yaml.dump(model, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=110)
 
 
 def render_compose(topology: Topology | None = None, **kwargs) -> str:

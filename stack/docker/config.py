@@ -19,25 +19,22 @@ from __future__ import annotations
 
 import json
 
-from ..app.config import replica_lag_bound_s
+from ..plan import app_name
+from ..render.addressing import IN_NETWORK, INTERNAL_PORTS
+from ..render.app import app_config as render_app_config
 from ..render.nginx import LOG_FORMAT, server_block
 from ..render.nginx import render_upstream_conf as render_upstream
-from ..render.pgbouncer import DATABASE
 from ..render.pgbouncer import render_pgbouncer_ini as render_pgbouncer
+from ..render.pgbouncer import render_userlist
 from ..render.postgres import primary_settings, render_conf_lines, replica_settings
+from ..render.redis import render_redis_conf as render_redis
+from ..secrets import SECRET_NAMES
 from ..topology import Topology
-
-INTERNAL_PORTS = {"nginx": 80, "app": 8000, "postgres": 5432, "pgbouncer": 6432, "redis": 6379}
-SECRET_NAMES = ("postgres_password", "app_password", "redis_password", "admin_token")
 
 # Inside a container: where the rendered files and the runtime (secret) files appear.
 CONF_DIR = "/etc/scalelab"
 RUN_DIR = "/run/scalelab"
 PGDATA = "/var/lib/postgresql/data"
-
-
-def app_name(index: int) -> str:
-    return f"app-{index}"
 
 
 # -- nginx -------------------------------------------------------------------------------
@@ -68,7 +65,7 @@ http {{
 
 def render_upstream_conf(topology: Topology) -> str:
     """The upstream block: each replica by its service name (app-1, app-2 ...) and weight."""
-    return render_upstream(topology, address=lambda index: f"{app_name(index)}:{INTERNAL_PORTS['app']}",
+    return render_upstream(topology, address=lambda index: IN_NETWORK.hostport(app_name(index)),
                            source="stack.docker.config")
 
 
@@ -127,13 +124,9 @@ def render_pgbouncer_ini(topology: Topology) -> str:
 
 
 def render_redis_conf(topology: Topology) -> str:
-    cache = topology.cache
-    return (f"# Rendered by stack.docker.config: edits are overwritten.\n"
-            f"port {INTERNAL_PORTS['redis']}\nbind * -::*\nprotected-mode no\n"
-            f"save \"\"\nappendonly no\ndaemonize no\ndir /tmp\n"
-            f"maxmemory {cache.maxmemory_mb}mb\nmaxmemory-policy {cache.policy}\n"
-            f"# The password: {RUN_DIR}/redis/auth.conf (generated, never in the repository).\n"
-            f"include {RUN_DIR}/redis/auth.conf\n")
+    # The password: {RUN_DIR}/redis/auth.conf (generated, never in the repository).
+    return render_redis(topology, port=INTERNAL_PORTS["redis"], bind="* -::*", directory="/tmp",
+                        auth=f"include {RUN_DIR}/redis/auth.conf", source="stack.docker.config")
 
 
 # -- the project's files -----------------------------------------------------------------
@@ -155,34 +148,9 @@ def project_files(topology: Topology) -> dict[str, str]:
 
 
 # -- files that hold secrets -------------------------------------------------------------
-def _dsn(host: str, port: int, password: str) -> str:
-    return f"host={host} port={port} user=app password={password} dbname={DATABASE}"
-
-
 def app_config(topology: Topology, secrets: dict) -> dict:
     """The file every replica reads (stack.app.config.AppConfig), with in-network addresses."""
-    app, pg = topology.app, INTERNAL_PORTS["postgres"]
-    via_pgbouncer = topology.pgbouncer.enabled
-    password = secrets["app_password"]
-    write = (_dsn("pgbouncer", INTERNAL_PORTS["pgbouncer"], password) if via_pgbouncer
-             else _dsn("postgres-primary", pg, password))
-    return {
-        "ttl_s": topology.cache.ttl_s, "write_pool": app.write_pool, "read_pool": app.read_pool,
-        "pool_timeout_s": app.pool_timeout_s, "pool_idle_s": app.pool_idle_s,
-        "read_from": app.read_from, "concurrency": app.concurrency,
-        "write_dsn": write,
-        "primary_dsn": _dsn("postgres-primary", pg, password),
-        "replica_dsn": _dsn("postgres-replica", pg, password),
-        "redis_url": f"redis://:{secrets['redis_password']}@redis:{INTERNAL_PORTS['redis']}/0",
-        "admin_token": secrets["admin_token"], "via_pgbouncer": via_pgbouncer,
-        "replica_lag_bound_s": replica_lag_bound_s(topology),
-    }
-
-
-def _userlist(passwords: dict) -> str:
-    def quote(text: str) -> str:
-        return '"' + text.replace('"', '""') + '"'
-    return "".join(f"{quote(user)} {quote(pw)}\n" for user, pw in sorted(passwords.items()))
+    return render_app_config(topology, secrets, IN_NETWORK)
 
 
 def runtime_files(topology: Topology, secrets: dict) -> dict[str, str]:
@@ -194,7 +162,7 @@ def runtime_files(topology: Topology, secrets: dict) -> dict[str, str]:
         "app/config.json": json.dumps(app_config(topology, secrets), indent=2) + "\n",
         "postgres/postgres_password": secrets["postgres_password"] + "\n",
         "postgres/app_password": secrets["app_password"] + "\n",
-        "pgbouncer/userlist.txt": _userlist({"postgres": secrets["postgres_password"],
+        "pgbouncer/userlist.txt": render_userlist({"postgres": secrets["postgres_password"],
                                              "app": secrets["app_password"]}),
         "redis/auth.conf": f"requirepass {secrets['redis_password']}\n",
         "redis/password": secrets["redis_password"] + "\n",

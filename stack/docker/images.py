@@ -36,7 +36,8 @@ IMAGES_DIR = STACK_DIR / "docker" / "images"
 LOCAL_BASE_IMAGE = "scalelab/debian-base:bookworm"
 DEFAULT_CA_GLOB = "/usr/local/share/ca-certificates/*.crt"
 # What the app image needs of the package (its Dockerfile copies the whole context).
-APP_FILES = ("__init__.py", "errors.py", "files.py", "topology.py", "ports.py", "app", "render",
+APP_FILES = ("__init__.py", "errors.py", "fault.py", "files.py", "topology.py", "ports.py", "plan.py", "secrets.py",
+             "app", "render",
              "docker/__init__.py", "docker/config.py", "docker/runtime.py")
 
 

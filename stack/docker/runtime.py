@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets as secrets_mod
 import sys
 from pathlib import Path
 
 from ..files import write_atomic
 from ..topology import Topology
-from .config import SECRET_NAMES, runtime_files
-
-
-def new_secrets() -> dict:
-    return {name: secrets_mod.token_urlsafe(18) for name in SECRET_NAMES}
+from ..secrets import new_secrets
+from .config import runtime_files
 
 
 def write_runtime(run_dir: Path, topology: Topology, secrets: dict) -> list[str]:

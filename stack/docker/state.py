@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from ..files import JsonState, make_private_dir, write_atomic
-from .runtime import new_secrets
+from ..secrets import new_secrets
 
 
 def default_state_dir() -> Path:

@@ -20,10 +20,15 @@ from typing import Callable
 import psutil
 
 from .. import binaries as binaries_mod
+from .. import clients
 from ..errors import StackError, UnknownServiceError
 from ..fault import Faults
 from ..files import run_parallel
 from ..ports import HOST, Ports, refuse_ports_in_use
+from ..rollback import RollbackReport
+from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES,
+                    RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan,
+                    restore_plan, services_for, stop_rank)
 from ..topology import Topology
 from . import app, cpu_quota, nginx, pgbouncer, postgres, redis
 from . import heal
@@ -31,7 +36,6 @@ from .context import Context
 from .proc import ProcessRecord, read_exit, stop, write_exit
 from .state import StateDir
 
-INFRA = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "nginx")
 Progress = Callable[[str], None]
 
 
@@ -152,14 +156,29 @@ class LocalStack(Faults):
             ran_before = set(records)
             try:
                 self._reconcile(ctx, old, records, done, say)
-            except BaseException:
-                # Leave the stack as it was: stop what this call started, keep what ran before.
-                for service in set(records) - ran_before:
-                    _stop_service(service, records.pop(service))
+            except BaseException as exc:
+                self._roll_back(ctx, old, records, ran_before, say).attach(exc)
                 self._save(old, records, ctx.ports)
                 raise
             self._save(new, records, ctx.ports)
             return done
+
+    def _roll_back(self, ctx: Context, old: Topology | None, records: dict, ran_before: set,
+                   say: Progress) -> RollbackReport:
+        """After a failed change: what ran before runs again with the old files and settings;
+        what this call started is stopped."""
+        report = RollbackReport()
+        if old is None:
+            for service in sorted(set(records) - ran_before, key=stop_rank):
+                report.attempt(f"stop {service}", lambda s=service: _stop_service(s, records.pop(s)))
+            return report
+        back = Context(self.state, ctx.bins, old, ctx.secrets)
+        report.attempt("app config file", lambda: app.write_config(back))
+        for action in restore_plan(ctx.topology, old, records, ran_before):
+            report.attempt(str(action), lambda a=action: self._execute(back, a, records, say))
+        for service in sorted(set(records) - ran_before - set(services_for(old)), key=stop_rank):
+            report.attempt(f"stop {service}", lambda s=service: _stop_service(s, records.pop(s)))
+        return report
 
     def _heal(self, ctx: Context, dead: list[str], records: dict, done: list, say: Progress) -> None:
         def clear(service: str) -> None:
@@ -190,24 +209,73 @@ class LocalStack(Faults):
         self.state.save({"topology": topology.to_dict() if topology else None, "services": services})
 
     def _reconcile(self, ctx: Context, old: Topology | None, records: dict, done: list, say: Progress) -> None:
-        new = ctx.topology
+        """Execute stack.plan's actions with processes; each is done when the server reports it."""
         started = time.monotonic()
 
         def note(message: str) -> None:
             done.append(message)
             say(f"[{time.monotonic() - started:5.2f}s] {message}")
 
-        app_config_changed = old is None or _app_config(old) != _app_config(new)
         app.write_config(ctx)
-        wanted_apps = {app.name(i): i for i in range(1, new.app.replicas + 1)}
+        for action in plan(old, ctx.topology, records):
+            self._execute(ctx, action, records, note)
 
-        # 1. Start whatever is missing, in parallel: PostgreSQL's chain, the cache, the
-        #    pooler, nginx and the replicas do not wait for each other.
+    def _execute(self, ctx: Context, action: Action, records: dict, note: Progress) -> None:
+        new, kind = ctx.topology, action.kind
+        if kind == START:
+            self._start(ctx, action.services, records, note)
+            return
+        if kind == STOP:
+            for service in action.services:
+                _stop_service(service, records.pop(service))
+                if service.startswith("app-"):
+                    cpu_quota.remove(_quota_group(new, service))
+                note(f"stopped {service}" + (" (writes now go straight to the primary)"
+                                             if service == "pgbouncer" else ""))
+            return
+        if kind == RESTART_POSTGRES:
+            for service in action.services:
+                if action.replay and service == "postgres-replica":
+                    clients.wait_replayed(ctx)     # the standby has seen the primary's new value
+                postgres.restart(ctx, records, service)
+            for service in action.services:
+                clients.wait_postgres_settings(ctx, service, action.expect[service])
+            clients.wait_streaming(ctx)
+            clients.wait_replicas_reconnected(ctx, [_index(s) for s in records if s.startswith("app-")])
+        elif kind == RELOAD_POSTGRES:
+            for service in action.services:
+                postgres.write_settings(ctx, service.split("-")[1])
+                postgres.reload(records[service])
+            for service in action.services:
+                clients.wait_postgres_settings(ctx, service, action.expect[service])
+        elif kind == SET_REDIS:
+            redis.write_config(ctx)            # the next start keeps them
+            clients.set_redis_config(ctx, action.expect)
+        elif kind == RELOAD_PGBOUNCER:
+            pgbouncer.reload(ctx, records["pgbouncer"])
+            clients.wait_pgbouncer_config(ctx, action.expect)
+        elif kind == PUSH_APP_CONFIG:
+            run_parallel([lambda s=s: clients.push_app_config(ctx, _index(s), action.expect)
+                          for s in action.services])
+        elif kind == SET_CPU_QUOTA:
+            for service in action.services:
+                cpu_quota.set_quota(_quota_group(new, service), records[service].pid, new.app.cpu_quota)
+        elif kind == RELOAD_NGINX:
+            nginx.reload(ctx, records["nginx"], drain_timeout=action.drain_s or None)
+        else:
+            raise StackError(f"action={kind!r} is not allowed here: the local backend executes {', '.join(KINDS)}")
+        note(describe(action, new))
+
+    def _start(self, ctx: Context, services, records: dict, note: Progress) -> None:
+        """Start what is missing, in parallel: PostgreSQL's chain, the cache, the pooler,
+        nginx and the replicas do not wait for each other."""
+        new = ctx.topology
+
         def start_postgres():
-            if "postgres-primary" not in records:
+            if "postgres-primary" in services:
                 records["postgres-primary"] = postgres.start_primary(ctx)
                 note("started postgres-primary")
-            if "postgres-replica" not in records:
+            if "postgres-replica" in services:
                 records["postgres-replica"] = postgres.start_replica(ctx)
                 note("started postgres-replica (streaming from the primary)")
 
@@ -215,73 +283,18 @@ class LocalStack(Faults):
             records[service] = starter(ctx)
             note(f"started {service}")
 
-        def start_app(service: str, index: int):
-            records[service] = app.start(ctx, index)
+        def start_app(service: str):
+            records[service] = app.start(ctx, _index(service))
             if new.app.cpu_quota is not None:
                 cpu_quota.set_quota(_quota_group(new, service), records[service].pid, new.app.cpu_quota)
-            app.wait_ready(ctx, index, records[service])
+            app.wait_ready(ctx, _index(service), records[service])
             note(f"started {service}")
 
-        jobs = [start_postgres]
-        if "redis" not in records:
-            jobs.append(lambda: start_one("redis", redis.start))
-        if new.pgbouncer.enabled and "pgbouncer" not in records:
-            jobs.append(lambda: start_one("pgbouncer", pgbouncer.start))
-        new_nginx = "nginx" not in records
-        if new_nginx:
-            jobs.append(lambda: start_one("nginx", nginx.start))
-        new_apps = [s for s in wanted_apps if s not in records]
-        jobs += [lambda s=s: start_app(s, wanted_apps[s]) for s in new_apps]
+        starters = {"redis": redis.start, "pgbouncer": pgbouncer.start, "nginx": nginx.start}
+        jobs = [start_postgres] if {"postgres-primary", "postgres-replica"} & set(services) else []
+        jobs += [lambda s=s: start_one(s, starters[s]) for s in services if s in starters]
+        jobs += [lambda s=s: start_app(s) for s in services if s.startswith("app-")]
         run_parallel(jobs)
-
-        # 2. Live changes to what already ran.
-        if old is not None:
-            self._apply_settings(ctx, old, records, note, skip=set(new_apps))
-        if old is not None and app_config_changed:
-            for service, index in wanted_apps.items():
-                if service not in new_apps:
-                    app.push_config(ctx, index)
-            note("pushed app config (ttl, pools, concurrency, read target) to running replicas")
-
-        if old is not None and old.app.cpu_quota != new.app.cpu_quota:
-            for service in wanted_apps:
-                if service not in new_apps:
-                    cpu_quota.set_quota(_quota_group(new, service), records[service].pid, new.app.cpu_quota)
-            note(f"set each replica's CPU quota to {new.app.cpu_quota or 'unlimited'}")
-
-        # 3. The balancer, then replicas that left it.
-        removed = sorted(s for s in records if s.startswith("app-") and s not in wanted_apps)
-        upstream_changed = old is None or old.balancer != new.balancer or old.app.replicas != new.app.replicas
-        if not new_nginx and (upstream_changed or new_apps or removed):
-            nginx.reload(ctx, records["nginx"], drain_timeout=10 if removed else None)
-            note(f"reloaded nginx: {new.balancer.strategy} over {new.app.replicas} replicas")
-        for service in removed:
-            _stop_service(service, records.pop(service))
-            cpu_quota.remove(_quota_group(new, service))
-            note(f"stopped {service}")
-        if not new.pgbouncer.enabled and "pgbouncer" in records:
-            stop(records.pop("pgbouncer"))
-            note("stopped pgbouncer (writes now go straight to the primary)")
-
-    def _apply_settings(self, ctx: Context, old: Topology, records: dict, note, skip: set) -> None:
-        new = ctx.topology
-        if old.postgres != new.postgres:
-            if postgres.needs_restart(old, new):
-                postgres.restart_for_max_connections(ctx, records, growing=new.postgres.max_connections
-                                                     > old.postgres.max_connections)
-                note("restarted postgres (max_connections needs a restart)")
-            else:
-                for role in ("primary", "replica"):
-                    postgres.write_settings(ctx, role)
-                    postgres.reload(records[f"postgres-{role}"])
-                note("reloaded postgres settings (synchronous_commit, replica apply delay)")
-        if old.cache.maxmemory_mb != new.cache.maxmemory_mb or old.cache.policy != new.cache.policy:
-            redis.apply(ctx)
-            note("changed redis maxmemory/policy live")
-        if new.pgbouncer.enabled and old.pgbouncer != new.pgbouncer and "pgbouncer" in records \
-                and old.pgbouncer.enabled:
-            pgbouncer.apply(ctx, records["pgbouncer"])
-            note("reloaded pgbouncer")
 
     # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
     FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}
@@ -375,7 +388,5 @@ def _stop_service(service: str, record: ProcessRecord) -> None:
         stop(record)
 
 
-def _app_config(topology: Topology) -> tuple:
-    return (topology.app.write_pool, topology.app.read_pool, topology.app.pool_timeout_s,
-            topology.app.pool_idle_s, topology.app.read_from, topology.app.concurrency,
-            topology.cache.ttl_s, topology.pgbouncer.enabled, topology.postgres.replica_delay_ms)
+def _index(service: str) -> int:
+    return int(service.split("-")[1])

@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import signal
 
-import psycopg
-
-from ..ports import HOST
 from ..render.pgbouncer import render_pgbouncer_ini, render_userlist
 from .context import Context
 from .proc import ProcessRecord, port_open, wait_until
@@ -29,19 +26,9 @@ def start(ctx: Context) -> ProcessRecord:
     return record
 
 
-def apply(ctx: Context, record: ProcessRecord) -> None:
+def reload(ctx: Context, record: ProcessRecord) -> None:
+    """Rewrite the config and SIGHUP; the caller waits until SHOW CONFIG reports it."""
     _write_config(ctx)
     proc = record.process()
     if proc is not None:
         proc.send_signal(signal.SIGHUP)
-
-
-def admin(ctx: Context, command: str) -> list[dict]:
-    """Run an admin console command (SHOW POOLS, SHOW STATS ...) and return rows as dicts."""
-    dsn = (f"host={HOST} port={ctx.ports.pgbouncer} user=postgres dbname=pgbouncer "
-           f"password={ctx.secrets['postgres_password']} connect_timeout=2")
-    # The admin console speaks only the simple query protocol, which ClientCursor uses.
-    with psycopg.connect(dsn, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
-        cur = conn.execute(command)
-        names = [d.name for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]

@@ -12,8 +12,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-import psycopg
 from psycopg import sql
+
+from .. import clients
 
 from ..errors import ServiceFailedError
 from ..ports import HOST
@@ -44,11 +45,6 @@ ALTER TABLE users OWNER TO app;
 
 def data_dir(ctx: Context, role: str) -> Path:
     return ctx.dir(f"postgres-{role}") / "data"
-
-
-def dsn(ctx: Context, port: int, user: str = "postgres", dbname: str = DATABASE) -> str:
-    password = ctx.secrets["postgres_password" if user == "postgres" else "app_password"]
-    return f"host={HOST} port={port} user={user} password={password} dbname={dbname} connect_timeout=2"
 
 
 def _run(ctx: Context, service: str, argv: list, env: dict | None = None) -> None:
@@ -94,17 +90,16 @@ def _init_primary(ctx: Context) -> None:
 
 def _bootstrap(ctx: Context) -> None:
     """Roles, database and the seeded users table: run once, on a fresh primary."""
-    with psycopg.connect(dsn(ctx, ctx.ports.primary, dbname="postgres"), autocommit=True) as conn:
+    with clients.connect(ctx, "primary", dbname="postgres") as conn:
         # CREATE ROLE takes no bind parameters: psycopg.sql quotes the literal, no hand quoting.
         conn.execute(sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(sql.Literal(ctx.secrets["app_password"])))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(DATABASE)))
-    with psycopg.connect(dsn(ctx, ctx.ports.primary)) as conn:
+    with clients.connect(ctx, "primary") as conn:
         conn.execute(SCHEMA)
 
 
-def _ready(ctx: Context, port: int) -> bool:
-    with psycopg.connect(dsn(ctx, port, dbname="postgres")) as conn:
-        return conn.execute("SELECT 1").fetchone() == (1,)
+def _ready(ctx: Context, role: str) -> bool:
+    return clients.probe(ctx, f"postgres-{role}")()
 
 
 def start_primary(ctx: Context) -> ProcessRecord:
@@ -114,7 +109,7 @@ def start_primary(ctx: Context) -> ProcessRecord:
         _init_primary(ctx)
     write_settings(ctx, "primary")
     record = ctx.spawn_server("postgres-primary", [ctx.bins.pg("postgres"), "-D", data])
-    wait_until(lambda: _ready(ctx, ctx.ports.primary), "postgres-primary", 20, record,
+    wait_until(lambda: _ready(ctx, "primary"), "postgres-primary", 20, record,
                ctx.state.log("postgres-primary"))
     if fresh or not _bootstrapped(ctx):
         _bootstrap(ctx)
@@ -122,7 +117,7 @@ def start_primary(ctx: Context) -> ProcessRecord:
 
 
 def _bootstrapped(ctx: Context) -> bool:
-    with psycopg.connect(dsn(ctx, ctx.ports.primary, dbname="postgres")) as conn:
+    with clients.connect(ctx, "primary", dbname="postgres") as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is not None
 
 
@@ -138,7 +133,7 @@ def start_replica(ctx: Context) -> ProcessRecord:
         ctx.run_as.own(data / "standby.signal")
     write_settings(ctx, "replica")
     record = ctx.spawn_server("postgres-replica", [ctx.bins.pg("postgres"), "-D", data])
-    wait_until(lambda: _ready(ctx, ctx.ports.replica), "postgres-replica", 20, record,
+    wait_until(lambda: _ready(ctx, "replica"), "postgres-replica", 20, record,
                ctx.state.log("postgres-replica"))
     return record
 
@@ -154,40 +149,7 @@ def reload(record: ProcessRecord) -> None:
         proc.send_signal(signal.SIGHUP)
 
 
-def restart_for_max_connections(ctx: Context, records: dict, growing: bool) -> None:
-    """A hot standby refuses to run with a smaller max_connections than its primary's.
-
-    Growing: the standby first, then the primary. Shrinking: the primary first,
-    then wait until the standby has replayed the primary's parameter change, then
-    the standby (restarted earlier, it would find itself below the old value).
-    """
-    def restart(role: str) -> None:
-        stop_server(records.pop(f"postgres-{role}", None))
-        records[f"postgres-{role}"] = (start_primary if role == "primary" else start_replica)(ctx)
-
-    if growing:
-        restart("replica")
-        restart("primary")
-        return
-    restart("primary")
-    with psycopg.connect(dsn(ctx, ctx.ports.primary, dbname="postgres"), autocommit=True) as conn:
-        target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-    with psycopg.connect(dsn(ctx, ctx.ports.replica, dbname="postgres"), autocommit=True) as conn:
-        wait_until(lambda: conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0],
-                   "postgres-replica replaying the new max_connections", 20)
-    restart("replica")
-
-
-def needs_restart(old, new) -> bool:
-    return old.postgres.max_connections != new.postgres.max_connections
-
-
-def replication_status(ctx: Context) -> dict:
-    """What the primary says about its standby: state, sync mode and lag."""
-    with psycopg.connect(dsn(ctx, ctx.ports.primary, dbname="postgres")) as conn:
-        row = conn.execute(
-            "SELECT state, sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,"
-            " extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication").fetchone()
-    if row is None:
-        return {"state": "disconnected"}
-    return {"state": row[0], "sync_state": row[1], "lag_bytes": row[2], "lag_s": row[3] or 0.0}
+def restart(ctx: Context, records: dict, service: str) -> None:
+    """Stop one server and start it again with the settings the topology has now."""
+    stop_server(records.pop(service, None))
+    records[service] = (start_primary if service == "postgres-primary" else start_replica)(ctx)

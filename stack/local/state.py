@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from pathlib import Path
 
 from ..errors import StackError
 from ..files import JsonState, make_private_dir, write_atomic
+from ..secrets import new_secrets
 from .proc import RunAs
 
 
@@ -82,8 +82,7 @@ class StateDir(JsonState):
         path = self.path / "secrets.json"
         if path.exists():
             return json.loads(path.read_text())
-        values = {"postgres_password": secrets.token_urlsafe(18), "app_password": secrets.token_urlsafe(18),
-                  "redis_password": secrets.token_urlsafe(18), "admin_token": secrets.token_urlsafe(18)}
+        values = new_secrets()
         write_atomic(path, json.dumps(values), mode=0o600)
         return values
 

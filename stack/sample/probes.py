@@ -13,10 +13,8 @@ import time
 import aiohttp
 import psycopg
 
-from ..ports import HOST
+from .. import clients
 from ..render.pgbouncer import DATABASE
-from ..local import pgbouncer, postgres, redis as redis_mod
-from ..local.context import Context
 
 # The sampler's own calls, left out of a replica's request count.
 SAMPLER_ROUTES = ("metrics", "health")
@@ -36,9 +34,9 @@ SELECT CASE WHEN pg_last_wal_receive_lsn() IS NULL
             ELSE greatest(0, extract(epoch FROM now() - pg_last_xact_replay_timestamp()))::float8 END"""
 
 
-async def replica_metrics(session: aiohttp.ClientSession, ctx: Context, index: int,
+async def replica_metrics(session: aiohttp.ClientSession, ctx, index: int,
                           timeout_s: float) -> dict:
-    url = f"http://{HOST}:{ctx.ports.app(index)}/metrics"
+    url = clients.app_url(ctx, index, "/metrics")
     async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
         resp.raise_for_status()
         return await resp.json()
@@ -48,14 +46,13 @@ class PostgresProbe:
     """One kept-open connection to one server (to the `postgres` database, so the
     probe's own transactions do not count in the app database's TPS)."""
 
-    def __init__(self, ctx: Context, role: str):
+    def __init__(self, ctx, role: str):
         self.ctx, self.role = ctx, role
-        self.port = ctx.ports.primary if role == "primary" else ctx.ports.replica
         self._conn: psycopg.Connection | None = None
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(postgres.dsn(self.ctx, self.port, dbname="postgres"), autocommit=True)
+            self._conn = clients.connect(self.ctx, "primary" if self.role == "primary" else "standby", dbname="postgres")
         return self._conn
 
     def read(self) -> dict:
@@ -85,8 +82,8 @@ class PostgresProbe:
 
 
 class RedisProbe:
-    def __init__(self, ctx: Context):
-        self.client = redis_mod.client(ctx)
+    def __init__(self, ctx):
+        self.client = clients.redis_client(ctx)
 
     def read(self) -> dict:
         info = self.client.info()        # default sections: stats, memory, keyspace among them
@@ -99,8 +96,8 @@ class RedisProbe:
         self.client.close()
 
 
-def read_pgbouncer(ctx: Context) -> dict:
+def read_pgbouncer(ctx) -> dict:
     """SHOW POOLS summed over the app's pools (the admin console's own pool left out)."""
-    rows = [r for r in pgbouncer.admin(ctx, "SHOW POOLS") if r.get("database") != "pgbouncer"]
+    rows = [r for r in clients.pgbouncer_admin(ctx, "SHOW POOLS") if r.get("database") != "pgbouncer"]
     return {key: sum(int(r.get(key) or 0) for r in rows)
             for key in ("cl_active", "cl_waiting", "sv_active", "sv_idle")}

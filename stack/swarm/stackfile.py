@@ -1,0 +1,196 @@
+"""The topology as a Swarm stack file: one replicated app service with the article's deploy block.
+
+    docker swarm init --advertise-addr 127.0.0.1
+    python -m stack.docker.runtime init docker/conf/topology.json docker/run   # the secrets, once
+    docker stack deploy -c swarm-stack.yml scalelab                              # from stack/
+
+Differences from the compose project (stack.docker.compose), each forced by Swarm:
+
+* The app is ONE service, `app`, with `deploy.replicas` and `deploy.resources.limits`
+  (cpus, memory) from the topology, as in the article. Its tasks are interchangeable,
+  so nginx balances over `tasks.app` (every task's address, resolved when nginx loads
+  its config) and per-replica weights cannot be expressed: balancer.weights must be None.
+* Config files are Swarm configs and the files holding passwords Swarm secrets, both
+  immutable: a changed file is a new config (its name carries a hash of its text) that
+  a service update rotates in.
+* Swarm publishes ports on every interface of every node (the ingress routing mesh);
+  there is no 127.0.0.1-only publishing. Only the entry point and the servers the
+  course's clients read are published, and each one asks for a password (SCRAM,
+  requirepass) or serves only the app's HTTP API.
+* Images are not built by `docker stack deploy`: build them first
+  (`python -m stack.docker build`), on every node of a multi-node swarm.
+"""
+from __future__ import annotations
+
+import hashlib
+
+from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name
+from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
+                             render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql)
+from ..errors import TopologyError
+from ..ports import Ports
+from ..render.addressing import INTERNAL_PORTS
+from ..render.nginx import render_upstream_conf
+from ..topology import Topology
+
+HEADER = """\
+# ScaleLab's stack for Docker Swarm. Rendered by stack.swarm.stackfile from the default
+# Topology: edits are overwritten (`python -m stack.swarm render` rewrites it, and
+# tests/test_swarm_render.py fails when it drifts from the renderer).
+#
+#   docker swarm init --advertise-addr 127.0.0.1
+#   python -m stack.docker build                                                # images, on each node
+#   python -m stack.docker.runtime init docker/conf/topology.json docker/run     # secrets, once
+#   docker stack deploy -c swarm-stack.yml scalelab
+#   docker service scale scalelab_app=6
+#
+# Swarm publishes on every interface (no 127.0.0.1-only ports): see stack/swarm/stackfile.py.
+"""
+PUBLISHED = ("nginx", "postgres-primary", "postgres-replica", "pgbouncer", "redis")
+
+
+def upstream_conf(topology: Topology) -> str:
+    """One server line for the whole app service: nginx expands `tasks.app` to every task."""
+    if topology.balancer.weights is not None:
+        raise TopologyError("balancer.weights", topology.balancer.weights,
+                            "None on Swarm: the app's tasks are interchangeable replicas of one service "
+                            "(per-replica weights need the docker or local backend)")
+    one = topology.with_changes(replicas=1)
+    return render_upstream_conf(one, address=lambda _index: f"tasks.app:{INTERNAL_PORTS['app']}",
+                                source="stack.swarm.stackfile")
+
+
+def config_files(topology: Topology) -> dict[str, tuple[str, str]]:
+    """Swarm configs: name -> (path relative to stack/, target path in the container)."""
+    conf = "docker/conf"
+    return {
+        "nginx_conf": (f"{conf}/nginx/nginx.conf", f"{CONF_DIR}/nginx/nginx.conf"),
+        "nginx_upstream": (f"{conf}/swarm/upstream.conf", f"{CONF_DIR}/nginx/upstream.conf"),
+        "primary_conf": (f"{conf}/postgres-primary/postgresql.conf", f"{CONF_DIR}/postgres/postgresql.conf"),
+        "primary_hba": (f"{conf}/postgres-primary/pg_hba.conf", f"{CONF_DIR}/postgres/pg_hba.conf"),
+        "primary_schema": (f"{conf}/postgres-primary/schema.sql", f"{CONF_DIR}/postgres/schema.sql"),
+        "replica_conf": (f"{conf}/postgres-replica/postgresql.conf", f"{CONF_DIR}/postgres/postgresql.conf"),
+        "replica_hba": (f"{conf}/postgres-replica/pg_hba.conf", f"{CONF_DIR}/postgres/pg_hba.conf"),
+        "pgbouncer_ini": (f"{conf}/pgbouncer/pgbouncer.ini", f"{CONF_DIR}/pgbouncer/pgbouncer.ini"),
+        "redis_conf": (f"{conf}/redis/redis.conf", f"{CONF_DIR}/redis/redis.conf"),
+    }
+
+
+def config_texts(topology: Topology) -> dict[str, str]:
+    """The text of each config, by name (what a rotation compares)."""
+    return {"nginx_conf": render_nginx_conf(), "nginx_upstream": upstream_conf(topology),
+            "primary_conf": render_postgres_conf(topology, "primary"), "primary_hba": render_pg_hba(),
+            "primary_schema": render_schema_sql(),
+            "replica_conf": render_postgres_conf(topology, "replica"), "replica_hba": render_pg_hba(),
+            "pgbouncer_ini": render_pgbouncer_ini(topology), "redis_conf": render_redis_conf(topology)}
+
+
+# Files holding passwords (written by stack.docker.runtime into docker/run/): name -> (file, target).
+SECRETS = {
+    "app_config": ("app/config.json", f"{RUN_DIR}/app/config.json"),
+    "postgres_password": ("postgres/postgres_password", f"{RUN_DIR}/postgres/postgres_password"),
+    "app_password": ("postgres/app_password", f"{RUN_DIR}/postgres/app_password"),
+    "pgbouncer_userlist": ("pgbouncer/userlist.txt", f"{RUN_DIR}/pgbouncer/userlist.txt"),
+    "redis_auth": ("redis/auth.conf", f"{RUN_DIR}/redis/auth.conf"),
+}
+
+
+def _versioned(name: str, text: str) -> str:
+    """Configs are immutable: a new text gets a new name, which a service update rotates in."""
+    return f"{name}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
+
+
+def _health(*test: str) -> dict:
+    return {"test": ["CMD", *test], **HEALTH_TIMING}
+
+
+def _service(topology: Topology, name: str, images: dict, configs: dict) -> dict:
+    ports = Ports(topology.base_port)
+
+    def use_configs(*names):
+        return [{"source": configs[n], "target": config_files(topology)[n][1], "mode": 0o444} for n in names]
+
+    def use_secrets(*names):
+        return [{"source": n, "target": SECRETS[n][1], "mode": 0o444} for n in names]
+
+    kind = "app" if name == "app" else ("postgres" if name.startswith("postgres") or name == "pgbouncer" else name)
+    svc: dict = {"image": images[kind]}
+    deploy: dict = {"replicas": 1, "update_config": {"order": "stop-first"}}
+    if name.startswith("postgres-"):
+        role = name.split("-")[1]
+        svc["command"] = ["postgres-entry", role]
+        svc["configs"] = use_configs(f"{role}_conf", f"{role}_hba", *(["primary_schema"] if role == "primary" else []))
+        svc["secrets"] = use_secrets("postgres_password", "app_password")
+        svc["volumes"] = [f"{role}-data:{PGDATA}"]
+        svc["healthcheck"] = _health("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(INTERNAL_PORTS["postgres"]))
+        svc["stop_signal"] = "SIGINT"
+        svc["stop_grace_period"] = "15s"
+    elif name == "pgbouncer":
+        svc["command"] = ["pgbouncer", f"{CONF_DIR}/pgbouncer/pgbouncer.ini"]
+        svc["configs"] = use_configs("pgbouncer_ini")
+        svc["secrets"] = use_secrets("pgbouncer_userlist")
+        svc["healthcheck"] = _health("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(INTERNAL_PORTS["pgbouncer"]),
+                                     "-d", "scalelab", "-U", "app")
+        svc["stop_grace_period"] = "5s"
+    elif name == "redis":
+        svc["configs"] = use_configs("redis_conf")
+        svc["secrets"] = use_secrets("redis_auth")
+        svc["healthcheck"] = _health("redis-health")
+        svc["stop_grace_period"] = "5s"
+    elif name == "nginx":
+        svc["configs"] = use_configs("nginx_conf", "nginx_upstream")
+        svc["healthcheck"] = _health("http-health", str(INTERNAL_PORTS["nginx"]), "/nginx-health")
+        svc["stop_grace_period"] = "5s"
+        # A new upstream config starts a new nginx before the old one stops: no gap at the entry point.
+        deploy["update_config"] = {"order": "start-first"}
+    else:   # the app: the article's deploy block
+        svc["environment"] = {"SCALELAB_REPLICA": "{{.Service.Name}}.{{.Task.Slot}}",
+                              "SCALELAB_APP_CONFIG": SECRETS["app_config"][1]}
+        svc["secrets"] = use_secrets("app_config")
+        svc["healthcheck"] = _health("http-health", str(INTERNAL_PORTS["app"]), "/health")
+        svc["stop_grace_period"] = "8s"
+        limits: dict = {}
+        if topology.app.cpu_quota is not None:
+            limits["cpus"] = f"{topology.app.cpu_quota:g}"
+        limits["memory"] = APP_MEMORY
+        deploy = {"replicas": topology.app.replicas, "resources": {"limits": limits},
+                  "update_config": {"order": "start-first", "parallelism": 2}}
+    svc["init"] = True
+    if name in PUBLISHED:
+        svc["ports"] = [{"target": INTERNAL_PORTS["postgres" if name.startswith("postgres") else name],
+                         "published": ports.of(name), "protocol": "tcp", "mode": "ingress"}]
+    svc["networks"] = ["default"]
+    svc["deploy"] = deploy
+    return svc
+
+
+def swarm_model(topology: Topology | None = None, images: dict | None = None) -> dict:
+    topology = topology or Topology()
+    images = images or {name: image_name(name) for name in IMAGES}
+    texts = config_texts(topology)
+    configs = {name: _versioned(name, text) for name, text in texts.items()}
+    names = ["postgres-primary", "postgres-replica", "redis"]
+    if topology.pgbouncer.enabled:
+        names.append("pgbouncer")
+    names += ["app", "nginx"]
+    return {
+        "version": "3.8",
+        "services": {name: _service(topology, name, images, configs) for name in names},
+        "networks": {"default": {"driver": "overlay", "attachable": True}},
+        "volumes": {"primary-data": {}, "replica-data": {}},
+        "configs": {configs[n]: {"file": f"./{path}"} for n, (path, _target) in config_files(topology).items()},
+        "secrets": {n: {"file": f"./docker/run/{path}"} for n, (path, _target) in SECRETS.items()},
+    }
+
+
+def render_swarm_stack(topology: Topology | None = None, **kwargs) -> str:
+    import yaml
+    return HEADER + yaml.dump(swarm_model(topology, **kwargs), Dumper=_Dumper, sort_keys=False,
+                              default_flow_style=False, width=110)
+
+
+def repository_files() -> dict[str, str]:
+    """What the repository keeps for Swarm, relative to stack/: the stack file and its upstream."""
+    topology = Topology()
+    return {"swarm-stack.yml": render_swarm_stack(topology),
+            "docker/conf/swarm/upstream.conf": upstream_conf(topology)}
