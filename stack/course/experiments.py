@@ -62,7 +62,7 @@ def trace_request(stack, user_id: int = 42) -> pd.DataFrame:
     milliseconds each layer took (from Server-Timing), plus the round trip measured
     by the client (so nginx's share shows as the remainder).
     """
-    clients.redis_client(stack.context()).delete(f"user:{user_id}")
+    clients.redis_client(stack).delete(f"user:{user_id}")
     rows = []
     for attempt in ("cold cache", "warm cache"):
         start = time.perf_counter()

@@ -1,22 +1,19 @@
-"""Readings taken from the running servers themselves (backend-neutral: through status() addresses).
+"""Readings taken from the running servers themselves, whatever backend runs them.
 
 Lessons and live checks assert what the servers report, not what was configured:
 each app replica answers /metrics with its work slots, pools and its own memory.
 """
 from __future__ import annotations
 
-import json
-import urllib.request
+from .. import clients
 
 
 def replica_metrics(stack) -> dict[str, dict]:
     """{app replica name: its /metrics}, for every app replica the stack reports running."""
-    out = {}
-    for name, info in sorted(stack.status()["services"].items()):
-        if name.startswith("app-") and info.get("state") == "running" and info.get("address"):
-            with urllib.request.urlopen(f"http://{info['address']}/metrics", timeout=5) as resp:
-                out[name] = json.load(resp)
-    return out
+    running = [name for name, info in stack.status()["services"].items()
+               if name.startswith("app-") and info.get("state") == "running"]
+    return {name: clients.metrics(stack, int(name.split("-")[1]))
+            for name in sorted(running, key=lambda n: int(n.split("-")[1]))}
 
 
 def replica_slots(stack) -> dict[str, int]:
