@@ -76,6 +76,79 @@ def _sorts_in_place(samples, p):
     return samples[max(1, math.ceil(p / 100 * len(samples))) - 1]
 
 
+# -- lab 7's plausible wrong answers: cache-aside written by hand --------------------------
+
+def _aside(store):
+    """A cache-aside getter whose populate step is `store(cache, key, text, ttl)`."""
+    def get(cache, db, user_id, ttl_s=300):
+        key = f"user:{user_id}"
+        cached = cache.get(key)
+        if cached is not None:
+            return json.loads(cached)
+        user = db.fetch_user(user_id)
+        if user is not None:
+            store(cache, key, json.dumps(user), ttl_s)
+        return user
+    return get
+
+
+def _wrong_key(cache, db, user_id, ttl_s=300):
+    cached = cache.get(f"users:{user_id}")
+    if cached is not None:
+        return json.loads(cached)
+    user = db.fetch_user(user_id)
+    if user is not None:
+        cache.set(f"users:{user_id}", json.dumps(user), ex=ttl_s)
+    return user
+
+
+def _never_reads_cache(cache, db, user_id, ttl_s=300):
+    user = db.fetch_user(user_id)
+    if user is not None:
+        cache.set(f"user:{user_id}", json.dumps(user), ex=ttl_s)
+    return user
+
+
+def _raw_hit(cache, db, user_id, ttl_s=300):
+    cached = cache.get(f"user:{user_id}")
+    if cached is not None:
+        return cached
+    return _never_reads_cache(cache, db, user_id, ttl_s)
+
+
+def _delete_then_write(cache, db, user_id, fields):
+    cache.delete(f"user:{user_id}")
+    db.update_user(user_id, **fields)
+
+
+def _lock_then_give_up(cache, db, user_id, ttl_s=300):
+    key = f"user:{user_id}"
+    cached = cache.get(key)
+    if cached is not None:
+        return json.loads(cached)
+    if not cache.set(f"lock:{key}", "1", nx=True, px=2000):
+        return None
+    try:
+        return _aside(lambda c, k, v, t: c.set(k, v, ex=t))(cache, db, user_id, ttl_s)
+    finally:
+        cache.delete(f"lock:{key}")
+
+
+def _lock_without_expiry(cache, db, user_id, ttl_s=300):
+    import time
+    key = f"user:{user_id}"
+    while True:
+        cached = cache.get(key)
+        if cached is not None:
+            return json.loads(cached)
+        if cache.set(f"lock:{key}", "1", nx=True):
+            try:
+                return _aside(lambda c, k, v, t: c.set(k, v, ex=t))(cache, db, user_id, ttl_s)
+            finally:
+                cache.delete(f"lock:{key}")
+        time.sleep(0.01)
+
+
 # (check, wrong answer, why it is plausible, True when the check should recognise the mistake)
 WRONG_ANSWERS = [
     ("percentile", _unsorted, "forgot to sort", True),
@@ -104,6 +177,21 @@ WRONG_ANSWERS = [
     ("survive_one_failure", lambda t, p: math.floor(t / p) + 1, "floor + 1", True),
     ("survive_one_failure", lambda t, p: round(t / p) + 1, "round + 1", True),
     ("survive_one_failure", lambda t, p: 2 * math.ceil(t / p), "doubled", True),
+    ("cache_aside", _aside(lambda c, k, v, t: c.set(k, v)), "no TTL", True),
+    ("cache_aside", _aside(lambda c, k, v, t: c.set(k, v, px=t)), "TTL in ms", True),
+    ("cache_aside", _wrong_key, "key users:{id}", True),
+    ("cache_aside", _never_reads_cache, "always asks the database", True),
+    ("cache_aside", _raw_hit, "returns the JSON text on a hit", True),
+    ("invalidate_on_write", _delete_then_write, "deletes before the write", True),
+    ("invalidate_on_write", lambda c, db, uid, f: db.update_user(uid, **f), "never invalidates", True),
+    ("invalidate_on_write", lambda c, db, uid, f: c.delete(f"user:{uid}"), "forgot the database", True),
+    ("single_flight", _aside(lambda c, k, v, t: c.set(k, v, ex=t)), "plain cache-aside", True),
+    ("single_flight", _lock_then_give_up, "losers return None", True),
+    ("single_flight", _lock_without_expiry, "lock without expiry", True),
+    ("hit_ratio", lambda r, t: 1 - 1 / (r * t), "no +1", True),
+    ("hit_ratio", lambda r, t: t / (t + 1), "ignored the rate", True),
+    ("hit_ratio", lambda r, t: r * t / (r * t + 2), "two misses per cycle", True),
+    ("hit_ratio", lambda r, t: 8 / 9, "copied the worked example's number", False),
 ]
 
 
@@ -184,3 +272,18 @@ def test_solve_applies_the_solution_state_and_counts_as_skipped(own_progress):
     assert row[3] is False and row[5] is True       # not passed by the learner: skipped
     with pytest.raises(ValueError, match="only for checks that measure the live stack"):
         solve("percentile")
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("ttl,passes", [
+    (0, False),      # caching off: every read is a lookup (300/s)
+    (1, False),      # ~75 lookups/s: over the budget
+    (60, False),     # within the budget, but data up to 60 s stale
+    (300, False),    # the starting stack, untouched
+    (4, True),       # ~23 lookups/s, at most 4 s stale
+])
+def test_ttl_budget_verdict_depends_on_the_live_stack(own_progress, ttl, passes):
+    start("lab07", progress=None)
+    get_stack().apply(ttl_s=ttl)
+    result = check("ttl_budget")
+    assert result.passed is passes, result

@@ -84,3 +84,9 @@ def test_missing_binary_lists_places_checked_and_how_to_install(tmp_path):
     assert str(tmp_path / "pgbouncer") in message and "apt-get install pgbouncer" in message
     with pytest.raises(BinaryNotFoundError, match="binary source 'docker' is not allowed"):
         binaries.find("nginx", "docker")
+
+
+def test_postgres_loads_pg_stat_statements_on_both_servers():
+    """Lessons 7 and 8 count the reads that reached each server (pg_stat_statements)."""
+    for settings in (primary_settings(Topology(), Ports(18080)), replica_settings(Topology(), Ports(18080))):
+        assert settings["shared_preload_libraries"] == "pg_stat_statements"

@@ -15,6 +15,9 @@ _COMMON = {
     "fsync": "on",
     "logging_collector": "off",
     "log_min_messages": "warning",
+    # Per-statement counters (calls, time) the lessons ask the server for: how many reads
+    # reached the database, and which statements cost the most (lessons 7 and 8).
+    "shared_preload_libraries": "pg_stat_statements",
 }
 
 

@@ -1,0 +1,95 @@
+"""Clients for the stack's own servers, found through status() (backend-neutral).
+
+Lessons and checks ask Redis and PostgreSQL what they did (INFO, TTL,
+pg_stat_statements), never the configuration. Addresses come from
+`stack.status()`, passwords from the state directory's `secrets.json`, so the
+same calls work on every backend.
+
+    r = redis_client(stack)                     # redis.Redis, decode_responses=True
+    with pg(stack, "primary") as conn: ...      # psycopg, as the postgres superuser
+    user_reads(stack)                           # {"primary": n, "replica": n}: lookups each server ran
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import redis
+
+DATABASE = "scalelab"
+ROLES = {"primary": "postgres-primary", "replica": "postgres-replica"}
+# The statement the app runs for GET /users/{id} (stack/app/service.py), as pg_stat_statements
+# normalises it: recognised by the columns only a user lookup by id selects.
+USER_LOOKUP = "%FROM users WHERE id = $1%"
+
+
+def secrets(stack) -> dict:
+    return json.loads((Path(stack.status()["state_dir"]) / "secrets.json").read_text())
+
+
+def address(stack, service: str) -> tuple[str, int]:
+    info = stack.status()["services"].get(service) or {}
+    if info.get("state") != "running" or not info.get("address"):
+        raise RuntimeError(f"{service} is not running ({info.get('state', 'absent')}): run stack.up() first")
+    host, _, port = info["address"].rpartition(":")
+    return host, int(port)
+
+
+def redis_client(stack, timeout_s: float = 2.0) -> redis.Redis:
+    host, port = address(stack, "redis")
+    return redis.Redis(host=host, port=port, password=secrets(stack)["redis_password"],
+                       socket_timeout=timeout_s, decode_responses=True)
+
+
+def dsn(stack, role: str = "primary", user: str = "postgres") -> str:
+    host, port = address(stack, ROLES[role])
+    password = secrets(stack)["postgres_password" if user == "postgres" else "app_password"]
+    return f"host={host} port={port} user={user} password={password} dbname={DATABASE} connect_timeout=2"
+
+
+@contextmanager
+def pg(stack, role: str = "primary", user: str = "postgres"):
+    with psycopg.connect(dsn(stack, role, user), autocommit=True) as conn:
+        yield conn
+
+
+def ensure_pg_stat_statements(stack) -> None:
+    """The extension's view in the app database (created on the primary; the standby replays it)."""
+    with pg(stack, "primary") as conn:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT 1 FROM pg_stat_statements LIMIT 1")
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            raise RuntimeError("PostgreSQL was started before pg_stat_statements was preloaded: restart the "
+                               "stack once (stack.down(); stack.up())") from None
+
+
+def statement_calls(stack, pattern: str, role: str = "primary") -> int:
+    """How many times the server ran statements whose text matches `pattern` (SQL LIKE)."""
+    with pg(stack, role) as conn:
+        row = conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query LIKE %s",
+                           (pattern,)).fetchone()
+    return int(row[0])
+
+
+def user_reads(stack) -> dict[str, int]:
+    """User lookups by id each PostgreSQL server has run (its own pg_stat_statements count)."""
+    ensure_pg_stat_statements(stack)
+    out = {}
+    for role in ROLES:
+        try:
+            out[role] = statement_calls(stack, USER_LOOKUP, role)
+        except (psycopg.OperationalError, RuntimeError):
+            out[role] = 0          # a server that is down ran nothing
+    return out
+
+
+def redis_stats(stack) -> dict:
+    """keyspace hits/misses, evictions, keys and memory, as Redis INFO reports them."""
+    r = redis_client(stack)
+    info = r.info()
+    return {"hits": info["keyspace_hits"], "misses": info["keyspace_misses"], "evicted": info["evicted_keys"],
+            "keys": r.dbsize(), "used_memory": info["used_memory"], "maxmemory": info["maxmemory"],
+            "policy": info["maxmemory_policy"]}
