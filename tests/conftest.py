@@ -18,26 +18,7 @@ from stack.local.backend import LocalStack
 from stack.topology import Topology
 
 
-# Every test port block moves by SCALELAB_TEST_PORT_SHIFT, so two test runs (two checkouts,
-# or parallel workers) on one machine never meet on a port.
-PORT_SHIFT = int(os.environ.get("SCALELAB_TEST_PORT_SHIFT", "0"))
-
-
-def shifted_port(base: int) -> int:
-    return base + PORT_SHIFT
-
-
-NOTEBOOK_BASE_PORT = shifted_port(24000)
-
-
-def pytest_configure(config):
-    """Notebooks (nbval, nbclient) start the stack with the defaults: point them at a
-    state dir and port block of the test session's own, so a learner's stack is untouched."""
-    root = reachable_tmp_dir("scalelab-notebooks-")
-    os.environ["SCALELAB_STATE"] = str(root / "state")
-    os.environ["SCALELAB_BASE_PORT"] = str(NOTEBOOK_BASE_PORT)
-    os.environ["SCALELAB_PROGRESS"] = str(root / "progress.json")
-    config._scalelab_notebook_root = root
+from stack.pytest_env import reachable_tmp_dir, shifted_port  # noqa: F401 - tests import them from here
 
 
 DOCKER_TIER = "test_docker_stack.py"
@@ -54,13 +35,6 @@ def pytest_report_header(config):
     if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
         return f"Docker tier not collected (tests/{DOCKER_TIER}): `make test-docker` runs it"
     return None
-
-
-def pytest_unconfigure(config):
-    root = getattr(config, "_scalelab_notebook_root", None)
-    if root is not None:
-        LocalStack(root / "state").down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def request(port: int, method: str, path: str, body: dict | None = None, timeout: float = 5.0):
@@ -122,13 +96,6 @@ def running_stack(state_dir, base_port: int, **changes):
         yield stack
     finally:
         stack.down()
-
-
-def reachable_tmp_dir(prefix: str) -> Path:
-    """A temp dir the stack's service user can enter (pytest's own tmp dirs are 0700, root-only)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir()))
-    os.chmod(path, 0o711)
-    return path
 
 
 @pytest.fixture(scope="module")

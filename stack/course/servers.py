@@ -1,9 +1,7 @@
-"""Clients for the stack's own servers, found through status() (backend-neutral).
+"""What lessons ask the stack's own servers (backend-neutral, through stack.clients).
 
 Lessons and checks ask Redis and PostgreSQL what they did (INFO, TTL,
-pg_stat_statements), never the configuration. Addresses come from
-`stack.status()`, passwords from the state directory's `secrets.json`, so the
-same calls work on every backend.
+pg_stat_statements), never the configuration.
 
     r = redis_client(stack)                     # redis.Redis, decode_responses=True
     with pg(stack, "primary") as conn: ...      # psycopg, as the postgres superuser
@@ -11,42 +9,26 @@ same calls work on every backend.
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
-from pathlib import Path
 
 import psycopg
 import redis
 
-DATABASE = "scalelab"
-ROLES = {"primary": "postgres-primary", "replica": "postgres-replica"}
+from .. import clients
+
+ROLES = {"primary": "primary", "replica": "standby"}
 # The statement the app runs for GET /users/{id} (stack/app/service.py), as pg_stat_statements
 # normalises it: recognised by the columns only a user lookup by id selects.
 USER_LOOKUP = "%FROM users WHERE id = $1%"
 
 
-def secrets(stack) -> dict:
-    return json.loads((Path(stack.status()["state_dir"]) / "secrets.json").read_text())
-
-
-def address(stack, service: str) -> tuple[str, int]:
-    info = stack.status()["services"].get(service) or {}
-    if info.get("state") != "running" or not info.get("address"):
-        raise RuntimeError(f"{service} is not running ({info.get('state', 'absent')}): run stack.up() first")
-    host, _, port = info["address"].rpartition(":")
-    return host, int(port)
-
-
-def redis_client(stack, timeout_s: float = 2.0) -> redis.Redis:
-    host, port = address(stack, "redis")
-    return redis.Redis(host=host, port=port, password=secrets(stack)["redis_password"],
-                       socket_timeout=timeout_s, decode_responses=True)
+def redis_client(stack) -> redis.Redis:
+    """Redis (decode_responses=True), through the one backend-neutral client module."""
+    return clients.redis_client(stack)
 
 
 def dsn(stack, role: str = "primary", user: str = "postgres") -> str:
-    host, port = address(stack, ROLES[role])
-    password = secrets(stack)["postgres_password" if user == "postgres" else "app_password"]
-    return f"host={host} port={port} user={user} password={password} dbname={DATABASE} connect_timeout=2"
+    return clients.dsn(stack, ROLES[role], user=user)
 
 
 @contextmanager

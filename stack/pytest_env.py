@@ -1,0 +1,44 @@
+"""A pytest plugin (loaded by pyproject's addopts, whatever paths pytest is given): every test
+session gets its own stack state directory, port block and progress file.
+
+Notebooks (nbval, nbclient) start the stack with the defaults; without this, running
+`pytest lessons/` alone would drive the learner's own stack in /tmp/scalelab-<uid>.
+`SCALELAB_TEST_PORT_SHIFT` moves every test port block, so two test runs on one
+machine (two checkouts, parallel workers) never meet on a port.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+PORT_SHIFT = int(os.environ.get("SCALELAB_TEST_PORT_SHIFT", "0"))
+NOTEBOOK_BASE_PORT = 24000
+
+
+def shifted_port(base: int) -> int:
+    return base + PORT_SHIFT
+
+
+def reachable_tmp_dir(prefix: str) -> Path:
+    """A temp dir the stack's service user can enter (pytest's own tmp dirs are 0700, root-only)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=tempfile.gettempdir()))
+    os.chmod(path, 0o711)
+    return path
+
+
+def pytest_configure(config):
+    root = reachable_tmp_dir("scalelab-notebooks-")
+    os.environ["SCALELAB_STATE"] = str(root / "state")
+    os.environ["SCALELAB_BASE_PORT"] = str(shifted_port(NOTEBOOK_BASE_PORT))
+    os.environ["SCALELAB_PROGRESS"] = str(root / "progress.json")
+    config._scalelab_notebook_root = root
+
+
+def pytest_unconfigure(config):
+    root = getattr(config, "_scalelab_notebook_root", None)
+    if root is not None:
+        from .local.backend import LocalStack
+        LocalStack(root / "state").down()
+        shutil.rmtree(root, ignore_errors=True)
