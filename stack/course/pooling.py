@@ -20,15 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from .. import clients
 from ..load import LoadSpec, run_load
-from .predictions import experiment_started
-
-
-def _experiment(fn):
-    def run(*args, **kwargs):
-        experiment_started()
-        return fn(*args, **kwargs)
-    run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-    return run
+from .replication import _experiment
 
 
 def little_pool_size(rate_rps: float, query_ms: float) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import statistics
 import threading
 import time
 import uuid
@@ -28,6 +27,7 @@ SERVER_ROLE = {True: "replica", False: "primary"}
 
 
 def _experiment(fn):
+    """Marks the start of a measurement, so a prediction changed after it is flagged by reveal()."""
     def run(*args, **kwargs):
         experiment_started()
         return fn(*args, **kwargs)
@@ -350,19 +350,3 @@ def wait_replica_serving(stack, timeout_s: float = 15.0) -> bool:
         return False
     finally:
         client.close()
-
-
-def replication_status(stack) -> dict:
-    """What the primary's pg_stat_replication says about the standby (state, sync, lag)."""
-    with clients.connect(stack, "primary", user="postgres", dbname="postgres") as conn:
-        row = conn.execute(
-            "SELECT state, sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,"
-            " extract(epoch FROM replay_lag)::float8 FROM pg_stat_replication").fetchone()
-    if row is None:
-        return {"state": "disconnected"}
-    return {"state": row[0], "sync_state": row[1], "lag_bytes": row[2], "replay_lag_s": row[3] or 0.0}
-
-
-def median(values) -> float:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else float("nan")
