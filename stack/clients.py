@@ -246,3 +246,22 @@ def wait_replicas_reconnected(target, indexes, timeout: float = 15) -> None:
         wait_in_force(f"app-{index} reconnecting to postgres",
                       lambda i=index: {name: b["open"] for name, b in metrics(target, i)["failover"].items()},
                       {"primary": False, "replica": False}, timeout)
+
+
+# -- addresses and WAL positions, for lessons --------------------------------------------------
+def address(stack, server: str) -> tuple[str, int]:
+    """(host, port) of "primary", "standby"/"replica" or "pgbouncer", as the running stack reports it."""
+    if server not in SERVERS:
+        raise ValueError(f"server={server!r} is not allowed: one of 'primary', 'standby', 'replica', 'pgbouncer'")
+    info = stack.status()["services"].get(SERVERS[server]) or {}
+    if info.get("state") != "running" or not info.get("address"):
+        raise RuntimeError(f"{SERVERS[server]} is not running (state {info.get('state', 'absent')!r}): "
+                           f"run stack.up() first")
+    host, _, port = info["address"].rpartition(":")
+    return host, int(port)
+
+
+def lsn_to_int(lsn: str) -> int:
+    """'16/B374D848' -> its byte position: the high 32 bits, then the low 32 bits (pure)."""
+    high, _, low = str(lsn).partition("/")
+    return (int(high, 16) << 32) + int(low, 16)

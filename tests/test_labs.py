@@ -192,6 +192,18 @@ WRONG_ANSWERS = [
     ("hit_ratio", lambda r, t: t / (t + 1), "ignored the rate", True),
     ("hit_ratio", lambda r, t: r * t / (r * t + 2), "two misses per cycle", True),
     ("hit_ratio", lambda r, t: 8 / 9, "copied the worked example's number", False),
+    ("route", lambda q: "replica", "everything to the replica", True),
+    ("route", lambda q: "replica" if q.startswith("SELECT") else "primary", "case-sensitive keyword", True),
+    ("route", lambda q: "replica" if q.strip().lower().startswith("select") else "primary", "forgot FOR UPDATE", True),
+    ("route", lambda q: "primary", "everything to the primary", False),
+    ("read_target", lambda w, r: "replica" if w is None or r >= w else "primary", "compared LSNs as text", True),
+    ("read_target", lambda w, r: "replica" if w is None or int(r.split("/")[0], 16) * 2**32 + int(r.split("/")[1], 16)
+     > int(w.split("/")[0], 16) * 2**32 + int(w.split("/")[1], 16) else "primary", "strictly greater", True),
+    ("read_target", lambda w, r: "replica" if w is None or int(r.split("/")[1], 16) >= int(w.split("/")[1], 16)
+     else "primary", "ignored the high part", True),
+    ("read_target", lambda w, r: "replica" if w is None or int(r.replace("/", ""), 16) >= int(w.replace("/", ""), 16)
+     else "primary", "removed the slash", True),
+    ("read_target", lambda w, r: "primary" if w is not None else "replica", "primary after any write", False),
 ]
 
 
@@ -286,4 +298,88 @@ def test_ttl_budget_verdict_depends_on_the_live_stack(own_progress, ttl, passes)
     start("lab07", progress=None)
     get_stack().apply(ttl_s=ttl)
     result = check("ttl_budget")
+    assert result.passed is passes, result
+
+
+# -- lab 4: the router and the app's consistency, on the live pair -------------------------
+
+class _AlwaysReplica:
+    def __init__(self, primary, replica):
+        self.primary, self.replica = primary, replica
+
+    def write(self, client, sql, params=()):
+        return self.primary.execute(sql, params).fetchone()
+
+    def read(self, client, sql, params=()):
+        return self.replica.execute(sql, params).fetchone()
+
+
+class _AlwaysPrimary(_AlwaysReplica):
+    def read(self, client, sql, params=()):
+        return self.primary.execute(sql, params).fetchone()
+
+
+class _StickyForever(_AlwaysReplica):
+    """After a write, the client reads the primary for ever."""
+    def __init__(self, primary, replica):
+        super().__init__(primary, replica)
+        self.wrote = set()
+
+    def write(self, client, sql, params=()):
+        self.wrote.add(client)
+        return super().write(client, sql, params)
+
+    def read(self, client, sql, params=()):
+        conn = self.primary if client in self.wrote else self.replica
+        return conn.execute(sql, params).fetchone()
+
+
+def _window(seconds):
+    import time
+
+    class Window(_AlwaysReplica):
+        def __init__(self, primary, replica):
+            super().__init__(primary, replica)
+            self.at = {}
+
+        def write(self, client, sql, params=()):
+            self.at[client] = time.monotonic()
+            return super().write(client, sql, params)
+
+        def read(self, client, sql, params=()):
+            recent = time.monotonic() - self.at.get(client, -1e9) < seconds
+            return (self.primary if recent else self.replica).execute(sql, params).fetchone()
+    return Window
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("router,why", [
+    (_AlwaysReplica, "no guarantee: stale reads"),
+    (_AlwaysPrimary, "every read on the primary"),
+    (_StickyForever, "never back to the replica"),
+    (_window(0.1), "a window shorter than the lag"),
+    (_window(1.0), "a window longer than needed"),
+])
+def test_rw_router_rejects_routers_that_break_the_guarantee_or_waste_the_replica(own_progress, router, why):
+    start("lab04", progress=None)
+    result = check("rw_router", router)
+    assert not result.passed, (why, result)
+    assert result.hint and result.hint not in registry()["rw_router"].hints, (why, result)
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("shape,passes", [
+    (dict(), False),                                                      # the lab's start: stale reads
+    (dict(read_from="primary"), False),                                   # consistent, but no replica reads
+    (dict(synchronous_commit="remote_write"), False),                     # received, not applied: still stale
+    (dict(replica_delay_ms=0), False),                                    # removed the lag instead of fixing it
+    (dict(synchronous_commit="remote_apply"), True),
+])
+def test_consistent_reads_verdict_depends_on_the_live_stack(own_progress, shape, passes):
+    start("lab04", progress=None)
+    get_stack().apply(**shape)
+    try:
+        result = check("consistent_reads")
+    finally:
+        get_stack().apply(synchronous_commit="on")
     assert result.passed is passes, result

@@ -16,7 +16,11 @@ from .. import get_stack
 from ..topology import SECTIONS, Topology
 
 # Departures from the defaults, per notebook. Absent: the defaults.
-STARTING_CHANGES: dict[str, dict] = {}
+STARTING_CHANGES: dict[str, dict] = {
+    # Lessons 4-5 read the database on every GET: no cache in front of it.
+    "lesson04": {"ttl_s": 0},
+    "lab04": {"ttl_s": 0, "replica_delay_ms": 200},
+}
 
 _current: list[str] = []
 

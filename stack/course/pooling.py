@@ -1,0 +1,331 @@
+"""Lesson 5's experiments: what a database connection costs, pools, exhaustion, PgBouncer.
+
+Status: the experiments run and were measured by hand; the lesson notebook and lab 5 that
+use them are not written yet (see the branch's notes).
+
+Connections are counted by the servers (`pg_stat_activity`, PgBouncer's SHOW POOLS),
+latency by the client that waited. Each function returns a pandas DataFrame.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import time
+
+import pandas as pd
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .. import clients
+from ..load import LoadSpec, run_load
+from .replication import _experiment
+
+
+def little_pool_size(rate_rps: float, query_ms: float) -> float:
+    """Connections busy on average (Little's law): arrival rate x time each holds one (pure)."""
+    return rate_rps * query_ms / 1000
+
+
+def backends(stack, server: str = "primary") -> int:
+    """Client backends of the app database, as the server counts them."""
+    with clients.connect(stack, server, user="postgres", dbname="postgres") as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                            "AND datname = 'scalelab'").fetchone()[0]
+
+
+class PeakBackends:
+    """Samples a server's client backends every `every_s` in a thread; .peak after stop()."""
+
+    def __init__(self, stack, server: str, every_s: float = 0.1):
+        self.stack, self.server, self.every_s = stack, server, every_s
+        self.peak, self.readings = 0, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        with clients.connect(self.stack, self.server, user="postgres", dbname="postgres") as conn:
+            while not self._stop.is_set():
+                n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                 "AND datname = 'scalelab'").fetchone()[0]
+                self.readings.append((time.time(), n))
+                self.peak = max(self.peak, n)
+                self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+# -- 1. what a connection costs ----------------------------------------------------------
+
+QUERY = "SELECT name FROM users WHERE id = %s"
+
+
+def _closed_loop(worker, threads: int, seconds: float) -> dict:
+    latencies, errors = [], []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def run(n):
+        i = 0
+        while time.perf_counter() < deadline:
+            i += 1
+            started = time.perf_counter()
+            try:
+                worker(1 + (n * 7919 + i) % 10_000)
+                with lock:
+                    latencies.append((time.perf_counter() - started) * 1000)
+            except psycopg.Error as exc:
+                with lock:
+                    errors.append(str(exc).strip().splitlines()[0])
+
+    pool = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - start
+    s = pd.Series(latencies, dtype=float)
+    return {"queries_per_s": len(latencies) / elapsed, "p50_ms": s.quantile(0.5), "p99_ms": s.quantile(0.99),
+            "errors": len(errors), "error_example": errors[0] if errors else ""}
+
+
+@_experiment
+def connection_costs(stack, threads: int = 8, seconds: float = 2.0, pool_size: int = 4, progress=None) -> pd.DataFrame:
+    """The same one-row query three ways, `threads` clients in a closed loop:
+    a new connection to PostgreSQL per query (SCRAM login + a new server process each time),
+    a psycopg_pool of `pool_size` kept connections, and a new connection per query to PgBouncer
+    (transaction mode), which hands out connections it keeps open to PostgreSQL."""
+    direct, bouncer = clients.dsn(stack, "primary", user="app"), clients.dsn(stack, "pgbouncer", user="app")
+
+    def per_query(dsn, **kw):
+        def work(user_id):
+            with psycopg.connect(dsn, autocommit=True, **kw) as conn:
+                conn.execute(QUERY, (user_id,)).fetchone()
+        return work
+
+    rows = []
+    pool = ConnectionPool(direct, min_size=pool_size, max_size=pool_size, kwargs={"autocommit": True}, open=True)
+    pool.wait()
+    try:
+        def pooled(user_id):
+            with pool.connection() as conn:
+                conn.execute(QUERY, (user_id,)).fetchone()
+        ways = {"new connection per query": per_query(direct),
+                f"psycopg_pool ({pool_size} connections)": pooled,
+                "new connection to PgBouncer per query": per_query(bouncer, prepare_threshold=None)}
+        for label, worker in ways.items():
+            baseline = backends(stack, "primary")
+            with PeakBackends(stack, "primary", every_s=0.05) as peak:
+                measured = _closed_loop(worker, threads, seconds)
+            rows.append({"way": label, **measured, "extra_server_backends": peak.peak - baseline})
+            if progress:
+                progress(f"{label}: {measured['queries_per_s']:.0f} queries/s, p50 {measured['p50_ms']:.2f} ms, "
+                         f"{peak.peak - baseline} extra server backends at most")
+    finally:
+        pool.close()
+    return pd.DataFrame(rows).set_index("way")
+
+
+# -- 2. exhaustion ------------------------------------------------------------------------
+
+DB_WORK = "/work?kind=db&ms={ms}"
+
+
+@_experiment
+def exhaustion(stack, replicas: int = 8, read_pools=(40,), connections: int = 300, query_ms: int = 500,
+               seconds: float = 4.0, progress=None) -> pd.DataFrame:
+    """`connections` clients hold a read-pool connection each for `query_ms` (a slow query), across
+    `replicas` app replicas, for each read pool size; the replica's backends counted by the replica,
+    errors as the app answered them."""
+    rows = []
+    for size in read_pools:
+        stack.apply(replicas=replicas, concurrency=64, read_pool=size)
+        with PeakBackends(stack, "replica") as peak:
+            result = run_load(LoadSpec(url=stack.status()["url"], mode="closed", connections=connections,
+                                       duration_s=seconds, path=DB_WORK.format(ms=query_ms), timeout_s=10))
+        example = next(iter(result.error_examples.values()), "")
+        rows.append({"read_pool": size, "pools_max": replicas * size, "served_rps": result.throughput_rps,
+                     "errors": result.error_count, "peak_replica_backends": peak.peak,
+                     "p99_ms": result.latency_ms()["p99_ms"], "error_example": example,
+                     **refused_connection(stack, "replica")})
+        if progress:
+            progress(f"read pool {size} x {replicas} replicas = {replicas * size}: {result.throughput_rps:.0f} req/s, "
+                     f"{result.error_count} errors, {peak.peak} backends on the replica")
+    return pd.DataFrame(rows).set_index("read_pool")
+
+
+async def _bouncer_clients(dsn: str, clients_n: int, seconds: float, query_ms: int) -> int:
+    done = 0
+
+    async def one():
+        nonlocal done
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                await conn.execute("SELECT pg_sleep(%s)", (query_ms / 1000,))
+                done += 1
+
+    await asyncio.gather(*(one() for _ in range(clients_n)))
+    return done
+
+
+@_experiment
+def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_ms: int = 20) -> pd.DataFrame:
+    """`clients_n` client connections to PgBouncer, each running short queries; every 0.1 s, SHOW POOLS
+    (client and server connections) and the primary's own count of backends."""
+    dsn = clients.dsn(stack, "pgbouncer", user="app")
+    readings = []
+    stop = threading.Event()
+
+    def watch():
+        start = time.time()
+        while not stop.is_set():
+            rows = [r for r in clients.pgbouncer_admin(stack, "SHOW POOLS") if r.get("database") == "scalelab"]
+            pools = {k: sum(int(r.get(k) or 0) for r in rows) for k in ("cl_active", "cl_waiting", "sv_active",
+                                                                      "sv_idle")}
+            readings.append({"t": time.time() - start, **pools, "primary_backends": backends(stack, "primary")})
+            stop.wait(0.1)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        queries = asyncio.run(_bouncer_clients(dsn, clients_n, seconds, query_ms)) if not _in_loop() else \
+            _run_in_thread(lambda: asyncio.run(_bouncer_clients(dsn, clients_n, seconds, query_ms)))
+    finally:
+        stop.set()
+        thread.join()
+    frame = pd.DataFrame(readings).set_index("t")
+    frame.attrs["queries"] = queries
+    stats = [r for r in clients.pgbouncer_admin(stack, "SHOW STATS") if r.get("database") == "scalelab"]
+    frame.attrs["stats"] = stats[0] if stats else {}
+    return frame
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _run_in_thread(fn):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("v", fn()))
+    t.start()
+    t.join()
+    return out["v"]
+
+
+# -- 3. pool sizing -------------------------------------------------------------------------
+
+@_experiment
+def pool_sweep(stack, sizes=(2, 4, 8, 16, 32), rate: float = 200, query_ms: int = 50, replicas: int = 2,
+               seconds: float = 3.0, progress=None) -> pd.DataFrame:
+    """Open loop at `rate` req/s of a `query_ms` query holding a read-pool connection, across `replicas`;
+    for each read pool size: served rate, p99, 503s (pool timeouts) and the replica's backends."""
+    rows = []
+    for size in sizes:
+        stack.apply(replicas=replicas, concurrency=64, read_pool=size)
+        with PeakBackends(stack, "replica") as peak:
+            result = run_load(LoadSpec(url=stack.status()["url"], mode="open", rate=rate, connections=512,
+                                       duration_s=seconds, path=DB_WORK.format(ms=query_ms), timeout_s=10,
+                                       max_send_lag_ms=10))
+        rows.append({"read_pool": size, "little_per_replica": little_pool_size(rate / replicas, query_ms),
+                     "served_rps": result.responses / result.elapsed_s, "ok_rps": result.ok / result.elapsed_s,
+                     "errors": result.error_count, "p50_ms": result.latency_ms()["p50_ms"],
+                     "p99_ms": result.latency_ms()["p99_ms"], "peak_replica_backends": peak.peak,
+                     "error_example": next(iter(result.error_examples.values()), "")})
+        if progress:
+            progress(f"read pool {size}: {rows[-1]['ok_rps']:.0f} ok/s, p99 {rows[-1]['p99_ms']:.0f} ms, "
+                     f"{result.error_count} errors, {peak.peak} backends")
+    return pd.DataFrame(rows).set_index("read_pool")
+
+
+# -- 4. what transaction pooling breaks -------------------------------------------------------
+
+def session_state_through(stack, mode: str) -> pd.DataFrame:
+    """Client A sets session state through PgBouncer, client B opens a transaction, A uses the state.
+    In transaction mode B holds the server connection A used, so A lands on another one."""
+    stack.apply(**{"pgbouncer.mode": mode})
+    dsn = clients.dsn(stack, "pgbouncer", user="app")
+    rows = []
+    # A fresh key each time, tried not waited for: a lock leaked in transaction mode stays held by some
+    # server connection until PgBouncer closes it, and a blocking pg_advisory_lock would wait for that.
+    key = random.randrange(1, 2**31)
+    tests = {
+        "SET, then SHOW": ("SET statement_timeout = '1234ms'", "SHOW statement_timeout",
+                           lambda row: row[0] == "1234ms"),
+        "PREPARE, then EXECUTE": ("PREPARE by_id AS SELECT name FROM users WHERE id = $1", "EXECUTE by_id(1)",
+                                  lambda row: row[0] == "user-1"),
+        "advisory lock, then unlock": (f"SELECT pg_try_advisory_lock({key})", f"SELECT pg_advisory_unlock({key})",
+                                       lambda row: row[0] is True),
+        "same server process": ("SELECT pg_backend_pid()", "SELECT pg_backend_pid()", None),
+    }
+    for label, (first, second, ok) in tests.items():
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a, \
+                psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as b:
+            cur = a.execute(first)
+            first_row = cur.fetchone() if cur.description else None
+            b.execute("BEGIN")
+            b.execute("SELECT 1")
+            try:
+                row = a.execute(second).fetchone()
+                works = ok(row) if ok else row[0] == first_row[0]
+                said = str(row[0])
+            except psycopg.Error as exc:
+                works, said = False, str(exc).strip().splitlines()[0]
+            b.execute("COMMIT")
+        rows.append({"mode": mode, "test": label, "works": works, "server_said": said})
+    return pd.DataFrame(rows)
+
+
+@_experiment
+def transaction_mode_breaks(stack) -> pd.DataFrame:
+    """Session state through PgBouncer in session mode and in transaction mode, side by side;
+    plus psycopg's automatic prepared statements in transaction mode."""
+    frames = [session_state_through(stack, "session"), session_state_through(stack, "transaction")]
+    with psycopg.connect(clients.dsn(stack, "pgbouncer", user="app"), autocommit=True, prepare_threshold=0) as a, \
+            psycopg.connect(clients.dsn(stack, "pgbouncer", user="app"), autocommit=True, prepare_threshold=None) as b:
+        a.execute(QUERY, (1,)).fetchone()
+        b.execute("BEGIN")
+        b.execute("SELECT 1")
+        try:
+            a.execute(QUERY, (2,)).fetchone()
+            works, said = True, "ok"
+        except psycopg.Error as exc:
+            works, said = False, str(exc).strip().splitlines()[0]
+        b.execute("COMMIT")
+    frames.append(pd.DataFrame([{"mode": "transaction", "test": "psycopg prepare_threshold=0", "works": works,
+                                 "server_said": said}]))
+    return pd.concat(frames, ignore_index=True).set_index(["test", "mode"]).sort_index()
+
+
+def refused_connection(stack, server: str = "replica", limit: int = 400) -> dict:
+    """Open connections as the app's user until the server refuses one: how many it took, and the
+    error text a pool meets at that point. Every connection is closed afterwards."""
+    opened, error = [], ""
+    try:
+        for _ in range(limit):
+            try:
+                opened.append(clients.connect(stack, server, user="app"))
+            except psycopg.OperationalError as exc:
+                error = str(exc).strip().splitlines()[-1]
+                break
+    finally:
+        for conn in opened:
+            conn.close()
+    return {"opened_before_refusal": len(opened), "error": error}
+
+
+def pools_needed(rate_rps: float, query_ms: float, replicas: int) -> int:
+    """Connections per replica by Little's law, rounded up (pure)."""
+    return math.ceil(little_pool_size(rate_rps / replicas, query_ms))
