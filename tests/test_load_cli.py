@@ -16,7 +16,7 @@ def parser() -> argparse.ArgumentParser:
 
 def test_load_subcommand_prints_json(capsys):
     with TestServer(identities=("app-1", "app-2")) as server:
-        args = parser().parse_args(["load", "--url", server.url, "--mode", "open", "--rate", "100",
+        args = parser().parse_args(["load", "--url", server.url, "--mode", "open", "--arrivals", "uniform", "--rate", "100",
                                     "--duration", "0.5", "--mix", "users:0.5", "--keys", "zipf", "--json"])
         code = args.handler(args)
     out = capsys.readouterr().out
