@@ -5,18 +5,20 @@ replica, PgBouncer and Redis, described by one Topology and changed live.
     stack.up()                        # starts (or re-attaches to) the default stack
     stack.apply(strategy="round_robin", replicas=2)
     stack.status()
+    stack.fault.kill("app-2")         # faults by service name (see stack.fault); up() heals
     stack.down()
 """
 from __future__ import annotations
 
 import os
 
+from . import fault
 from .errors import (BinaryNotFoundError, PortInUseError, ServiceFailedError, StackError,
-                     TopologyError)
+                     TopologyError, UnknownServiceError)
 from .topology import Topology
 
-__all__ = ["Topology", "up", "down", "apply", "status", "get_stack", "StackError", "TopologyError",
-           "BinaryNotFoundError", "PortInUseError", "ServiceFailedError"]
+__all__ = ["Topology", "up", "down", "apply", "status", "get_stack", "fault", "StackError", "TopologyError",
+           "BinaryNotFoundError", "PortInUseError", "ServiceFailedError", "UnknownServiceError"]
 
 _stacks: dict = {}
 

@@ -1,4 +1,4 @@
-"""python -m stack up | down | status | scale N | set FIELD=VALUE ... | logs SERVICE | load ..."""
+"""python -m stack up | down | status | scale N | set FIELD=VALUE ... | logs SERVICE | fault kill|pause|resume SERVICE | load ..."""
 from __future__ import annotations
 
 import argparse
@@ -22,6 +22,10 @@ def _print_status(status: dict) -> None:
     print(f"backend {status['backend']}   state {status['state_dir']}   entry point {status['url']}")
     for service, info in sorted(status["services"].items()):
         print(f"  {service:18} {info['state']:8} {info['address'] or '':22} pid {info['pid'] or '-'}")
+        if info["state"] == "exited" and "exit" in info:
+            print(f"  {'':18} {info['exit']}; `up` restarts it. Last log lines:")
+            for line in info.get("last_log_lines", []):
+                print(f"  {'':20} {line}")
     if not status["services"]:
         print("  (nothing has run yet: python -m stack up)")
 
@@ -46,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     logs = sub.add_parser("logs", help="the last lines of one service's log")
     logs.add_argument("service")
     logs.add_argument("-n", "--lines", type=int, default=50)
+    fault = sub.add_parser("fault", help="inject a fault: kill (SIGKILL), pause (SIGSTOP) or resume a service")
+    fault.add_argument("action", choices=("kill", "pause", "resume"))
+    fault.add_argument("service")
     try:
         from .load.cli import register as register_load
         register_load(sub)
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.apply(progress=say, **changes)
         elif args.command == "logs":
             print(stack.logs(args.service, args.lines))
+        elif args.command == "fault":
+            print(getattr(stack, args.action)(args.service))
         else:
             return args.handler(args)
     except StackError as exc:

@@ -23,3 +23,12 @@ class PortInUseError(StackError):
 
 class ServiceFailedError(StackError):
     """A service did not start or did not become healthy in time."""
+
+
+class UnknownServiceError(ValueError, StackError):
+    """A service name that the stack does not run."""
+
+    def __init__(self, value, allowed: list[str], field: str = "service"):
+        self.field, self.value, self.allowed = field, value, list(allowed)
+        choices = ", ".join(map(repr, self.allowed)) if self.allowed else "none (nothing runs: call up() first)"
+        super().__init__(f"{field}={value!r} is not allowed: one of {choices}. Nothing was changed.")

@@ -1,13 +1,17 @@
-"""Small pieces both backends use: atomic file writes, a locked JSON state file, parallel jobs."""
+"""Small pieces both backends use: atomic file writes, a private state directory, a locked JSON
+state file, parallel jobs."""
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import StackError
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
@@ -23,6 +27,30 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_private_dir(path: Path) -> None:
+    """Create the state directory owner-only; refuse one that someone else could have planted.
+
+    It lives under /tmp by default, where any user can create a name first: a
+    symlink or a directory owned by someone else would hand them our secrets.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise StackError(f"state directory {path} is a symlink: refusing to use it (under a shared "
+                         f"temp dir anyone can plant one). Remove it, or choose SCALELAB_STATE=<your own dir>.")
+    if not stat.S_ISDIR(st.st_mode):
+        raise StackError(f"state directory {path} exists and is not a directory: remove it or choose "
+                         f"another SCALELAB_STATE.")
+    if st.st_uid != os.geteuid():
+        raise StackError(f"state directory {path} is owned by uid {st.st_uid}, not by you (uid "
+                         f"{os.geteuid()}): refusing to use it. Choose SCALELAB_STATE=<your own dir>.")
 
 
 class JsonState:

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+
+
+def replica_lag_bound_s(topology) -> float:
+    """Reads leave the replica past this lag: a deliberate apply delay (lesson 4) plus 2 s,
+    so the read-your-writes anomaly stays visible while a stuck replica stops serving."""
+    return topology.postgres.replica_delay_ms / 1000 + 2.0
 
 
 @dataclass(frozen=True)
@@ -21,8 +27,10 @@ class AppConfig:
     redis_url: str
     admin_token: str
     via_pgbouncer: bool
+    # Reads leave a replica whose replay lags more than this (the deliberate apply delay plus a margin).
+    replica_lag_bound_s: float = 2.0
 
     @classmethod
     def load(cls, path: str | Path) -> "AppConfig":
         data = json.loads(Path(path).read_text())
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.default is MISSING})

@@ -18,14 +18,18 @@ class Metrics:
     cache_misses: int = 0
     cache_errors: int = 0            # Redis unreachable: served from the database instead
     db_queries: int = 0
+    read_failovers: int = 0          # reads the replica failed or did not answer, served by the primary
     # Total seconds spent per layer, so rates and means come from differences of samples.
     layer_seconds: dict = field(default_factory=lambda: defaultdict(float))
     by_route: dict = field(default_factory=lambda: defaultdict(int))
+    read_sources: dict = field(default_factory=lambda: defaultdict(int))   # replica / primary / cache
 
-    def to_dict(self, pools: dict, work: dict) -> dict:
+    def to_dict(self, pools: dict, work: dict, failover: dict | None = None) -> dict:
         return {"replica": self.replica, "uptime_s": round(time.time() - self.started_at, 3),
                 "time": time.time(), "requests": self.requests, "in_flight": self.in_flight,
                 "errors": self.errors, "client_errors": self.client_errors,
                 "cache": {"hits": self.cache_hits, "misses": self.cache_misses, "errors": self.cache_errors},
                 "db_queries": self.db_queries, "layer_seconds": dict(self.layer_seconds),
-                "by_route": dict(self.by_route), "pools": pools, "work": work}
+                "by_route": dict(self.by_route), "pools": pools, "work": work,
+                "read_sources": dict(self.read_sources), "read_failovers": self.read_failovers,
+                "failover": failover or {}}

@@ -5,12 +5,16 @@ Run one replica with
     uvicorn stack.app.service:create_app --factory --port 18091
 
 Every response names the replica (`X-Replica`) and how long each layer took
-(`Server-Timing: cache;dur=.., db;dur=.., app;dur=..`, in milliseconds).
+(`Server-Timing: cache;dur=.., db;dur=.., app;dur=..`, in milliseconds). A read
+also says which server answered it (`X-Read-Source: replica|primary|cache`, and
+`read;desc=...` in Server-Timing): reads leave a dead or lagging replica for the
+primary within a second and come back when it is healthy (see failover.py).
 """
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import json
 import os
 import time
@@ -25,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from . import failover
 from .config import AppConfig
 from .limiter import ResizableLimiter
 from .metrics import Metrics
@@ -48,6 +53,7 @@ class Layers:
 
     def __init__(self):
         self.seconds = {"cache": 0.0, "db": 0.0, "queue": 0.0}
+        self.read_source: str | None = None      # which server answered a read
 
     @asynccontextmanager
     async def timed(self, layer: str):
@@ -69,6 +75,15 @@ class Replica:
         self.cache = aioredis.from_url(self.config.redis_url, socket_timeout=0.5,
                                        socket_connect_timeout=0.5, decode_responses=True)
         self.pools = self._make_pools(self.config)
+        self.breakers = {"replica": failover.Breaker("postgres-replica"),
+                         "primary": failover.Breaker("postgres-primary")}
+        self.watches = [
+            failover.ServerWatch("postgres-replica", lambda: self.config.replica_dsn, self.breakers["replica"],
+                                 lag_bound_of=lambda: self.config.replica_lag_bound_s,
+                                 on_recover=lambda: self.pools["read"].check()),
+            failover.ServerWatch("postgres-primary", lambda: self.config.primary_dsn, self.breakers["primary"],
+                                 on_recover=lambda: self.pools["primary-read"].check())]
+        self._watch_tasks: list[asyncio.Task] = []
 
     def _make_pools(self, c: AppConfig) -> dict[str, AsyncConnectionPool]:
         # prepare_threshold=None: PgBouncer in transaction mode cannot keep prepared statements.
@@ -82,8 +97,11 @@ class Replica:
     async def open(self):
         for pool in self.pools.values():
             await pool.open(wait=False)
+        self._watch_tasks = [asyncio.create_task(watch.run()) for watch in self.watches]
 
     async def close(self):
+        for task in self._watch_tasks:
+            task.cancel()
         for pool in self.pools.values():
             await pool.close(timeout=1)
         await self.cache.aclose()
@@ -120,8 +138,67 @@ class Replica:
                 raise HTTPProblem(503, f"{pool_name} pool exhausted: all {pool.max_size} connections "
                                        f"busy for {pool.timeout:g} s") from None
             except psycopg.OperationalError as exc:
-                raise HTTPProblem(503, f"database unavailable through the {pool_name} pool: "
+                raise HTTPProblem(503, f"database unavailable through the {pool_name} pool "
+                                       f"({self.server_behind(pool_name)}): "
                                        f"{str(exc).strip().splitlines()[0]}") from None
+
+    def server_behind(self, pool_name: str) -> str:
+        c = self.config
+        if pool_name == "read":
+            return f"postgres-replica at {failover.address(c.replica_dsn)}"
+        via = f" via pgbouncer at {failover.address(c.write_dsn)}" if pool_name == "write" and c.via_pgbouncer else ""
+        return f"postgres-primary at {failover.address(c.primary_dsn)}{via}"
+
+    def primary_down(self) -> HTTPProblem:
+        breaker = self.breakers["primary"]
+        return HTTPProblem(503, f"postgres-primary at {failover.address(self.config.primary_dsn)} is down "
+                                f"({breaker.reason}): writes are refused until it is back; retry shortly")
+
+    async def read(self, layers: Layers, query: str, params: tuple):
+        """One row, from the replica while its breaker is closed, else (or if it fails) the primary."""
+        async def fetch(pool_name: str):
+            async with self.connection(pool_name, layers) as conn:
+                return await (await conn.execute(query, params)).fetchone()
+
+        breaker = self.breakers["replica"]
+        if self.config.read_from == "replica" and not breaker.open:
+            finished, result = await failover.within(fetch("read"), REPLICA_READ_TIMEOUT_S)
+            if finished and not isinstance(result, BaseException):
+                layers.read_source = "replica"
+                return result
+            breaker.trip(f"a read failed: {result.message if isinstance(result, HTTPProblem) else result}"
+                         if finished else f"a read got no answer within {REPLICA_READ_TIMEOUT_S:g} s")
+            self.metrics.read_failovers += 1
+        if self.breakers["primary"].open:
+            raise HTTPProblem(503, f"no database can serve reads: postgres-replica is down "
+                                   f"({breaker.reason or 'read_from=primary'}) and postgres-primary is down "
+                                   f"({self.breakers['primary'].reason})")
+        row = await fetch("primary-read")
+        layers.read_source = "primary"
+        return row
+
+    async def write(self, layers: Layers, query: str, params: tuple):
+        """One statement on the primary: refused at once while its breaker is open."""
+        if self.breakers["primary"].open:
+            raise self.primary_down()
+
+        async def run():
+            async with self.connection("write", layers) as conn:
+                return await (await conn.execute(query, params)).fetchone()
+
+        finished, result = await failover.within(run(), WRITE_TIMEOUT_S)
+        if not finished:
+            self.breakers["primary"].trip(f"a write got no answer within {WRITE_TIMEOUT_S:g} s")
+            raise self.primary_down()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def failover_stats(self) -> dict:
+        stats = {name: b.to_dict() for name, b in self.breakers.items()}
+        stats["replica"]["lag_s"] = round(self.watches[0].lag_s, 3)
+        stats["replica"]["lag_bound_s"] = self.config.replica_lag_bound_s
+        return stats
 
     def pool_stats(self) -> dict:
         stats = {}
@@ -131,6 +208,10 @@ class Replica:
                            "idle": s.get("pool_available", 0), "waiting": s.get("requests_waiting", 0),
                            "timeouts": s.get("requests_errors", 0)}
         return stats
+
+
+REPLICA_READ_TIMEOUT_S = 0.5    # a read the replica has not answered by then goes to the primary
+WRITE_TIMEOUT_S = 3.0           # a write the primary has not answered by then gets a 503
 
 
 # -- request plumbing ----------------------------------------------------------
@@ -166,8 +247,12 @@ def endpoint(route_name: str):
             m.layer_seconds["app"] += app_seconds
             timing = ", ".join(f"{layer};dur={seconds * 1000:.3f}" for layer, seconds
                                in [*layers.seconds.items(), ("app", app_seconds), ("total", total)])
-            return JSONResponse(body, status_code=status,
-                                headers={"X-Replica": replica.name, "Server-Timing": timing})
+            headers = {"X-Replica": replica.name, "Server-Timing": timing}
+            if layers.read_source:
+                m.read_sources[layers.read_source] += 1
+                headers["X-Read-Source"] = layers.read_source
+                headers["Server-Timing"] += f', read;desc="{layers.read_source}"'
+            return JSONResponse(body, status_code=status, headers=headers)
         return run
     return wrap
 
@@ -238,34 +323,31 @@ async def get_user(request, replica, layers):
         cached = await _cache_call(replica, layers, "get", cache_key(user_id))
         if cached is not None:
             replica.metrics.cache_hits += 1
+            layers.read_source = "cache"
             return 200, {**json.loads(cached), "source": "cache"}
         replica.metrics.cache_misses += 1
-    pool = "read" if replica.config.read_from == "replica" else "primary-read"
-    async with replica.connection(pool, layers) as conn:
-        # The server names itself on the same connection, in the same round trip: which
-        # PostgreSQL answered is the database's word, not the app's configuration.
-        row = await (await conn.execute(f"SELECT {USER_COLUMNS}, pg_is_in_recovery() AS db_standby, "
-                                        f"inet_server_port() AS db_port FROM users WHERE id = %s",
-                                        (user_id,))).fetchone()
+    # The server names itself on the same connection, in the same round trip: which
+    # PostgreSQL answered is the database's word, not the app's configuration.
+    row = await replica.read(layers, f"SELECT {USER_COLUMNS}, pg_is_in_recovery() AS db_standby, "
+                                     f"inet_server_port() AS db_port FROM users WHERE id = %s", (user_id,))
     if row is None:
         raise HTTPProblem(404, f"no user with id {user_id}")
     served_by = {"standby": row.pop("db_standby"), "port": row.pop("db_port")}
     user = _public(row)
     if ttl > 0:
         await _cache_call(replica, layers, "set", cache_key(user_id), json.dumps(user), ex=ttl)
-    return 200, {**user, "source": replica.config.read_from, "db": served_by}
+    return 200, {**user, "source": layers.read_source, "db": served_by}
 
 
 @endpoint("create_user")
 async def create_user(request, replica, layers):
     data = await _json_fields(request, required=True)
-    async with replica.connection("write", layers) as conn:
-        try:
-            row = await (await conn.execute(
-                f"INSERT INTO users (name, email, region) VALUES (%s, %s, %s) RETURNING {USER_COLUMNS}",
-                (data["name"], data["email"], data.get("region", "eu")))).fetchone()
-        except psycopg.errors.UniqueViolation:
-            raise HTTPProblem(409, f"email {data['email']!r} is already taken") from None
+    try:
+        row = await replica.write(
+            layers, f"INSERT INTO users (name, email, region) VALUES (%s, %s, %s) RETURNING {USER_COLUMNS}",
+            (data["name"], data["email"], data.get("region", "eu")))
+    except psycopg.errors.UniqueViolation:
+        raise HTTPProblem(409, f"email {data['email']!r} is already taken") from None
     return 201, _public(row)
 
 
@@ -274,13 +356,12 @@ async def update_user(request, replica, layers):
     user_id = _user_id(request)
     data = await _json_fields(request, required=False)
     assignments = ", ".join(f"{name} = %s" for name in data)   # names come from WRITABLE_FIELDS only
-    async with replica.connection("write", layers) as conn:
-        try:
-            row = await (await conn.execute(
-                f"UPDATE users SET {assignments}, updated_at = now() WHERE id = %s RETURNING {USER_COLUMNS}",
-                (*data.values(), user_id))).fetchone()
-        except psycopg.errors.UniqueViolation:
-            raise HTTPProblem(409, f"email {data['email']!r} is already taken") from None
+    try:
+        row = await replica.write(
+            layers, f"UPDATE users SET {assignments}, updated_at = now() WHERE id = %s RETURNING {USER_COLUMNS}",
+            (*data.values(), user_id))
+    except psycopg.errors.UniqueViolation:
+        raise HTTPProblem(409, f"email {data['email']!r} is already taken") from None
     if row is None:
         raise HTTPProblem(404, f"no user with id {user_id}")
     # Invalidate after the commit, so the next read fetches the new row.
@@ -313,7 +394,8 @@ async def work(request, replica, layers):
             await asyncio.sleep(ms / 1000)
         elif kind == "db":
             # A slow query: the wait happens in PostgreSQL and holds a pooled connection meanwhile.
-            async with replica.connection("read", layers) as conn:
+            pool = "primary-read" if replica.breakers["replica"].open else "read"
+            async with replica.connection(pool, layers) as conn:
                 await conn.execute("SELECT pg_sleep(%s)", (ms / 1000,))
         else:
             # Burn `ms` of CPU time (not wall time: under a CPU quota the wall time stretches).
@@ -328,13 +410,15 @@ async def work(request, replica, layers):
 async def metrics(request, replica, layers):
     limiter = replica.limiter
     return 200, replica.metrics.to_dict(
-        pools=replica.pool_stats(),
+        pools=replica.pool_stats(), failover=replica.failover_stats(),
         work={"concurrency": limiter.capacity, "busy": limiter.in_use, "queued": limiter.waiting})
 
 
 @endpoint("admin_config")
 async def admin_config(request, replica, layers):
-    if request.headers.get("X-Admin-Token") != replica.config.admin_token:
+    given = request.headers.get("X-Admin-Token", "")
+    # Constant time: how long a wrong token takes must not tell how much of it was right.
+    if not hmac.compare_digest(given.encode(), replica.config.admin_token.encode()):
         raise HTTPProblem(403, "missing or wrong X-Admin-Token")
     await replica.reload()
     c = replica.config

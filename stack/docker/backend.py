@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ServiceFailedError, StackError
+from ..errors import ServiceFailedError, StackError, UnknownServiceError
 from ..files import run_parallel
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..topology import Topology
@@ -66,7 +66,7 @@ def project_name(topology: Topology) -> str:
 
 def _app_config(t: Topology) -> tuple:
     return (t.app.write_pool, t.app.read_pool, t.app.pool_timeout_s, t.app.pool_idle_s, t.app.read_from,
-            t.app.concurrency, t.cache.ttl_s, t.pgbouncer.enabled)
+            t.app.concurrency, t.cache.ttl_s, t.pgbouncer.enabled, t.postgres.replica_delay_ms)
 
 
 def _spec_hash(spec: dict) -> str:
@@ -289,7 +289,8 @@ class DockerStack:
         to_create = [s for s in wanted if s not in existing]
         to_recreate = [s for s in wanted if s in existing
                        and existing[s]["Labels"].get("scalelab.spec") != specs[s]["labels"]["scalelab.spec"]]
-        to_start = [s for s in wanted if s in existing and s not in to_recreate and existing[s]["State"] != "running"]
+        to_start = [s for s in wanted if s in existing and s not in to_recreate
+                    and existing[s]["State"] not in ("running", "paused")]   # paused: resume() undoes it
         to_remove = sorted((s for s in existing if s not in wanted), key=_stop_rank)
         fresh = set(to_create) | set(to_recreate) | set(to_start)
 
@@ -572,6 +573,38 @@ class DockerStack:
                         self._reload_nginx(project)
         except Exception:   # noqa: BLE001 - the original error matters more
             pass
+
+    # -- faults (stack.fault calls these) ----------------------------------------------------
+    def kill(self, service: str) -> str:
+        """`docker kill` (SIGKILL) the service's container; up() starts it again."""
+        return self._fault("kill", service)
+
+    def pause(self, service: str) -> str:
+        """`docker pause`: the container's processes are frozen (cgroup freezer)."""
+        return self._fault("pause", service)
+
+    def resume(self, service: str) -> str:
+        """`docker unpause` what pause() froze."""
+        return self._fault("resume", service)
+
+    def _fault(self, action: str, service: str) -> str:
+        saved = self.state.load()
+        topology = Topology.from_state(saved)
+        known = services_for(topology) if topology and saved.get("up") else []
+        # Validated against the saved topology first: a bad name never reaches the engine.
+        if not isinstance(service, str) or service not in known:
+            raise UnknownServiceError(service, sorted(known))
+        c = self._list(saved["project"]).get(service)
+        if c is None or c["State"] not in ("running", "paused"):
+            raise StackError(f"service {service!r} is not running ({c['State'] if c else 'no container'}): "
+                             f"nothing to {action}. up() starts it.")
+        if action == "kill":
+            self.client.api.kill(c["Id"], signal="SIGKILL")
+        elif action == "pause" and c["State"] == "running":
+            self.client.api.pause(c["Id"])
+        elif action == "resume" and c["State"] == "paused":
+            self.client.api.unpause(c["Id"])
+        return f"{action} {service} (container {c['Id'][:12]})"
 
     def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
         """Stop and remove every container and the network. `purge=True` also deletes the data

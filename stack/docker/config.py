@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 
+from ..app.config import replica_lag_bound_s
 from ..render.nginx import LOG_FORMAT, server_block
 from ..render.nginx import render_upstream_conf as render_upstream
 from ..render.pgbouncer import DATABASE
@@ -174,6 +175,7 @@ def app_config(topology: Topology, secrets: dict) -> dict:
         "replica_dsn": _dsn("postgres-replica", pg, password),
         "redis_url": f"redis://:{secrets['redis_password']}@redis:{INTERNAL_PORTS['redis']}/0",
         "admin_token": secrets["admin_token"], "via_pgbouncer": via_pgbouncer,
+        "replica_lag_bound_s": replica_lag_bound_s(topology),
     }
 
 

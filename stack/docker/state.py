@@ -18,7 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..files import JsonState, write_atomic
+from ..files import JsonState, make_private_dir, write_atomic
 from .runtime import new_secrets
 
 
@@ -46,7 +46,7 @@ class DockerState(JsonState):
         self.ensure()
 
     def ensure(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path)
         os.chmod(self.path, 0o700)
         self.project_dir.mkdir(exist_ok=True)
 

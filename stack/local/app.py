@@ -12,6 +12,7 @@ from ..ports import HOST
 from ..render.pgbouncer import DATABASE
 from .context import Context
 from .proc import ProcessRecord, stop, wait_until
+from ..app.config import replica_lag_bound_s
 from ..files import write_atomic
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]   # the directory holding `stack/`
@@ -42,6 +43,7 @@ def write_config(ctx: Context) -> None:
         "replica_dsn": _dsn(ports.replica, "app", s["app_password"]),
         "redis_url": f"redis://:{s['redis_password']}@{HOST}:{ports.redis}/0",
         "admin_token": s["admin_token"], "via_pgbouncer": via_pgbouncer,
+        "replica_lag_bound_s": replica_lag_bound_s(ctx.topology),
     }
     write_atomic(config_path(ctx), json.dumps(config, indent=2), mode=0o600)
 

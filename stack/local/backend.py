@@ -12,18 +12,22 @@ runs before anything changes, so bad input leaves the running stack as it was.
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Callable
 
+import psutil
+
 from .. import binaries as binaries_mod
-from ..errors import StackError
+from ..errors import StackError, UnknownServiceError
 from ..files import run_parallel
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..topology import Topology
 from . import app, cpu_quota, nginx, pgbouncer, postgres, redis
+from . import heal
 from .context import Context
-from .proc import ProcessRecord, stop
+from .proc import ProcessRecord, read_exit, stop, write_exit
 from .state import StateDir
 
 INFRA = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "nginx")
@@ -57,6 +61,8 @@ class LocalStack:
         return Topology.from_state(self.state.load())
 
     def status(self) -> dict:
+        """Every service the stack runs: `running`, or `exited` (with how, and its last log
+        lines) when it died since the last up() or down(); `paused` when stopped by a fault."""
         saved = self.state.load()
         topology = Topology.from_state(saved)
         records = self._records(saved)
@@ -64,13 +70,30 @@ class LocalStack:
         services = {}
         for service, data in saved.get("services", {}).items():
             record = records.get(service)
-            services[service] = {"state": "running" if record else "stopped",
-                                 "pid": record.pid if record else None,
-                                 "address": f"{HOST}:{data['port']}" if data.get("port") else None}
+            info = {"state": "running" if record else "exited",
+                    "pid": record.pid if record else None,
+                    "address": f"{HOST}:{data['port']}" if data.get("port") else None}
+            if record and _paused(record):
+                info["state"] = "paused"
+            if not record:
+                info.update(self._exit_info(service, data.get("pid")))
+            services[service] = info
         return {"backend": self.backend, "state_dir": str(self.state.path),
                 "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                 "running": bool(records), "topology": topology.to_dict() if topology else None,
                 "services": services}
+
+    def _exit_info(self, service: str, pid: int | None) -> dict:
+        ended = read_exit(self.state.exit_file(service), pid) if pid else None
+        if ended is None:
+            # Started by a Python that has gone (a CLI): its parent became PID 1, which
+            # keeps the exit status to itself.
+            ended = {"returncode": None, "how": "unknown (its parent was another process)"}
+        try:
+            tail = self.logs(service, 5).splitlines()
+        except StackError:
+            tail = []
+        return {"exit": ended["how"], "returncode": ended.get("returncode"), "last_log_lines": tail}
 
     def logs(self, service: str, lines: int = 50) -> str:
         path = self.state.log(service)
@@ -116,11 +139,15 @@ class LocalStack:
                 raise StackError(f"base_port={new.base_port} differs from the running stack's "
                                  f"{old.base_port}: run down() first, then up() on the new port")
             bins = self._binaries()
-            refuse_ports_in_use(new, records)
             if new.app.cpu_quota is not None:
                 cpu_quota.support().require()
             ctx = Context(self.state, bins, new, self.state.secrets())
             done: list[str] = []
+            # What died since the last call leaves processes, ports and locks behind: clear
+            # them first, so the ports check below sees only other programs.
+            dead = [s for s in saved.get("services", {}) if s not in records]
+            self._heal(ctx, dead, records, done, say)
+            refuse_ports_in_use(new, records)
             ran_before = set(records)
             try:
                 self._reconcile(ctx, old, records, done, say)
@@ -132,6 +159,28 @@ class LocalStack:
                 raise
             self._save(new, records, ctx.ports)
             return done
+
+    def _heal(self, ctx: Context, dead: list[str], records: dict, done: list, say: Progress) -> None:
+        def clear(service: str) -> None:
+            if service.startswith("app-"):
+                return     # one process, no lock, no children: nothing outlives it
+            directory = self.state.path / service
+            if service.startswith("postgres-"):
+                data = postgres.data_dir(ctx, service.split("-")[1])
+                holder = heal.live_postmaster(data)
+                if holder is not None:     # alive after all (state.json lost it): adopt, never unlock
+                    records[service] = holder
+                    what = [f"adopted the running server (pid {holder.pid})"]
+                else:
+                    what = heal.clear_postgres(directory, data, ctx.run_as.uid)
+            else:
+                count = heal.kill_leftovers(directory, ctx.run_as.uid)
+                what = [f"{count} leftover process{'es' if count > 1 else ''}"] if count else []
+            message = f"healing {service} (it had exited)" + (f": cleared {', '.join(what)}" if what else "")
+            done.append(message)
+            say(message)
+
+        run_parallel([lambda s=s: clear(s) for s in dead])
 
     def _save(self, topology: Topology | None, records: dict, ports: Ports) -> None:
         services = {}
@@ -233,6 +282,46 @@ class LocalStack:
             pgbouncer.apply(ctx, records["pgbouncer"])
             note("reloaded pgbouncer")
 
+    # -- faults (stack.fault calls these) ---------------------------------------------
+    FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}
+
+    def kill(self, service: str) -> str:
+        """SIGKILL the service and every process it forked, as a crash (or `docker kill`) would."""
+        return self._fault("kill", service)
+
+    def pause(self, service: str) -> str:
+        """SIGSTOP the service and its children: it holds its connections and answers nothing."""
+        return self._fault("pause", service)
+
+    def resume(self, service: str) -> str:
+        """SIGCONT what pause() stopped."""
+        return self._fault("resume", service)
+
+    def _fault(self, action: str, service: str) -> str:
+        saved = self.state.load()
+        known = sorted(saved.get("services", {}))
+        if not isinstance(service, str) or service not in known:
+            raise UnknownServiceError(service, known)
+        record = self._records(saved).get(service)
+        proc = record.process() if record else None
+        if proc is None:
+            raise StackError(f"service {service!r} is not running (it exited): nothing to {action}. "
+                             f"up() restarts it.")
+        try:
+            family = [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            family = [proc]
+        if action == "resume":
+            family.reverse()     # children first, so the parent never finds them stopped
+        for member in family:
+            try:
+                member.send_signal(self.FAULT_SIGNALS[action])
+            except psutil.Error:
+                pass
+        if action == "kill":
+            write_exit(self.state.exit_file(service), record.pid, -signal.SIGKILL, by="stack.fault.kill")
+        return f"{action} {service} (pid {record.pid}, {len(family)} process{'es' if len(family) > 1 else ''})"
+
     # -- stopping ------------------------------------------------------------------
     def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
         """Stop every service and free every port. `purge=True` also deletes all data."""
@@ -264,11 +353,31 @@ class LocalStack:
         return done
 
 
+def _resume_tree(record: ProcessRecord) -> None:
+    proc = record.process()
+    if proc is None:
+        return
+    try:
+        for member in [*proc.children(recursive=True), proc]:
+            member.send_signal(signal.SIGCONT)
+    except psutil.Error:
+        pass
+
+
+def _paused(record: ProcessRecord) -> bool:
+    proc = record.process()
+    try:
+        return proc is not None and proc.status() == "stopped"
+    except Exception:   # noqa: BLE001 - it may exit meanwhile
+        return False
+
+
 def _quota_group(topology: Topology, service: str) -> str:
     return f"{topology.base_port}-{service}"
 
 
 def _stop_service(service: str, record: ProcessRecord) -> None:
+    _resume_tree(record)    # a paused server cannot act on SIGTERM
     if service.startswith("postgres"):
         postgres.stop_server(record)
     elif service.startswith("app-"):
@@ -280,4 +389,4 @@ def _stop_service(service: str, record: ProcessRecord) -> None:
 def _app_config(topology: Topology) -> tuple:
     return (topology.app.write_pool, topology.app.read_pool, topology.app.pool_timeout_s,
             topology.app.pool_idle_s, topology.app.read_from, topology.app.concurrency,
-            topology.cache.ttl_s, topology.pgbouncer.enabled)
+            topology.cache.ttl_s, topology.pgbouncer.enabled, topology.postgres.replica_delay_ms)

@@ -28,7 +28,11 @@ class Context:
 
     def spawn_server(self, service: str, argv: list, env: dict | None = None,
                      as_service_user: bool = True) -> ProcessRecord:
-        _, record = spawn(argv, self.state.log(service), self.run_as if as_service_user else None, env=env)
+        # A server runs in its own directory: every process it forks keeps (or, PostgreSQL,
+        # moves below) that cwd, which is how heal.py finds the ones a crash left behind.
+        cwd = self.dir(service) if as_service_user else None
+        _, record = spawn(argv, self.state.log(service), self.run_as if as_service_user else None, env=env,
+                          cwd=cwd, exit_path=self.state.exit_file(service))
         return record
 
     def dir(self, service: str) -> Path:

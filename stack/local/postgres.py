@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from ..errors import ServiceFailedError
 from ..ports import HOST
@@ -94,14 +95,11 @@ def _init_primary(ctx: Context) -> None:
 def _bootstrap(ctx: Context) -> None:
     """Roles, database and the seeded users table: run once, on a fresh primary."""
     with psycopg.connect(dsn(ctx, ctx.ports.primary, dbname="postgres"), autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE app LOGIN PASSWORD {_quote(ctx.secrets['app_password'])}")
-        conn.execute(f"CREATE DATABASE {DATABASE} OWNER app")
+        # CREATE ROLE takes no bind parameters: psycopg.sql quotes the literal, no hand quoting.
+        conn.execute(sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(sql.Literal(ctx.secrets["app_password"])))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(DATABASE)))
     with psycopg.connect(dsn(ctx, ctx.ports.primary)) as conn:
         conn.execute(SCHEMA)
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _ready(ctx: Context, port: int) -> bool:

@@ -3,15 +3,21 @@
 A process is remembered as (pid, create_time) so a recycled pid is never
 mistaken for ours. PostgreSQL and PgBouncer refuse to run as root, so when
 the caller is root every server runs as an unprivileged service user.
+
+The Python that starts servers is their parent (a notebook kernel lives for
+hours): a reaper thread collects each one that dies, so no zombie lingers,
+and writes how it ended (exit code or signal) where `status()` finds it.
 """
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from ..errors import ServiceFailedError, StackError
+from ..files import write_atomic
 
 SERVICE_USER = "scalelab"
 
@@ -53,10 +60,101 @@ class ProcessRecord:
 
 
 def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        _collect(pid, child)   # through Popen, so the exit status is recorded, not lost
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+# -- reaping the servers this Python started --------------------------------------------
+# pid -> (Popen, where to write how it ended). Polled, not SIGCHLD: a handler would
+# fight the notebook kernel's own, and Popen.poll() is safe from any thread.
+_children: dict[int, tuple[subprocess.Popen, Path | None]] = {}
+_children_lock = threading.Lock()
+_reaper: threading.Thread | None = None
+REAP_INTERVAL_S = 0.1
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "unknown"
+    if returncode < 0:
+        try:
+            return f"killed by signal {-returncode} ({signal.Signals(-returncode).name})"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def write_exit(path: Path | None, pid: int, returncode: int | None, by: str) -> None:
+    if path is None:
+        return
+    info = {"pid": pid, "returncode": returncode, "how": describe_exit(returncode), "by": by,
+            "at": time.time()}
+    try:
+        write_atomic(path, json.dumps(info), mode=0o600)
+    except OSError:
+        pass   # the state directory was purged meanwhile
+
+
+def read_exit(path: Path, pid: int) -> dict | None:
+    """How process `pid` ended, if a reaper or a fault recorded it."""
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return info if info.get("pid") == pid else None
+
+
+def _collect(pid: int, child: tuple) -> bool:
+    proc, exit_path = child
+    if proc.poll() is None:
+        return False
+    with _children_lock:
+        _children.pop(pid, None)
+    # A fault that already recorded this death knows more (who sent the signal): keep it.
+    known = read_exit(exit_path, pid) if exit_path else None
+    if known is None or known.get("returncode") != proc.returncode:
+        write_exit(exit_path, pid, proc.returncode, by="reaped by its parent")
+    return True
+
+
+def _reap_forever() -> None:
+    while True:
+        with _children_lock:
+            children = list(_children.items())
+        for pid, child in children:
+            _collect(pid, child)
+        time.sleep(REAP_INTERVAL_S)
+
+
+def _adopt(proc: subprocess.Popen, exit_path: Path | None) -> None:
+    global _reaper
+    with _children_lock:
+        _children[proc.pid] = (proc, exit_path)
+        if _reaper is None:
+            _reaper = threading.Thread(target=_reap_forever, name="scalelab-reaper", daemon=True)
+            _reaper.start()
+
+
+def zombie_children() -> list[int]:
+    """Children of this Python that died and were not collected (should stay empty)."""
+    try:
+        kids = psutil.Process().children()
+    except psutil.Error:
+        return []
+    found = []
+    for kid in kids:
+        try:
+            if kid.status() == psutil.STATUS_ZOMBIE:
+                found.append(kid.pid)
+        except psutil.Error:
+            pass
+    return found
 
 
 class RunAs:
@@ -111,14 +209,35 @@ class RunAs:
         return True
 
 
+def open_log(log_path: Path) -> int:
+    """The log for appending, never through a symlink (logs live under /tmp by default)."""
+    try:
+        return os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    except OSError as exc:
+        if Path(log_path).is_symlink():
+            raise StackError(f"log file {log_path} is a symlink: refusing to follow it. Remove it "
+                             f"and run up() again.") from None
+        raise StackError(f"cannot open log file {log_path}: {exc.strerror}") from None
+
+
 def spawn(argv: list[str], log_path: Path, run_as: RunAs | None = None, env: dict | None = None,
-          cwd: Path | None = None) -> tuple[subprocess.Popen, ProcessRecord]:
-    """Start a server in its own session (it outlives this Python) with output to a log."""
-    with open(log_path, "ab") as log:
+          cwd: Path | None = None, exit_path: Path | None = None) -> tuple[subprocess.Popen, ProcessRecord]:
+    """Start a server in its own session (it outlives this Python) with output to a log.
+
+    `cwd` marks the process and every child it forks as this service's (see heal.py);
+    `exit_path` is where the reaper writes how it ended.
+    """
+    log = open_log(log_path)
+    try:
         proc = subprocess.Popen(
             [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, env=env if env is not None else _clean_env(), cwd=cwd,
             **(run_as.popen_kwargs() if run_as else {}))
+    finally:
+        os.close(log)
+    if exit_path is not None:
+        Path(exit_path).unlink(missing_ok=True)
+    _adopt(proc, exit_path)
     try:
         created = psutil.Process(proc.pid).create_time()
     except psutil.Error:

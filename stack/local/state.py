@@ -4,6 +4,7 @@
     <state>/secrets.json    generated passwords and the admin token (mode 0600)
     <state>/lock            held while a process changes the stack
     <state>/logs/           one log per service
+    <state>/exits/          how each service's last process ended (exit code or signal)
     <state>/postgres-primary/, postgres-replica/, redis/, nginx/, pgbouncer/, app/
     <state>/bin/            server binaries copied where the service user can reach them
 
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import StackError
-from ..files import JsonState, write_atomic
+from ..files import JsonState, make_private_dir, write_atomic
 from .proc import RunAs
 
 
@@ -39,16 +40,20 @@ class StateDir(JsonState):
 
     # -- layout ------------------------------------------------------------------
     def ensure(self) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path)
         if not self.run_as.can_reach(self.path.parent):
             raise StackError(
                 f"state directory {self.path} is inside a folder the service user "
                 f"{self.run_as.user!r} cannot enter (as root, PostgreSQL and PgBouncer run as that user). "
                 f"Choose another place, e.g. SCALELAB_STATE=/tmp/scalelab, or run as a normal user.")
-        # 0711: the service user may pass through to its own directories, not list ours.
-        os.chmod(self.path, 0o711)
+        # Owner-only; as root, 0711 lets the service user pass through to its own
+        # directories without listing ours.
+        os.chmod(self.path, 0o711 if self.run_as.as_root else 0o700)
         self.logs.mkdir(exist_ok=True)
-        os.chmod(self.logs, 0o777 if self.run_as.as_root else 0o755)
+        # Written by us only (servers get an open descriptor), so no one else needs write access.
+        os.chmod(self.logs, 0o755)
+        self.exits.mkdir(exist_ok=True)
+        os.chmod(self.exits, 0o700)
 
     @property
     def logs(self) -> Path:
@@ -56,6 +61,13 @@ class StateDir(JsonState):
 
     def log(self, service: str) -> Path:
         return self.logs / f"{service}.log"
+
+    @property
+    def exits(self) -> Path:
+        return self.path / "exits"
+
+    def exit_file(self, service: str) -> Path:
+        return self.exits / f"{service}.json"
 
     def service_dir(self, name: str, owned_by_service_user: bool = True) -> Path:
         d = self.path / name
