@@ -12,6 +12,11 @@ from nbclient import NotebookClient
 
 from stack import get_stack
 from stack.lab import check, progress, registry, solve, start
+from stack.lab.checks.lab03 import _all_four as _ip_hash_all_octets
+from stack.lab.checks.lab03 import _blocky as _blocky_weighted
+from stack.lab.checks.lab03 import _by_count as _ip_hash_by_count
+from stack.lab.checks.lab03 import _no_modulo as _ip_hash_no_modulo
+from stack.lab.checks.lab03 import _subtracts_own_weight, _ties_to_last
 from stack.lab.make_labs import main as make_labs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,59 +79,6 @@ def _unsorted(samples, p):
 def _sorts_in_place(samples, p):
     samples.sort()
     return samples[max(1, math.ceil(p / 100 * len(samples))) - 1]
-
-
-def _blocky_weighted(weights, n):
-    order = [i for i, w in enumerate(weights, start=1) for _ in range(w)]
-    return [order[i % len(order)] for i in range(n)]
-
-
-def _ties_to_last(weights, n):
-    current, picks = [0] * len(weights), []
-    for _ in range(n):
-        current = [c + w for c, w in zip(current, weights)]
-        best = max(range(len(weights)), key=lambda i: (current[i], i))
-        current[best] -= sum(weights)
-        picks.append(best + 1)
-    return picks
-
-
-def _subtracts_own_weight(weights, n):
-    current, picks = [0] * len(weights), []
-    for _ in range(n):
-        current = [c + w for c, w in zip(current, weights)]
-        best = max(range(len(weights)), key=lambda i: (current[i], -i))
-        current[best] -= weights[best]
-        picks.append(best + 1)
-    return picks
-
-
-def _ip_walk(h, weights):
-    w, replica = h % sum(weights), 0
-    while w >= weights[replica]:
-        w, replica = w - weights[replica], replica + 1
-    return replica + 1
-
-
-def _ip_hash_all_octets(address, weights):
-    h = 89
-    for octet in map(int, address.split(".")):
-        h = (h * 113 + octet) % 6271
-    return _ip_walk(h, weights)
-
-
-def _ip_hash_by_count(address, weights):
-    h = 89
-    for octet in list(map(int, address.split(".")))[:3]:
-        h = (h * 113 + octet) % 6271
-    return h % len(weights) + 1
-
-
-def _ip_hash_no_modulo(address, weights):
-    h = 89
-    for octet in list(map(int, address.split(".")))[:3]:
-        h = h * 113 + octet
-    return _ip_walk(h, weights)
 
 
 # (check, wrong answer, why it is plausible, True when the check should recognise the mistake)

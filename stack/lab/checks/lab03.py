@@ -54,18 +54,29 @@ def reference_least_connections(in_flight, weights=None):
     return best + 1
 
 
-def reference_ip_hash(address, weights):
-    """nginx's ip_hash for an IPv4 address: the replica (from 1) it sends that client to."""
-    octets = [int(part) for part in address.split(".")]
+def ip_hash_number(address, octets: int = 3, reduce: bool = True) -> int:
+    """nginx's hash of an IPv4 address: from 89, hash = (hash x 113 + octet) % 6271 over the first three octets."""
     h = 89
-    for octet in octets[:3]:
-        h = (h * 113 + octet) % 6271
+    for octet in [int(part) for part in address.split(".")][:octets]:
+        h = h * 113 + octet
+        if reduce:
+            h %= 6271
+    return h
+
+
+def walk_weights(h: int, weights) -> int:
+    """The replica (from 1) where h modulo the total weight falls, each replica taking `weight` slots."""
     w = h % sum(weights)
     replica = 0
     while w >= weights[replica]:
         w -= weights[replica]
         replica += 1
     return replica + 1
+
+
+def reference_ip_hash(address, weights):
+    """nginx's ip_hash for an IPv4 address: the replica (from 1) it sends that client to."""
+    return walk_weights(ip_hash_number(address), weights)
 
 
 def _is_picks(value) -> bool:
@@ -189,33 +200,15 @@ def check_least_connections(fn):
 # -- 4. ip hash --------------------------------------------------------------------------------
 
 def _all_four(address, weights):
-    h = 89
-    for octet in map(int, address.split(".")):
-        h = (h * 113 + octet) % 6271
-    return _walk(h, weights)
-
-
-def _walk(h, weights):
-    w = h % sum(weights)
-    replica = 0
-    while w >= weights[replica]:
-        w -= weights[replica]
-        replica += 1
-    return replica + 1
+    return walk_weights(ip_hash_number(address, octets=4), weights)
 
 
 def _by_count(address, weights):
-    h = 89
-    for octet in list(map(int, address.split(".")))[:3]:
-        h = (h * 113 + octet) % 6271
-    return h % len(weights) + 1
+    return ip_hash_number(address) % len(weights) + 1
 
 
 def _no_modulo(address, weights):
-    h = 89
-    for octet in list(map(int, address.split(".")))[:3]:
-        h = h * 113 + octet
-    return _walk(h, weights)
+    return walk_weights(ip_hash_number(address, reduce=False), weights)
 
 
 IP_TURNS = (
