@@ -282,6 +282,18 @@ def dashboard_load(stack, rate: float = 120, long_ratio: float = 0.05, seconds: 
                     mix=short_and_long(long_ratio), connections=256, timeout_s=10)
 
 
+async def shares_after(dash, seconds: float = 2.0, window_s: float = 1.0) -> dict[str, float]:
+    """Once the dashboard's pending changes are applied and `seconds` have passed: each replica's
+    mean share over the last `window_s` of samples (as the share chart draws them)."""
+    import asyncio
+    await dash.settle()
+    await asyncio.sleep(seconds)
+    run = dash.run_now
+    recent = [s for s in run.samples if s.t >= run.samples[-1].t - window_s]
+    return {name: sum(s.replicas[name].share for s in recent if name in s.replicas) / len(recent)
+            for name in recent[-1].replicas}
+
+
 # -- 5. passive health checks: a replica dies under load -----------------------------------
 
 HEALTH_SCENARIOS = {
