@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from ...course.predict import prediction
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
 
@@ -312,6 +313,7 @@ def check_nginx_ip_hash(fn):
 
 # -- 7. stack state: half of the traffic to app-1 -------------------------------------------------
 
+PREDICTION = "half_to_app1_pct"     # the lab's predict(...) cell stores the learner's guess under this name
 SHARE_GOAL = {"replica": "app-1", "share": 0.5, "tolerance": 0.05, "replicas": 4, "rate": 150,
               "service_ms": 10, "seconds": 3.0}
 
@@ -354,6 +356,9 @@ def check_half_to_app1():
             f"{topology.balancer.weight_list(topology.app.replicas)}: the replicas counted "
             + ", ".join(f"{n} {s:.0%}" for n, s in shares.items()) + f" of {total} requests "
             f"({g['rate']} req/s, Poisson)")
+    guess = prediction(PREDICTION).value
+    if isinstance(guess, float):
+        seen += f" (you predicted {guess:.0f}% for {g['replica']})"
     if len(counted) != g["replicas"] or any(s < 0.05 for s in shares.values()):
         return Verdict(False, f"{g['replicas']} replicas, each serving some traffic", shares,
                        f"{seen}: the goal keeps all {g['replicas']} replicas in service.",
