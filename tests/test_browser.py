@@ -1,9 +1,13 @@
-"""Lesson 2 in a real browser: JupyterLab in headless Chromium runs it, the dashboard
-appears, a key press on the replica slider adds a replica, and the chart shows it."""
+"""Lessons in a real browser: JupyterLab in headless Chromium runs them.
+
+Lesson 2: the dashboard appears, a key press on the replica slider adds a replica, and the
+chart shows it. Lesson 3: choosing another strategy in the dashboard's dropdown changes
+the share chart."""
 from __future__ import annotations
 
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,12 +17,14 @@ from browser import CHROMIUM_ARGS, chromium_path, jupyterlab
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 LESSON = "02_horizontal_vs_vertical.ipynb"
+LESSON3 = "03_load_balancer_strategies.ipynb"
 # Messages a browser prints for reasons that are not our page's fault.
 BENIGN_CONSOLE = ("favicon", "Failed to load resource: the server responded with a status of 404")
 
 
-@pytest.fixture
-def page(tmp_path):
+@contextmanager
+def lesson_page(tmp_path, lesson: str, shot: str):
+    """JupyterLab in headless Chromium with `lesson` open; a screenshot lands in test-artifacts/ at the end."""
     from playwright.sync_api import sync_playwright
     executable = chromium_path()
     assert executable, ("Chromium is missing: `make test` installs it as root on Debian "
@@ -34,13 +40,25 @@ def page(tmp_path):
         page.console_errors = []
         page.on("console", lambda msg: msg.type == "error" and page.console_errors.append(msg.text))
         page.on("pageerror", lambda exc: page.console_errors.append(str(exc)))
-        page.goto(f"{base}/lab/tree/lessons/{LESSON}?token={token}")
+        page.goto(f"{base}/lab/tree/lessons/{lesson}?token={token}")
         try:
             yield page
         finally:
             ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "lesson02-final.png"), full_page=False)
+            page.screenshot(path=str(ARTIFACTS / shot), full_page=False)
             context.close()
+
+
+@pytest.fixture
+def page(tmp_path):
+    with lesson_page(tmp_path, LESSON, "lesson02-final.png") as page:
+        yield page
+
+
+@pytest.fixture
+def page3(tmp_path):
+    with lesson_page(tmp_path, LESSON3, "lesson03-final.png") as page:
+        yield page
 
 
 def wait_idle(page, timeout_s: float) -> None:
@@ -96,5 +114,72 @@ def test_lesson2_dashboard_reacts_to_the_replica_slider(page):
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     tracebacks = [t for t in errors.all_text_contents() if "Error" in t or "Traceback" in t]
     assert not tracebacks, tracebacks[0][:2000]
+    console = [m for m in page.console_errors if not any(b in m for b in BENIGN_CONSOLE)]
+    assert not console, console
+
+
+LAST_SHARES_JS = """(title) => {
+    for (const el of document.querySelectorAll('.js-plotly-plot')) {
+        const t = el.layout && el.layout.title;
+        const text = t && (t.text !== undefined ? t.text : t);
+        if (String(text).includes(title)) {
+            const out = {};
+            for (const d of el.data || []) {
+                const ys = (d.y || []).filter(v => v !== null && v !== undefined);
+                if (ys.length) out[d.name] = ys[ys.length - 1];
+            }
+            return out;
+        }
+    }
+    return null;
+}"""
+
+
+def last_shares(page) -> dict:
+    """Each replica's latest share (%) as the share chart draws it, read from the plotly figure in the page."""
+    return page.evaluate(LAST_SHARES_JS, "Share of traffic") or {}
+
+
+def test_lesson3_strategy_dropdown_changes_the_share_chart(page3):
+    page = page3
+    wait_idle(page, 90)
+    first = page.locator(".jp-CodeCell", has_text="lab = start(").first
+    first.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    page.get_by_text("lesson03: the stack is at its starting topology").first.wait_for(timeout=120_000)
+    wait_idle(page, 60)
+
+    dash_cell = page.locator(".jp-CodeCell", has_text="live.dashboard(").first
+    dash_cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+    dropdown = dash_cell.locator(".widget-dropdown select").first
+    dropdown.wait_for(timeout=60_000)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shares = last_shares(page)
+        if len(shares) == 4 and all(v > 5 for v in shares.values()):
+            break
+        time.sleep(0.2)
+    assert len(shares) == 4 and all(v > 5 for v in shares.values()), f"least_conn should spread the load: {shares}"
+
+    # ip_hash: every request of this load comes from 127.0.0.1, one client, so one replica takes all.
+    chosen_at = time.monotonic()
+    dropdown.select_option("ip_hash")
+    changed_s = None          # first redraw showing one replica clearly ahead
+    while time.monotonic() < chosen_at + 20:
+        shares = last_shares(page)
+        if shares and changed_s is None and max(shares.values()) > 50:
+            changed_s = time.monotonic() - chosen_at
+        if shares and max(shares.values()) > 90:
+            break
+        time.sleep(0.05)
+    settled_s = time.monotonic() - chosen_at
+    ARTIFACTS.mkdir(exist_ok=True)
+    dash_cell.screenshot(path=str(ARTIFACTS / "lesson03-dashboard.png"))
+    assert max(shares.values()) > 90, f"under ip_hash one client lands on one replica: {shares}"
+    print(f"strategy dropdown -> share chart changed (one replica > 50%) in {changed_s:.2f} s, "
+          f"> 90% in {settled_s:.2f} s (the other replicas first finish their long requests)")
+    assert changed_s < 2.0, changed_s
+
     console = [m for m in page.console_errors if not any(b in m for b in BENIGN_CONSOLE)]
     assert not console, console

@@ -12,6 +12,11 @@ from nbclient import NotebookClient
 
 from stack import get_stack
 from stack.lab import check, progress, registry, solve, start
+from stack.lab.checks.lab03 import _all_four as _ip_hash_all_octets
+from stack.lab.checks.lab03 import _blocky as _blocky_weighted
+from stack.lab.checks.lab03 import _by_count as _ip_hash_by_count
+from stack.lab.checks.lab03 import _no_modulo as _ip_hash_no_modulo
+from stack.lab.checks.lab03 import _subtracts_own_weight, _ties_to_last
 from stack.lab.make_labs import main as make_labs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,6 +209,25 @@ WRONG_ANSWERS = [
     ("read_target", lambda w, r: "replica" if w is None or int(r.replace("/", ""), 16) >= int(w.replace("/", ""), 16)
      else "primary", "removed the slash", True),
     ("read_target", lambda w, r: "primary" if w is not None else "replica", "primary after any write", False),
+    # lab 3
+    ("round_robin", lambda r, n: [i % r for i in range(n)], "numbered from 0", True),
+    ("round_robin", lambda r, n: [(i + 1) % r + 1 for i in range(n)], "starts one further on", True),
+    ("round_robin", lambda r, n: [i % r + 1 for i in range(n - 1)], "one pick short", True),
+    ("round_robin", lambda r, n: [min(i + 1, r) for i in range(n)], "never wraps around", True),
+    ("smooth_weighted_round_robin", _blocky_weighted, "each replica's weight in a row", True),
+    ("smooth_weighted_round_robin", _ties_to_last, "ties to the last replica", True),
+    ("smooth_weighted_round_robin", _subtracts_own_weight, "winner gives back its own weight", True),
+    ("smooth_weighted_round_robin", lambda w, n: [i % len(w) + 1 for i in range(n)], "ignores the weights", True),
+    ("smooth_weighted_round_robin", lambda w, n: [1, 2, 1], "copied the worked example's picks", False),
+    ("least_connections", lambda c, w=None: c.index(max(c)) + 1, "the busiest", True),
+    ("least_connections", lambda c, w=None: c.index(min(c)) + 1, "ignores the weights", True),
+    ("least_connections", lambda c, w=None: min(range(len(c)), key=lambda i: c[i] * (w or [1] * len(c))[i]) + 1,
+     "multiplied by the weight", True),
+    ("least_connections", lambda c, w=None: c.index(min(c)), "numbered from 0", False),
+    ("ip_hash", _ip_hash_all_octets, "hashed all four octets", True),
+    ("ip_hash", _ip_hash_by_count, "modulo the replica count, not the total weight", True),
+    ("ip_hash", _ip_hash_no_modulo, "never reduced modulo 6271", True),
+    ("ip_hash", lambda a, w: int(a.split(".")[2]) % len(w) + 1, "third octet modulo the replicas", False),
 ]
 
 
@@ -272,6 +296,38 @@ def test_capacity_plan_verdict_depends_on_the_live_stack(own_progress, shape, pa
     assert result.passed is passes, result
     if not passes and shape["replicas"] == 2:
         assert "p99" in result.message and "missed" in result.message
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("shape,passes", [
+    (dict(), False),                                                    # the starting stack: 25%
+    (dict(strategy="round_robin", weights=(2, 1, 1, 1)), False),         # 40%
+    (dict(strategy="least_conn", weights=(3, 1, 1, 1)), False),          # weights bend at light load: ~37%
+    (dict(strategy="ip_hash"), False),                                  # one client: one replica takes all
+    (dict(replicas=2, strategy="round_robin"), False),                  # 50%, but two replicas out of service
+    (dict(strategy="round_robin", weights=(3, 1, 1, 1)), True),
+])
+def test_half_to_app1_verdict_depends_on_the_live_stack(own_progress, shape, passes):
+    start("lab03", progress=None)
+    get_stack().apply(**shape)
+    result = check("half_to_app1")
+    assert result.passed is passes, result
+    if shape.get("strategy") == "least_conn":
+        assert "least_conn" in result.hint
+
+
+@pytest.mark.stack
+def test_live_picker_checks_compare_with_nginx_and_reject_wrong_pickers(own_progress):
+    from stack.lab.checks.lab03 import reference_ip_hash, reference_smooth_weighted
+    start("lab03", progress=None)
+    assert not check("nginx_split", [1, 2, 1]).passed
+    blocky = check("nginx_split", _blocky_weighted)
+    assert not blocky.passed and "in a row" in blocky.hint, blocky
+    assert check("nginx_split", reference_smooth_weighted).passed
+    shifted = check("nginx_ip_hash", lambda a, w: reference_ip_hash(a, w) % len(w) + 1)   # always one off
+    assert not shifted.passed and "predicted 0 of" in shifted.message, shifted
+    right = check("nginx_ip_hash", reference_ip_hash)
+    assert right.passed, right
 
 
 @pytest.mark.stack

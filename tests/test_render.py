@@ -19,6 +19,15 @@ def test_upstream_lists_every_replica_with_its_weight():
     assert text.count("server 127.0.0.1:") == 3
 
 
+def test_keepalive_zero_closes_upstream_connections_on_every_nginx():
+    """nginx >= 1.29.7 keeps 32 idle upstream connections when the directive is absent:
+    keepalive=0 is rendered as 'Connection: close' to the replica instead."""
+    text = lambda k: render_upstream_conf(Topology().with_changes(keepalive=k), Ports(18080))  # noqa: E731
+    assert 'default "close";' in text(0) and "keepalive" not in text(0)
+    assert "keepalive 32;" in text(32) and 'default "";' in text(32)
+    assert "proxy_set_header Connection $scalelab_upstream_connection;" in render_nginx_conf("/x", 18080)
+
+
 @pytest.mark.parametrize("strategy, directive", [
     ("least_conn", "least_conn;"), ("ip_hash", "ip_hash;"),
     ("consistent_hash", "hash $request_uri consistent;"), ("random_two", "random two least_conn;")])
@@ -28,7 +37,8 @@ def test_strategy_directives(strategy, directive):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_nginx_accepts_the_rendered_config(tmp_path, strategy):
-    topology = Topology().with_changes(strategy=strategy, weights=(1, 2, 3, 4), next_upstream=("error", "http_502"))
+    topology = Topology().with_changes(strategy=strategy, weights=(1, 2, 3, 4), next_upstream=("error", "http_502"),
+                                       keepalive=0 if strategy == "round_robin" else 32)
     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp_path / "temp" / kind).mkdir(parents=True)
     (tmp_path / "nginx.conf").write_text(render_nginx_conf(tmp_path, 18080))

@@ -7,6 +7,8 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .connections import ConnectionCounter
+
 
 @dataclass
 class Metrics:
@@ -24,6 +26,8 @@ class Metrics:
     # Total seconds spent per layer, so rates and means come from differences of samples.
     layer_seconds: dict = field(default_factory=lambda: defaultdict(float))
     by_route: dict = field(default_factory=lambda: defaultdict(int))
+    # TCP connections the traffic came on (not counting /metrics, /health, admin calls)
+    connections: ConnectionCounter = field(default_factory=ConnectionCounter)
     read_sources: dict = field(default_factory=lambda: defaultdict(int))   # replica / primary / cache
 
     def to_dict(self, pools: dict, work: dict, failover: dict | None = None, process: dict | None = None) -> dict:
@@ -32,7 +36,9 @@ class Metrics:
                 "errors": self.errors, "client_errors": self.client_errors,
                 "cache": {"hits": self.cache_hits, "misses": self.cache_misses, "errors": self.cache_errors},
                 "db_queries": self.db_queries, "layer_seconds": dict(self.layer_seconds),
-                "by_route": dict(self.by_route), "pools": pools, "work": work,
+                "by_route": dict(self.by_route), "connections": {"opened": self.connections.opened,
+                                                                  "recent": self.connections.recent},
+                "pools": pools, "work": work,
                 "read_sources": dict(self.read_sources), "read_failovers": self.read_failovers,
                 "failover": failover or {}, "process": process or {}}
 

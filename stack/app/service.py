@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from . import failover
 from .config import AppConfig
+from .connections import SCOPE_KEY as CONNECTION_KEY
 from .limiter import ResizableLimiter
 from .metrics import Metrics, process_stats
 
@@ -219,6 +220,10 @@ WRITE_TIMEOUT_S = 3.0           # a write the primary has not answered by then g
 
 # -- request plumbing ----------------------------------------------------------
 
+# Routes the course's own probes call on each replica directly: their connections are not traffic.
+UNCOUNTED_CONNECTIONS = ("metrics", "health", "admin_config")
+
+
 def endpoint(route_name: str):
     """Counts the request, times it, and turns HTTPProblem into a clear JSON error."""
     def wrap(handler):
@@ -229,6 +234,8 @@ def endpoint(route_name: str):
             m.requests += 1
             m.in_flight += 1
             m.by_route[route_name] += 1
+            if route_name not in UNCOUNTED_CONNECTIONS:
+                m.connections.saw(request.scope.get(CONNECTION_KEY))
             layers = Layers()
             start = time.perf_counter()
             try:

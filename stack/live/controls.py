@@ -192,6 +192,28 @@ class WeightsControl(Control):
         return "weights → " + ":".join(map(str, value))
 
 
+class KeepaliveControl(Control):
+    """Upstream keepalive on (the article's 32 idle connections) or off (one connection per request)."""
+    name, field, label = "keepalive", "balancer.keepalive", "keepalive"
+    ON = 32
+
+    def build(self, topology):
+        w = widgets.ToggleButtons(description="upstream keepalive", options=[("off", 0), (f"{self.ON}", self.ON)],
+                                  value=self._option(topology.balancer.keepalive),
+                                  style={"description_width": "150px", "button_width": "60px"})
+        w.observe(self._changed, "value")
+        return w
+
+    def _option(self, keepalive: int) -> int:
+        return self.ON if keepalive else 0
+
+    def read(self, topology):
+        return self._option(topology.balancer.keepalive)
+
+    def describe(self, value) -> str:
+        return f"keepalive → {value or 'off'}"
+
+
 def _int(name, field, label, description, **kw):
     return lambda topology, on_change: IntControl(topology, on_change, name, field, label, description, **kw)
 
@@ -200,6 +222,7 @@ CONTROLS: dict[str, Callable[[Topology, OnChange], Control]] = {
     "replicas": ReplicasControl,
     "strategy": StrategyControl,
     "weights": WeightsControl,
+    "keepalive": KeepaliveControl,
     "ttl": _int("ttl", "cache.ttl_s", "TTL", "cache TTL (s)", text=True),
     "replica_delay": _int("replica_delay", "postgres.replica_delay_ms", "replica delay",
                           "replica apply delay (ms)", min=0, max=5000, step=100),

@@ -20,6 +20,7 @@ class LoadInterval:
     p99_ms: float | None
     errors: int
     replicas: dict[str, int] = field(default_factory=dict)   # responses per X-Replica
+    replica_p99_ms: dict[str, float] = field(default_factory=dict)   # p99 per X-Replica
 
 
 def normalise(snapshot) -> LoadInterval:
@@ -33,7 +34,8 @@ def normalise(snapshot) -> LoadInterval:
     return LoadInterval(t=time.time(), throughput_rps=float(get("throughput_rps", 0.0) or 0.0),
                         p50_ms=get("p50_ms"), p95_ms=get("p95_ms"), p99_ms=get("p99_ms"),
                         errors=sum(errors.values()) if isinstance(errors, dict) else int(errors or 0),
-                        replicas=dict(get("replicas", {}) or {}))
+                        replicas=dict(get("replicas", {}) or {}),
+                        replica_p99_ms=dict(get("replica_p99_ms", {}) or {}))
 
 
 async def run_load(spec, on_interval: Callable[[LoadInterval], None]):

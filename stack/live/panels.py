@@ -60,6 +60,14 @@ def replica_rps(run) -> list[Series]:
     return _per_replica(run, "rps")
 
 
+def replica_p99(run) -> list[Series]:
+    """p99 of each replica's responses per interval, as the load generator measured them."""
+    names = sorted({n for i in run.intervals for n in i.replica_p99_ms if n.startswith("app-")},
+                   key=lambda n: int(n.split("-")[1]))
+    x = [i.t - run.started_at for i in run.intervals]
+    return [Series(name, x, [i.replica_p99_ms.get(name) for i in run.intervals]) for name in names]
+
+
 def cache(run) -> list[Series]:
     pct = lambda v: None if v is None else v * 100   # noqa: E731
     return [_sample_series(run, lambda s: pct(s.cache.app_hit_ratio), "app hit %"),
@@ -91,6 +99,7 @@ PANELS: dict[str, PanelSpec] = {
     "throughput": PanelSpec("Throughput and p99 (load generator)", "responses/s", throughput, "p99 ms"),
     "share": PanelSpec("Share of traffic per replica", "% of requests", share),
     "rps": PanelSpec("Requests/s per replica", "req/s", replica_rps),
+    "replica_p99": PanelSpec("p99 per replica (load generator)", "p99 ms", replica_p99),
     "cache": PanelSpec("Cache hit ratio", "hit %", cache),
     "lag": PanelSpec("Replication lag", "bytes", lag, "seconds"),
     "connections": PanelSpec("Pool and server connections", "connections", connections),

@@ -41,6 +41,7 @@ class Recorder:
         self.w_sent = self.w_done = self.w_responses = 0
         self.w_errors = empty_errors()
         self.w_replicas: Counter = Counter()
+        self.w_replica_latency: dict[str, LatencyHistogram] = {}
 
     # -- hot path ------------------------------------------------------------------
     def sent_one(self, lag_s: float | None) -> None:
@@ -60,6 +61,10 @@ class Recorder:
         self.status_codes[status] += 1
         replica = replica or NO_REPLICA
         self.w_replicas[replica] += 1
+        window = self.w_replica_latency.get(replica)
+        if window is None:
+            window = self.w_replica_latency[replica] = LatencyHistogram()
+        window.record_us(us)
         group = self.replicas.get(replica)
         if group is None:
             group = self.replicas[replica] = GroupStats()
@@ -102,7 +107,8 @@ class Recorder:
             errors=dict(self.w_errors), replicas=dict(sorted(self.w_replicas.items())),
             in_flight=self.in_flight,
             send_lag_p99_ms=self.w_lag.percentile_ms(99.0) if open_loop else None,
-            cpu=round(cpu, 3))
+            cpu=round(cpu, 3),
+            replica_p99_ms={name: h.percentile_ms(99.0) for name, h in sorted(self.w_replica_latency.items())})
         self.latency.merge(self.w_latency)
         self.send_lag.merge(self.w_lag)
         self._new_window()

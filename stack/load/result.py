@@ -30,6 +30,7 @@ class IntervalSnapshot:
     in_flight: int               # outstanding at the end of the interval
     send_lag_p99_ms: float | None   # open loop only
     cpu: float                   # generator CPU seconds per wall second (1.0 = one core)
+    replica_p99_ms: dict[str, float] = field(default_factory=dict)   # p99 of each replica's responses
 
     def to_dict(self) -> dict:
         return asdict(self)

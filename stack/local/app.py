@@ -42,7 +42,7 @@ def start(ctx: Context, index: int) -> ProcessRecord:
     env = {**os.environ, "SCALELAB_REPLICA": name(index), "SCALELAB_APP_CONFIG": str(config_path(ctx)),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))}
     argv = [sys.executable, "-m", "uvicorn", "stack.app.service:create_app", "--factory",
-            "--host", HOST, "--port", ctx.ports.app(index), "--http", "httptools", "--loop", "uvloop",
+            "--host", HOST, "--port", ctx.ports.app(index), "--http", "stack.app.connections:CountingHttpToolsProtocol", "--loop", "uvloop",
             "--no-access-log", "--log-level", "warning", "--backlog", "2048",
             "--timeout-graceful-shutdown", "5"]
     # The app is our own code: it runs as the caller, who can reach the virtualenv.

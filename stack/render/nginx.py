@@ -31,7 +31,7 @@ def server_block(listen: str) -> str:
         location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection $scalelab_upstream_connection;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_connect_timeout 2s;
         }}
@@ -86,6 +86,13 @@ def render_upstream_conf(topology: Topology, ports: Ports | None = None, address
                      f"max_fails={balancer.max_fails} fail_timeout={balancer.fail_timeout_s}s;")
     if balancer.keepalive:
         lines.append(f"    keepalive {balancer.keepalive};")
+    lines.append("}")
+    # keepalive=0 must mean a new connection per request on every nginx: since 1.29.7 an
+    # upstream without the directive keeps 32 idle connections anyway, and older nginx
+    # refuses `keepalive 0`. Asking the replica to close after each response works on all.
+    # (An empty value sends no Connection header: the connection may be kept.)
+    lines.append("map $scheme $scalelab_upstream_connection {")
+    lines.append(f'    default "{"" if balancer.keepalive else "close"}";')
     lines.append("}")
     lines.append(f"proxy_next_upstream {' '.join(balancer.next_upstream)};")
     return "\n".join(lines) + "\n"

@@ -20,5 +20,5 @@ USER scalelab
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --retries=3 CMD ["http-health", "8000", "/health"]
 CMD ["uvicorn", "stack.app.service:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", \
-     "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning", \
+     "--http", "stack.app.connections:CountingHttpToolsProtocol", "--loop", "uvloop", "--no-access-log", "--log-level", "warning", \
      "--backlog", "2048", "--timeout-graceful-shutdown", "5"]
