@@ -2,16 +2,18 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
+STAMP_INPUTS := requirements.txt pyproject.toml stack/jupyter/overrides.json
+STAMP  := $(VENV)/.installed-$(shell cat $(STAMP_INPUTS) | cksum | cut -d' ' -f1)
 JUPYTER_FLAGS := --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: lab test test-docker bench system-deps down clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): $(STAMP_INPUTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
-	# JupyterLab without the "news" pop-up over the first lesson (settings for this venv only)
+	# JupyterLab settings for this venv only: no "news" pop-up over the first lesson, and every
+	# cell kept rendered (live widgets scrolled out of view keep drawing)
 	mkdir -p $(VENV)/share/jupyter/lab/settings
 	cp stack/jupyter/overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
 	rm -f $(VENV)/.installed-*; touch $@

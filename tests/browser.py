@@ -49,7 +49,10 @@ def jupyterlab(root: Path, work: Path):
     env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTER_RUNTIME_DIR": str(work / "runtime")}
     argv = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
             f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-            "--ServerApp.disable_check_xsrf=False"]
+            "--ServerApp.disable_check_xsrf=False",
+            # A workspace of this test's own: JupyterLab would otherwise reopen the tabs an earlier
+            # run left (e.g. lesson 3's, with a dashboard cell of the same text, in a hidden tab).
+            f"--LabApp.workspaces_dir={work / 'workspaces'}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         argv.append("--allow-root")
     log = open(work / "jupyterlab.log", "wb")

@@ -107,7 +107,7 @@ def test_lesson2_dashboard_reacts_to_the_replica_slider(page):
     # The rest of the lesson, in the browser, to the end.
     page.locator(".jp-CodeCell", has_text="dash.controls[").first.locator(".jp-InputArea-editor").click()
     run_menu(page, "Run Selected Cell and All Below")
-    page.get_by_text("gain_per_extra_replica").first.wait_for(timeout=240_000)
+    page.get_by_text("db_connections").first.wait_for(timeout=240_000)      # the cost table, the last output
     wait_idle(page, 60)
 
     assert page.get_by_text("Loading widget").count() == 0, "a widget never rendered"

@@ -24,7 +24,7 @@ from .. import fault
 from ..load import LoadSpec, run_load
 from ..load.keys import Keys
 from ..load.mix import Request, RequestMix
-from .predict import experiment_started
+from .predictions import experiment_started
 
 SHORT_MS, LONG_MS = 5, 500
 WORK = "/work?kind=io&ms={ms}"

@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .plots import PREDICTION_COLOR, _style, with_prediction
-from .predict import prediction
+from .predictions import prediction
 
 REPLICA_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 
