@@ -83,7 +83,7 @@ def check(name: str, answer=_NO_ANSWER) -> CheckResult:
 
 
 def _judge(spec: Check, args: tuple, skipped: bool = False) -> CheckResult:
-    """Run one check, record the attempt (unless the measurement was inconclusive), say how it went."""
+    """Run one check, record the attempt (an inconclusive one as such, never as a pass), say how it went."""
     name = spec.name
     try:
         verdict = spec.run(*args)
@@ -106,8 +106,8 @@ def _judge(spec: Check, args: tuple, skipped: bool = False) -> CheckResult:
         message = verdict.detail or "Not yet."
     if verdict.inconclusive:
         message = "Inconclusive, not your fault: " + message
-    else:
-        progress_store.record_check(name, verdict.passed and not skipped, skipped=skipped)
+    progress_store.record_check(name, verdict.passed and not skipped, skipped=skipped,
+                                inconclusive=verdict.inconclusive)
     first_hint = None
     if not verdict.passed:
         first_hint = verdict.hint or (spec.hints[0] if spec.hints else None)
