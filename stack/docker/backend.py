@@ -63,6 +63,14 @@ BACKEND_HEADER = """\
 """
 
 
+def refuse_shards(topology: Topology | None) -> None:
+    """Shard servers run on the local backend only, for now: say so before anything changes."""
+    if topology is not None and topology.postgres.shards:
+        raise StackError(f"postgres.shards={topology.postgres.shards} is not available on the Docker backend yet: "
+                         f"shard servers run on the local backend (SCALELAB_BACKEND=local). "
+                         f"Nothing was changed.")
+
+
 def _quiet(_message: str) -> None:
     pass
 
@@ -198,6 +206,7 @@ class DockerStack(Faults):
         say = progress or _quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
+        refuse_shards(topology)
         self.client   # connect first: a clear error (what to do) when no engine answers
         with self.state.locked():
             saved = self.state.load()
