@@ -25,6 +25,7 @@ class Metrics:
     layer_seconds: dict = field(default_factory=lambda: defaultdict(float))
     by_route: dict = field(default_factory=lambda: defaultdict(int))
     read_sources: dict = field(default_factory=lambda: defaultdict(int))   # replica / primary / cache
+    by_shard: dict = field(default_factory=lambda: defaultdict(int))       # statements per shard server
 
     def to_dict(self, pools: dict, work: dict, failover: dict | None = None, process: dict | None = None) -> dict:
         return {"replica": self.replica, "uptime_s": round(time.time() - self.started_at, 3),
@@ -34,7 +35,7 @@ class Metrics:
                 "db_queries": self.db_queries, "layer_seconds": dict(self.layer_seconds),
                 "by_route": dict(self.by_route), "pools": pools, "work": work,
                 "read_sources": dict(self.read_sources), "read_failovers": self.read_failovers,
-                "failover": failover or {}, "process": process or {}}
+                "failover": failover or {}, "process": process or {}, "by_shard": dict(self.by_shard)}
 
 
 def process_stats() -> dict:

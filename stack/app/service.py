@@ -228,6 +228,7 @@ class Replica:
 
     async def on_shard(self, layers: Layers, shard: int, query: str, params: tuple, fetch: str = "one"):
         """One statement on one shard server, timed as db and per shard."""
+        self.metrics.by_shard[f"shard-{shard}"] += 1
         start = time.perf_counter()
         try:
             async with self.shard_connection(shard) as conn:
