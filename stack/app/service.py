@@ -609,8 +609,10 @@ async def list_users(request, replica, layers):
         owned = {s: [r["id"] for r in rows if m.home(r["id"], region) == s] for s, rows in found.items()}
         ids = sorted(i for part in owned.values() for i in part)
         per_shard = {f"shard-{s}": len(v) for s, v in owned.items()}
-    return 200, {"region": region, "count": len(ids), "ids": ids, "per_shard": per_shard,
-                 "shards_asked": len(per_shard) or 1}
+    body = {"region": region, "count": len(ids), "per_shard": per_shard, "shards_asked": len(per_shard) or 1}
+    if request.query_params.get("ids", "true") != "false":
+        body["ids"] = ids
+    return 200, body
 
 
 @endpoint("work")

@@ -16,7 +16,12 @@ from .. import get_stack
 from ..topology import SECTIONS, Topology
 
 # Departures from the defaults, per notebook. Absent: the defaults.
-STARTING_CHANGES: dict[str, dict] = {}
+STARTING_CHANGES: dict[str, dict] = {
+    # Sharding: 4 shard servers on a consistent-hash ring; no cache (every read reaches a shard);
+    # 2 app replicas leave the 2 cores to the databases.
+    "lesson06": {"shards": 4, "shard_scheme": "consistent", "ttl_s": 0, "replicas": 2},
+    "lab06": {"shards": 3, "shard_scheme": "consistent", "ttl_s": 0, "replicas": 2},
+}
 
 _current: list[str] = []
 
