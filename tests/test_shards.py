@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import request, shifted_port
+from conftest import BackgroundThreads, request, shifted_port
 from stack import clients, resharding
 from stack.errors import StackError, TopologyError
 from stack.local.backend import LocalStack
@@ -147,7 +147,7 @@ def test_a_second_reshard_while_one_runs_is_refused(stack):
     stack.apply(shards=4)
 
 
-class UserTraffic:
+class UserTraffic(BackgroundThreads):
     """Reads by id, fan-outs and writes through nginx while users move; every outcome kept."""
 
     def __init__(self, total: int, region_sizes: dict):
@@ -192,16 +192,6 @@ class UserTraffic:
             if status == 200:
                 self.written[user_id] = name
             time.sleep(0.002)
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
 
 
 def _users(stack, shard_map: ShardMap) -> dict:

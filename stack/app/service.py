@@ -180,21 +180,25 @@ class Replica:
             await self.limiter.resize(new.concurrency)
 
     @asynccontextmanager
+    async def _pooled(self, pool: AsyncConnectionPool, name: str, server):
+        """A connection from `pool`; exhaustion or a dead server becomes a 503 naming `server()`."""
+        try:
+            async with pool.connection() as conn:
+                conn.row_factory = dict_row
+                self.metrics.db_queries += 1
+                yield conn
+        except PoolTimeout:
+            raise HTTPProblem(503, f"{name} pool exhausted: all {pool.max_size} connections "
+                                   f"busy for {pool.timeout:g} s") from None
+        except psycopg.OperationalError as exc:
+            raise HTTPProblem(503, f"database unavailable through the {name} pool ({server()}): "
+                                   f"{str(exc).strip().splitlines()[0]}") from None
+
+    @asynccontextmanager
     async def connection(self, pool_name: str, layers: Layers):
-        pool = self.pools[pool_name]
         async with layers.timed("db"):
-            try:
-                async with pool.connection() as conn:
-                    conn.row_factory = dict_row
-                    self.metrics.db_queries += 1
-                    yield conn
-            except PoolTimeout:
-                raise HTTPProblem(503, f"{pool_name} pool exhausted: all {pool.max_size} connections "
-                                       f"busy for {pool.timeout:g} s") from None
-            except psycopg.OperationalError as exc:
-                raise HTTPProblem(503, f"database unavailable through the {pool_name} pool "
-                                       f"({self.server_behind(pool_name)}): "
-                                       f"{str(exc).strip().splitlines()[0]}") from None
+            async with self._pooled(self.pools[pool_name], pool_name, lambda: self.server_behind(pool_name)) as conn:
+                yield conn
 
     def server_behind(self, pool_name: str) -> str:
         c = self.config
@@ -215,16 +219,9 @@ class Replica:
         if pool is None:
             raise HTTPProblem(503, f"no connection to shard {shard}: the replica's config names shards "
                                    f"{', '.join(sorted(self.shard_pools)) or 'none'}")
-        try:
-            async with pool.connection() as conn:
-                conn.row_factory = dict_row
-                self.metrics.db_queries += 1
-                yield conn
-        except PoolTimeout:
-            raise HTTPProblem(503, f"shard-{shard} pool exhausted: all {pool.max_size} connections busy") from None
-        except psycopg.OperationalError as exc:
-            raise HTTPProblem(503, f"shard-{shard} unavailable ({failover.address(pool.conninfo)}): "
-                                   f"{str(exc).strip().splitlines()[0]}") from None
+        async with self._pooled(pool, f"shard-{shard}",
+                                lambda: f"postgres-shard-{shard} at {failover.address(pool.conninfo)}") as conn:
+            yield conn
 
     async def on_shard(self, layers: Layers, shard: int, query: str, params: tuple, fetch: str = "one"):
         """One statement on one shard server, timed as db and per shard."""
