@@ -279,3 +279,11 @@ def test_the_docker_backend_says_it_does_not_run_shards_yet(tmp_path):
     from stack.docker.backend import DockerStack
     with pytest.raises(StackError, match="postgres.shards=2 is not available on the Docker backend yet"):
         DockerStack(tmp_path / "docker-state").up(Topology().with_changes(shards=2))
+
+
+def test_compose_and_swarm_files_refuse_shards_instead_of_dropping_them():
+    from stack.docker.compose import render_compose
+    from stack.swarm.stackfile import render_swarm_stack
+    for render in (render_compose, render_swarm_stack):
+        with pytest.raises(StackError, match="not available on the Docker backend yet"):
+            render(Topology().with_changes(shards=2))

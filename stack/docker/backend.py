@@ -46,7 +46,7 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
 from ..topology import Topology
-from .compose import compose_model, container_spec, host_port, to_yaml
+from .compose import compose_model, container_spec, host_port, refuse_shards, to_yaml
 from .config import project_files
 from .containers import Containers
 from .engine import connect
@@ -61,14 +61,6 @@ BACKEND_HEADER = """\
 # the containers are created from it with the docker SDK). Inspect with
 #   docker compose -p {project} -f {path} ps|logs
 """
-
-
-def refuse_shards(topology: Topology | None) -> None:
-    """Shard servers run on the local backend only, for now: say so before anything changes."""
-    if topology is not None and topology.postgres.shards:
-        raise StackError(f"postgres.shards={topology.postgres.shards} is not available on the Docker backend yet: "
-                         f"shard servers run on the local backend (SCALELAB_BACKEND=local). "
-                         f"Nothing was changed.")
 
 
 def _quiet(_message: str) -> None:
