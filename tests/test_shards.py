@@ -287,3 +287,13 @@ def test_compose_and_swarm_files_refuse_shards_instead_of_dropping_them():
     for render in (render_compose, render_swarm_stack):
         with pytest.raises(StackError, match="not available on the Docker backend yet"):
             render(Topology().with_changes(shards=2))
+
+
+def test_the_port_block_holds_8_shards_and_16_replicas_within_64_ports():
+    """Two stacks 64 apart never share a port, even with every replica and shard server."""
+    from stack.ports import highest_offset
+    widest = Topology(base_port=30000).with_changes(replicas=16, shards=8)
+    ports = Ports(30000).all_for(widest)
+    assert len(set(ports.values())) == len(ports), ports           # no two services on one port
+    assert highest_offset(widest) == 48 < 64
+    assert set(ports.values()).isdisjoint(Ports(30064).all_for(widest).values())
