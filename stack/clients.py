@@ -26,6 +26,7 @@ from psycopg.conninfo import make_conninfo
 from .errors import ServiceFailedError, StackError
 from .ports import HOST, Ports
 from .render.pgbouncer import DATABASE
+from .shardmap import MAX_SHARDS
 
 # The names a caller may use for each PostgreSQL endpoint, by the service that answers.
 SERVERS = {"primary": "postgres-primary", "standby": "postgres-replica", "replica": "postgres-replica",
@@ -48,23 +49,33 @@ def _port(ctx, service: str) -> int:
 
 
 # -- PostgreSQL ----------------------------------------------------------------------------------
+def server_service(server: str) -> str:
+    """The service behind a server name: "primary", "standby", "pgbouncer", "shard-N" (or the service name)."""
+    if server in SERVERS:
+        return SERVERS[server]
+    name = server[len("postgres-"):] if server.startswith("postgres-shard-") else server
+    if name.startswith("shard-") and name[6:].isdigit() and 1 <= int(name[6:]) <= MAX_SHARDS:
+        return f"postgres-{name}"
+    raise StackError(f"server={server!r} is not allowed: one of 'primary', 'standby', 'pgbouncer', "
+                     f"'shard-1' .. 'shard-{MAX_SHARDS}'")
+
+
 def dsn(target, server: str = "primary", *, user: str = "postgres", dbname: str = DATABASE,
         connect_timeout: int = 2) -> str:
     """A libpq connection string for `server` ("primary", "standby" or "pgbouncer") as `user`."""
-    if server not in SERVERS:
-        raise StackError(f"server={server!r} is not allowed: one of 'primary', 'standby', 'pgbouncer'")
+    service = server_service(server)
     if user not in ("postgres", "app"):
         raise StackError(f"user={user!r} is not allowed: 'postgres' or 'app'")
     ctx = access(target)
     password = ctx.secrets["postgres_password" if user == "postgres" else "app_password"]
-    return make_conninfo(host=HOST, port=_port(ctx, SERVERS[server]), user=user, password=password,
+    return make_conninfo(host=HOST, port=_port(ctx, service), user=user, password=password,
                          dbname=dbname, connect_timeout=connect_timeout)
 
 
 def connect(target, server: str = "primary", **kwargs) -> psycopg.Connection:
     """An autocommit connection (PgBouncer in transaction mode needs no prepared statements)."""
     options = {k: kwargs.pop(k) for k in ("user", "dbname") if k in kwargs}
-    extra = {"prepare_threshold": None} if SERVERS.get(server) == "pgbouncer" else {}
+    extra = {"prepare_threshold": None} if server_service(server) == "pgbouncer" else {}
     return psycopg.connect(dsn(target, server, **options), autocommit=True, **extra, **kwargs)
 
 
@@ -106,7 +117,7 @@ def wait_in_force(what: str, read: Callable[[], dict], expect: dict, timeout: fl
 
 
 def wait_postgres_settings(target, server: str, expect: dict, timeout: float = 5) -> None:
-    wait_in_force(SERVERS[server], lambda: postgres_settings(target, server, expect), expect, timeout)
+    wait_in_force(server_service(server), lambda: postgres_settings(target, server, expect), expect, timeout)
 
 
 def wait_replayed(target, timeout: float = 30) -> None:

@@ -24,16 +24,25 @@ from .topology import SECTIONS, Topology
 # -- the services a topology runs -------------------------------------------------------------
 INFRA = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "nginx")
 # Front to back: stop taking requests first, the databases last.
-STOP_ORDER = (("nginx",), ("app",), ("pgbouncer", "redis"), ("postgres-replica",), ("postgres-primary",))
+STOP_ORDER = (("nginx",), ("app",), ("pgbouncer", "redis"), ("postgres-replica", "postgres-shard"),
+              ("postgres-primary",))
 
 
 def app_name(index: int) -> str:
     return f"app-{index}"
 
 
+def shard_service(index: int) -> str:
+    return f"postgres-shard-{index}"
+
+
+def shard_services(topology: Topology) -> list[str]:
+    return [shard_service(i) for i in range(1, topology.postgres.shards + 1)]
+
+
 def services_for(topology: Topology) -> list[str]:
     """The services a topology runs, in start order (nginx last: it resolves the replicas)."""
-    names = ["postgres-primary", "postgres-replica", "redis"]
+    names = ["postgres-primary", "postgres-replica", *shard_services(topology), "redis"]
     if topology.pgbouncer.enabled:
         names.append("pgbouncer")
     names += [app_name(i) for i in range(1, topology.app.replicas + 1)]
@@ -42,6 +51,8 @@ def services_for(topology: Topology) -> list[str]:
 
 def stop_rank(service: str) -> int:
     key = "app" if service.startswith("app-") else service
+    if service.startswith("postgres-shard-"):
+        key = "postgres-shard"
     for rank, stage in enumerate(STOP_ORDER):
         if key in stage:
             return rank
@@ -58,8 +69,11 @@ RELOAD_PGBOUNCER = "reload_pgbouncer"  # expect: SHOW CONFIG values
 PUSH_APP_CONFIG = "push_app_config"  # services; expect: what /_admin/config answers
 SET_CPU_QUOTA = "set_cpu_quota"      # services; expect: {"cpus": float | None}
 RELOAD_NGINX = "reload_nginx"        # drain_s: wait for old workers (a replica leaves)
+# Move users between shard maps (stack.resharding): expect {"from": map | None, "to": map | None}.
+# From None: load the shards from the primary's users table; to None: reads go back to the primary.
+RESHARD = "reshard"
 KINDS = (START, STOP, RESTART_POSTGRES, RELOAD_POSTGRES, SET_REDIS, RELOAD_PGBOUNCER,
-         PUSH_APP_CONFIG, SET_CPU_QUOTA, RELOAD_NGINX)
+         PUSH_APP_CONFIG, SET_CPU_QUOTA, RELOAD_NGINX, RESHARD)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,10 @@ FIELD_RULES: dict[str, tuple[str, ...]] = {
     "postgres.replica_delay_ms": (RELOAD_POSTGRES, PUSH_APP_CONFIG),
     "postgres.synchronous_commit": (RELOAD_POSTGRES,),
     "postgres.max_connections": (RESTART_POSTGRES,),
+    # Shard servers start/stop from the service lists; the users move online, then the replicas
+    # route by the new map (stack.resharding pushes each phase of the move to them).
+    "postgres.shards": ("shards", RESHARD, PUSH_APP_CONFIG),
+    "postgres.shard_scheme": (RESHARD, PUSH_APP_CONFIG),
     # Writes go through PgBouncer or straight to the primary: the replicas must know.
     "pgbouncer.enabled": ("pgbouncer", PUSH_APP_CONFIG),
     "pgbouncer.mode": (RELOAD_PGBOUNCER,),
@@ -162,7 +180,29 @@ def app_config_expect(topology: Topology) -> dict:
     return {"ttl_s": topology.cache.ttl_s, "write_pool": app.write_pool, "read_pool": app.read_pool,
             "pool_timeout_s": app.pool_timeout_s, "pool_idle_s": app.pool_idle_s,
             "concurrency": app.concurrency, "read_from": app.read_from,
-            "via_pgbouncer": topology.pgbouncer.enabled, "replica_lag_bound_s": replica_lag_bound_s(topology)}
+            "via_pgbouncer": topology.pgbouncer.enabled, "replica_lag_bound_s": replica_lag_bound_s(topology),
+            "shards": shard_routing(topology.postgres.shard_map())}
+
+
+def shard_routing(read, write=None) -> dict | None:
+    """What a replica reports of its shard routing: the map reads use and the maps writes go to
+    (two while users move: stack.resharding). None: users live on the primary."""
+    if read is None:
+        return None
+    return {"read": read.to_dict(), "write": [m.to_dict() for m in (write or [read])]}
+
+
+def reshard_action(old: Topology | None, new: Topology) -> Action | None:
+    """Users must move when the shard map changes; a first start with shards loads them."""
+    before = old.postgres.shard_map() if old is not None else None
+    after = new.postgres.shard_map()
+    if before == after and not (old is None and after is not None):
+        return None
+    why = [] if old is None else [f for f in ("postgres.shards", "postgres.shard_scheme")
+                                  if getattr(old.postgres, f.split(".")[1]) != getattr(new.postgres, f.split(".")[1])]
+    return Action(RESHARD, tuple(shard_services(new)),
+                  expect={"from": before.to_dict() if before else None, "to": after.to_dict() if after else None},
+                  why=tuple(why or ["postgres.shards"]))
 
 
 # -- the plan -------------------------------------------------------------------------------------
@@ -177,6 +217,8 @@ def plan(old: Topology | None, new: Topology, running) -> list[Action]:
     actions: list[Action] = []
     if start:
         actions.append(Action(START, start))
+    if old is None and new.postgres.shards:
+        actions.append(reshard_action(None, new))     # load the shards (when they are empty)
     if old is not None:
         changed = changed_fields(old, new)
         if "base_port" in changed and running:
@@ -186,6 +228,9 @@ def plan(old: Topology | None, new: Topology, running) -> list[Action]:
         for name in changed:
             for rule in FIELD_RULES[name]:
                 rules.setdefault(rule, []).append(name)
+        move = reshard_action(old, new) if RESHARD in rules else None
+        if move is not None:
+            actions.append(move)
         actions += _live_changes(old, new, rules, kept, kept_apps)
     # The balancer follows every change of the replica set, then the replicas that left it.
     stopped_apps = [s for s in stop if s.startswith("app-")]
@@ -262,6 +307,14 @@ def describe(action: Action, topology: Topology) -> str:
         return "pushed app config (ttl, pools, concurrency, read target) to running replicas"
     if kind == SET_CPU_QUOTA:
         return f"set each replica's CPU quota to {topology.app.cpu_quota or 'unlimited'}"
+    if kind == RESHARD:
+        before, after = action.expect.get("from"), action.expect.get("to")
+        if before is None:
+            return f"loaded users into {after['count']} shard(s) ({after['scheme']})"
+        if after is None:
+            return "users back on the primary (sharding off)"
+        return (f"resharded users online: {before['scheme']} over {before['count']} -> "
+                f"{after['scheme']} over {after['count']}")
     if kind == RELOAD_NGINX:
         return f"reloaded nginx: {topology.balancer.strategy} over {topology.app.replicas} replicas"
     return str(action)

@@ -10,9 +10,11 @@ import socket
 from dataclasses import dataclass
 
 from .errors import PortInUseError
+from .shardmap import MAX_SHARDS
 from .topology import MAX_REPLICAS, Topology
 
 HOST = "127.0.0.1"
+SHARD_OFFSET = 40      # shards at base+41..base+48; the block's highest port: base+48 (< 64 apart)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class Ports:
     def pgbouncer(self) -> int:
         return self.base + 4
 
+    def shard(self, index: int) -> int:
+        """Port of shard server `index` (1-based): base + 40 + index, clear of the replicas' 11..26."""
+        if not 1 <= index <= MAX_SHARDS:
+            raise ValueError(f"shard index {index} outside 1..{MAX_SHARDS}")
+        return self.base + SHARD_OFFSET + index
+
     def app(self, index: int) -> int:
         """Port of app replica `index` (1-based)."""
         if not 1 <= index <= MAX_REPLICAS:
@@ -53,6 +61,8 @@ class Ports:
             return fixed[service]
         if service.startswith("app-"):
             return self.app(int(service.split("-")[1]))
+        if service.startswith("postgres-shard-"):
+            return self.shard(int(service.rsplit("-", 1)[1]))
         raise ValueError(f"no port for service {service!r}")
 
     def all_for(self, topology: Topology) -> dict[str, int]:
@@ -61,7 +71,13 @@ class Ports:
         if topology.pgbouncer.enabled:
             services.append("pgbouncer")
         services += [f"app-{i}" for i in range(1, topology.app.replicas + 1)]
+        services += [f"postgres-shard-{i}" for i in range(1, topology.postgres.shards + 1)]
         return {service: self.of(service) for service in services}
+
+
+def highest_offset(topology: Topology) -> int:
+    """The largest offset from base_port the topology listens on."""
+    return max(Ports(0).all_for(topology).values())
 
 
 def port_is_free(port: int, host: str = HOST) -> bool:
@@ -85,5 +101,5 @@ def refuse_ports_in_use(topology: Topology, running) -> None:
             raise PortInUseError(
                 f"port {port} ({service}) on {HOST} is already in use by another program. "
                 f"Stop that program, or choose other ports: Topology(base_port=...) "
-                f"(this stack uses base_port..base_port+{10 + topology.app.replicas}). "
+                f"(this stack uses base_port..base_port+{highest_offset(topology)}). "
                 f"Nothing was changed.")

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from .errors import TopologyError
+from .shardmap import MAX_SHARDS, SCHEMES as SHARD_SCHEMES
 
 STRATEGIES = ("round_robin", "least_conn", "ip_hash", "consistent_hash", "random_two")
 POOL_MODES = ("session", "transaction", "statement")
@@ -103,15 +104,24 @@ class BalancerSpec:
 
 @dataclass(frozen=True)
 class PostgresSpec:
-    """PostgreSQL primary with one streaming replica."""
+    """PostgreSQL primary with one streaming replica, and optionally N shard servers for users."""
     replica_delay_ms: int = 0          # recovery_min_apply_delay on the replica
     synchronous_commit: str = "on"     # remote_write/remote_apply wait for the replica
     max_connections: int = 200
+    shards: int = 0                    # 0: users live on the primary; N: split over N more primaries
+    shard_scheme: str = "consistent"   # modulo / consistent / jump (by user id), directory (by region)
 
     def validate(self) -> None:
         _int_in("postgres.replica_delay_ms", self.replica_delay_ms, 0, 600_000)
         _one_of("postgres.synchronous_commit", self.synchronous_commit, SYNC_COMMIT)
         _int_in("postgres.max_connections", self.max_connections, 10, 2000)
+        _int_in("postgres.shards", self.shards, 0, MAX_SHARDS)
+        _one_of("postgres.shard_scheme", self.shard_scheme, SHARD_SCHEMES)
+
+    def shard_map(self):
+        """The users' shard map (stack.shardmap.ShardMap), or None when sharding is off."""
+        from .shardmap import ShardMap
+        return ShardMap(self.shard_scheme, self.shards) if self.shards else None
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,24 @@ def request(port: int, method: str, path: str, body: dict | None = None, timeout
         conn.close()
 
 
-class Trickle:
+class BackgroundThreads:
+    """Threads in `self._threads` that run until the `with` block ends (`self._stop` is set)."""
+    _threads: list
+    _stop: threading.Event
+    join_timeout_s = 10.0
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.join_timeout_s)
+
+
+class Trickle(BackgroundThreads):
     """Light, steady background traffic; remembers every outcome so none can be lost silently."""
 
     def __init__(self, port: int, threads: int = 2, path: str = "/users/{i}"):
@@ -72,16 +89,6 @@ class Trickle:
             except Exception as exc:  # noqa: BLE001 - every failure is counted, by type
                 self.outcomes[type(exc).__name__] += 1
             time.sleep(0.002)
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(10)
 
     @property
     def failures(self) -> dict:

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
-from conftest import request
+from conftest import BackgroundThreads, request
 
 OK = {200, 201}
 
@@ -30,7 +30,7 @@ class Outcome:
         return self.result in OK
 
 
-class MixedLoad:
+class MixedLoad(BackgroundThreads):
     """`readers` threads GET /users/{id}, `writers` POST /users (unique emails), `workers` GET /work."""
 
     def __init__(self, port: int, tag: str, readers: int = 3, writers: int = 1, workers: int = 1,
@@ -66,15 +66,9 @@ class MixedLoad:
             self.outcomes.append(Outcome(kind, started, time.monotonic(), result, source))
             time.sleep(self.pause_s)
 
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(self.timeout + 2)
+    @property
+    def join_timeout_s(self) -> float:
+        return self.timeout + 2
 
     # -- figures ----------------------------------------------------------------
     def of(self, kind: str, since: float = 0.0) -> list[Outcome]:

@@ -1,6 +1,7 @@
 """Every lab check rejects the starter code and accepts the solution, run in a real kernel."""
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
@@ -154,8 +155,54 @@ def _lock_without_expiry(cache, db, user_id, ttl_s=300):
         time.sleep(0.01)
 
 
+def _ring_class(label=None, one_point=False, zero_based=False, wrap=True):
+    """A consistent-hash ring with one plausible mistake."""
+    from stack.shardmap import key_hash, vnode_label
+    label = label or vnode_label
+
+    class Ring:
+        def __init__(self, count, vnodes=64):
+            shards = range(0, count) if zero_based else range(1, count + 1)
+            points = sorted((key_hash(label(s, v)), s) for s in shards for v in range(1 if one_point else vnodes))
+            self.hashes, self.owners = [h for h, _ in points], [o for _, o in points]
+
+        def shard_for(self, key):
+            i = bisect.bisect_left(self.hashes, key_hash(key))
+            return self.owners[i % len(self.owners)] if wrap else self.owners[i]
+    return Ring
+
+
+def _right_ring():
+    return _ring_class()
+
+
+LABEL_DASH_RING = _ring_class(label=lambda s, v: f"shard-{s}-{v}")
+
+
+def _hash_mod(u, n):
+    from stack.shardmap import key_hash
+    return key_hash(u) % n
+
+
+def _hash_mod_n1(u, n):
+    from stack.shardmap import key_hash
+    return key_hash(u) % (n + 1) + 1
+
+
 # (check, wrong answer, why it is plausible, True when the check should recognise the mistake)
 WRONG_ANSWERS = [
+    ("shard_for", _hash_mod, "forgot the +1 (shards count from 1)", True),
+    ("shard_for", lambda u, n: u % n + 1, "modulo of the id, no hash", True),
+    ("shard_for", _hash_mod_n1, "divided by n + 1", True),
+    ("shard_for", lambda u, n: 1, "everything on the first shard", False),
+    ("hash_ring", LABEL_DASH_RING, "labelled the points shard-s-v", True),
+    ("hash_ring", _ring_class(one_point=True), "one point per shard", True),
+    ("hash_ring", _ring_class(zero_based=True), "shards 0 .. count - 1", True),
+    ("hash_ring", _ring_class(wrap=False), "no wrap-around past the last point", False),
+    ("moved_share", lambda s, n: 1 / (n + 1), "1/(n+1) for modulo too", True),
+    ("moved_share", lambda s, n: n / (n + 1), "n/(n+1) for the ring too", True),
+    ("moved_share", lambda s, n: 1 / n if s != "modulo" else n / (n + 1), "the fair share of n, not n + 1", True),
+    ("moved_share", lambda s, n: (n - 1) / n if s == "modulo" else 1 / (n + 1), "modulo as (n-1)/n", True),
     ("percentile", _unsorted, "forgot to sort", True),
     ("percentile", lambda s, p: sorted(s)[min(len(s) - 1, math.ceil(p / 100 * len(s)))], "rank off by one", True),
     ("percentile", lambda s, p: sorted(s)[max(0, math.floor(p / 100 * len(s)) - 1)], "rounded the rank down", True),
@@ -438,4 +485,33 @@ def test_consistent_reads_verdict_depends_on_the_live_stack(own_progress, shape,
         result = check("consistent_reads")
     finally:
         get_stack().apply(synchronous_commit="on")
+    assert result.passed is passes, result
+
+
+# -- lab 6: shards on the live servers ------------------------------------------------------
+
+@pytest.mark.stack
+@pytest.mark.parametrize("ring,passes", [(LABEL_DASH_RING, False), (_right_ring(), True)],
+                         ids=["a ring labelled differently", "the stack's ring"])
+def test_ring_on_stack_reshards_the_live_servers_and_compares_every_row(own_progress, ring, passes):
+    start("lab06", progress=None)
+    result = check("ring_on_stack", ring)
+    assert result.passed is passes, result
+    assert "resharded 3 -> 4 servers" in result.message
+    assert get_stack().applied().postgres.shards == 3      # the check puts the stack back
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("shape,passes", [
+    (dict(), False),                                       # the starting stack: 3 servers on a ring
+    (dict(shards=4, shard_scheme="modulo"), False),        # 4 servers, but modulo moves most users
+    (dict(shards=4, shard_scheme="consistent"), False),    # 4 servers, a ring: a table to share
+    (dict(shards=5, shard_scheme="jump"), False),          # jump, one server too many
+    (dict(shards=4, shard_scheme="jump"), True),
+])
+def test_grown_with_jump_verdict_depends_on_the_live_servers(own_progress, shape, passes):
+    start("lab06", progress=None)
+    if shape:
+        get_stack().apply(**shape)
+    result = check("grown_with_jump")
     assert result.passed is passes, result

@@ -130,7 +130,7 @@ def test_every_topology_field_has_a_rule():
     assert set(P.topology_fields()) == set(P.FIELD_RULES), \
         "a Topology field without a rule in stack.plan.FIELD_RULES (or a rule for a field that is gone)"
     for name, rules in P.FIELD_RULES.items():
-        assert rules and all(r in P.KINDS or r in ("scale", "pgbouncer", "refuse") for r in rules), name
+        assert rules and all(r in P.KINDS or r in ("scale", "pgbouncer", "shards", "refuse") for r in rules), name
 
 
 def test_every_field_change_maps_to_the_least_action():
@@ -142,12 +142,16 @@ def test_every_field_change_maps_to_the_least_action():
                "postgres.replica_delay_ms": 100, "postgres.synchronous_commit": "off",
                "postgres.max_connections": 100, "pgbouncer.enabled": False, "pgbouncer.mode": "session",
                "pgbouncer.pool_size": 7, "pgbouncer.max_client_conn": 50, "cache.ttl_s": 1,
-               "cache.maxmemory_mb": 8, "cache.policy": "noeviction"}
+               "cache.maxmemory_mb": 8, "cache.policy": "noeviction", "postgres.shards": 2,
+               "postgres.shard_scheme": "jump"}
     assert set(samples) == set(P.FIELD_RULES) - {"base_port"}
+    sharded = BASE.with_changes(shards=3)
     for name, value in samples.items():
-        actions = P.plan(BASE, BASE.with_changes(**{name: value}), ALL)
+        # A shard scheme matters once there are shards: change it on a sharded stack.
+        base = sharded if name == "postgres.shard_scheme" else BASE
+        actions = P.plan(base, base.with_changes(**{name: value}), set(P.services_for(base)))
         expected = {r for r in P.FIELD_RULES[name] if r in P.KINDS}
-        if "scale" in P.FIELD_RULES[name] or "pgbouncer" in P.FIELD_RULES[name]:
+        if {"scale", "pgbouncer", "shards"} & set(P.FIELD_RULES[name]):
             expected |= {P.START} if kinds(actions)[0] == P.START else {P.STOP}
         assert set(kinds(actions)) == expected, (name, [str(a) for a in actions])
         assert all(name in a.why for a in actions if a.kind not in (P.START, P.STOP)), name
@@ -178,3 +182,40 @@ def test_stop_order_is_front_to_back():
     actions = P.plan(BASE, BASE.with_changes(replicas=1, enabled=False), ALL)
     stop = actions[-1]
     assert stop.services == ("app-2", "app-3", "app-4", "pgbouncer")
+
+
+# -- shards ---------------------------------------------------------------------------------------
+
+def test_shards_start_are_loaded_then_move_online_then_stop_last():
+    replay([
+        ({}, [P.START]),
+        ({"shards": 4}, [P.START, P.RESHARD, P.PUSH_APP_CONFIG]),
+        ({"shards": 5}, [P.START, P.RESHARD, P.PUSH_APP_CONFIG]),
+        ({"shard_scheme": "modulo"}, [P.RESHARD, P.PUSH_APP_CONFIG]),
+        ({"shards": 2}, [P.RESHARD, P.PUSH_APP_CONFIG, P.STOP]),
+        ({"shards": 0}, [P.RESHARD, P.PUSH_APP_CONFIG, P.STOP]),
+        ({"shard_scheme": "jump"}, [P.PUSH_APP_CONFIG]),       # no shards: nothing to move
+    ])
+
+
+def test_a_reshard_names_both_maps_and_the_new_shard_starts_first():
+    two = BASE.with_changes(shards=2)
+    actions = P.plan(two, two.with_changes(shards=3), set(P.services_for(two)))
+    assert actions[0] == P.Action(P.START, ("postgres-shard-3",))
+    move = actions[1]
+    assert move.expect == {"from": {"scheme": "consistent", "count": 2, "vnodes": 64},
+                           "to": {"scheme": "consistent", "count": 3, "vnodes": 64}}
+    assert actions[2].expect["shards"]["read"]["count"] == 3
+    shrink = P.plan(two, two.with_changes(shards=1), set(P.services_for(two)))
+    assert shrink[-1] == P.Action(P.STOP, ("postgres-shard-2",))
+
+
+def test_a_first_start_with_shards_loads_them():
+    actions = P.plan(None, BASE.with_changes(shards=2), set())
+    assert kinds(actions) == [P.START, P.RESHARD]
+    assert actions[1].expect["from"] is None and actions[1].expect["to"]["count"] == 2
+    assert "postgres-shard-2" in actions[0].services
+
+
+def test_shard_servers_stop_with_the_databases():
+    assert P.stop_rank("postgres-shard-3") == P.stop_rank("postgres-replica") > P.stop_rank("app-1")

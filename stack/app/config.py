@@ -29,6 +29,8 @@ class AppConfig:
     via_pgbouncer: bool
     # Reads leave a replica whose replay lags more than this (the deliberate apply delay plus a margin).
     replica_lag_bound_s: float = 2.0
+    # {"read": map, "write": [map, ...], "dsns": {"1": dsn, ...}} when users are sharded, else None.
+    shards: dict | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> "AppConfig":

@@ -29,6 +29,7 @@ class Metrics:
     # TCP connections the traffic came on (not counting /metrics, /health, admin calls)
     connections: ConnectionCounter = field(default_factory=ConnectionCounter)
     read_sources: dict = field(default_factory=lambda: defaultdict(int))   # replica / primary / cache
+    by_shard: dict = field(default_factory=lambda: defaultdict(int))       # statements per shard server
 
     def to_dict(self, pools: dict, work: dict, failover: dict | None = None, process: dict | None = None) -> dict:
         return {"replica": self.replica, "uptime_s": round(time.time() - self.started_at, 3),
@@ -40,7 +41,7 @@ class Metrics:
                                                                   "recent": self.connections.recent},
                 "pools": pools, "work": work,
                 "read_sources": dict(self.read_sources), "read_failovers": self.read_failovers,
-                "failover": failover or {}, "process": process or {}}
+                "failover": failover or {}, "process": process or {}, "by_shard": dict(self.by_shard)}
 
 
 def process_stats() -> dict:

@@ -13,6 +13,7 @@ primary within a second and come back when it is healthy (see failover.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import hmac
 import json
@@ -30,6 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import failover
+from ..shardmap import REGIONS, ShardMap
 from .config import AppConfig
 from .connections import SCOPE_KEY as CONNECTION_KEY
 from .limiter import ResizableLimiter
@@ -55,6 +57,8 @@ class Layers:
     def __init__(self):
         self.seconds = {"cache": 0.0, "db": 0.0, "queue": 0.0}
         self.read_source: str | None = None      # which server answered a read
+        self.shard: str | None = None            # "shard-3", or "all(4)" for a fan-out
+        self.per_shard: dict[str, float] = {}    # seconds each shard took (a fan-out asks several)
 
     @asynccontextmanager
     async def timed(self, layer: str):
@@ -85,6 +89,39 @@ class Replica:
             failover.ServerWatch("postgres-primary", lambda: self.config.primary_dsn, self.breakers["primary"],
                                  on_recover=lambda: self.pools["primary-read"].check())]
         self._watch_tasks: list[asyncio.Task] = []
+        self.shard_pools: dict[str, AsyncConnectionPool] = {}
+        self.read_map: ShardMap | None = None
+        self.write_maps: list[ShardMap] = []
+        # Writes in flight per routing epoch: a new routing is in force once the old one's are done.
+        self.routing_epoch = 0
+        self.writes_in_flight: collections.Counter = collections.Counter()
+        self._routing_from(self.config)
+
+    @asynccontextmanager
+    async def write_routing(self):
+        """The write maps for one write, held until it is done (see reload)."""
+        epoch = self.routing_epoch
+        self.writes_in_flight[epoch] += 1
+        try:
+            yield list(self.write_maps)
+        finally:
+            self.writes_in_flight[epoch] -= 1
+
+    def _routing_from(self, c: AppConfig) -> list[AsyncConnectionPool]:
+        """Shard maps and one pool per shard server from the config; returns pools no longer used."""
+        shards = c.shards or {}
+        self.read_map = ShardMap.from_dict(shards.get("read"))
+        self.write_maps = [ShardMap.from_dict(m) for m in shards.get("write", [])]
+        dsns = shards.get("dsns", {})
+        gone = [self.shard_pools.pop(k) for k in list(self.shard_pools)
+                if dsns.get(k) != self.shard_pools[k].conninfo]
+        for key, dsn in dsns.items():
+            if key not in self.shard_pools:
+                self.shard_pools[key] = AsyncConnectionPool(
+                    dsn, min_size=0, max_size=SHARD_POOL, timeout=c.pool_timeout_s, max_idle=c.pool_idle_s,
+                    name=f"shard-{key}", open=False, check=AsyncConnectionPool.check_connection,
+                    kwargs={"autocommit": True, "prepare_threshold": None, "connect_timeout": 2})
+        return gone
 
     def _make_pools(self, c: AppConfig) -> dict[str, AsyncConnectionPool]:
         # prepare_threshold=None: PgBouncer in transaction mode cannot keep prepared statements.
@@ -99,14 +136,14 @@ class Replica:
                                                     name="primary-read", **checked)}
 
     async def open(self):
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.shard_pools.values()]:
             await pool.open(wait=False)
         self._watch_tasks = [asyncio.create_task(watch.run()) for watch in self.watches]
 
     async def close(self):
         for task in self._watch_tasks:
             task.cancel()
-        for pool in self.pools.values():
+        for pool in [*self.pools.values(), *self.shard_pools.values()]:
             await pool.close(timeout=1)
         await self.cache.aclose()
 
@@ -114,6 +151,20 @@ class Replica:
         """Apply a new config file without a restart: TTL, pool sizes, concurrency."""
         new = AppConfig.load(self.config_path)
         old, self.config = self.config, new
+        old_epoch = self.routing_epoch
+        gone = self._routing_from(new)
+        if new.shards != old.shards:
+            # The replica reports the new routing only when no write that began under the old one is
+            # still running: a mover that starts after this push never races a write it cannot see.
+            self.routing_epoch += 1
+            deadline = time.monotonic() + 10
+            while self.writes_in_flight[old_epoch] > 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.001)
+        for pool in gone:
+            await pool.close(timeout=5)
+        for pool in self.shard_pools.values():
+            if pool.closed:
+                await pool.open(wait=False)
         if (new.write_dsn, new.replica_dsn, new.primary_dsn) != (old.write_dsn, old.replica_dsn, old.primary_dsn):
             # A new path to the database (PgBouncer switched on or off): fresh pools, old ones drained.
             old_pools, self.pools = self.pools, self._make_pools(new)
@@ -130,21 +181,25 @@ class Replica:
             await self.limiter.resize(new.concurrency)
 
     @asynccontextmanager
+    async def _pooled(self, pool: AsyncConnectionPool, name: str, server):
+        """A connection from `pool`; exhaustion or a dead server becomes a 503 naming `server()`."""
+        try:
+            async with pool.connection() as conn:
+                conn.row_factory = dict_row
+                self.metrics.db_queries += 1
+                yield conn
+        except PoolTimeout:
+            raise HTTPProblem(503, f"{name} pool exhausted: all {pool.max_size} connections "
+                                   f"busy for {pool.timeout:g} s") from None
+        except psycopg.OperationalError as exc:
+            raise HTTPProblem(503, f"database unavailable through the {name} pool ({server()}): "
+                                   f"{str(exc).strip().splitlines()[0]}") from None
+
+    @asynccontextmanager
     async def connection(self, pool_name: str, layers: Layers):
-        pool = self.pools[pool_name]
         async with layers.timed("db"):
-            try:
-                async with pool.connection() as conn:
-                    conn.row_factory = dict_row
-                    self.metrics.db_queries += 1
-                    yield conn
-            except PoolTimeout:
-                raise HTTPProblem(503, f"{pool_name} pool exhausted: all {pool.max_size} connections "
-                                       f"busy for {pool.timeout:g} s") from None
-            except psycopg.OperationalError as exc:
-                raise HTTPProblem(503, f"database unavailable through the {pool_name} pool "
-                                       f"({self.server_behind(pool_name)}): "
-                                       f"{str(exc).strip().splitlines()[0]}") from None
+            async with self._pooled(self.pools[pool_name], pool_name, lambda: self.server_behind(pool_name)) as conn:
+                yield conn
 
     def server_behind(self, pool_name: str) -> str:
         c = self.config
@@ -158,15 +213,46 @@ class Replica:
         return HTTPProblem(503, f"postgres-primary at {failover.address(self.config.primary_dsn)} is down "
                                 f"({breaker.reason}): writes are refused until it is back; retry shortly")
 
-    async def read(self, layers: Layers, query: str, params: tuple):
-        """One row, from the replica while its breaker is closed, else (or if it fails) the primary."""
-        async def fetch(pool_name: str):
+    # -- users on shard servers ---------------------------------------------------
+    @asynccontextmanager
+    async def shard_connection(self, shard: int):
+        pool = self.shard_pools.get(str(shard))
+        if pool is None:
+            raise HTTPProblem(503, f"no connection to shard {shard}: the replica's config names shards "
+                                   f"{', '.join(sorted(self.shard_pools)) or 'none'}")
+        async with self._pooled(pool, f"shard-{shard}",
+                                lambda: f"postgres-shard-{shard} at {failover.address(pool.conninfo)}") as conn:
+            yield conn
+
+    async def on_shard(self, layers: Layers, shard: int, query: str, params: tuple, fetch: str = "one"):
+        """One statement on one shard server, timed as db and per shard."""
+        self.metrics.by_shard[f"shard-{shard}"] += 1
+        start = time.perf_counter()
+        try:
+            async with self.shard_connection(shard) as conn:
+                cur = await conn.execute(query, params)
+                if fetch == "none":
+                    return None
+                return await (cur.fetchone() if fetch == "one" else cur.fetchall())
+        finally:
+            layers.per_shard[f"shard-{shard}"] = time.perf_counter() - start
+
+    async def on_shards(self, layers: Layers, shards: list[int], query: str, params: tuple, fetch: str = "all"):
+        """Scatter-gather: the same statement on several shards at once; {shard: result}."""
+        async with layers.timed("db"):
+            results = await asyncio.gather(*(self.on_shard(layers, s, query, params, fetch) for s in shards))
+        return dict(zip(shards, results))
+
+    async def read(self, layers: Layers, query: str, params: tuple, fetch: str = "one"):
+        """One row (or all rows), from the replica while its breaker is closed, else the primary."""
+        async def fetch_rows(pool_name: str):
             async with self.connection(pool_name, layers) as conn:
-                return await (await conn.execute(query, params)).fetchone()
+                cur = await conn.execute(query, params)
+                return await (cur.fetchone() if fetch == "one" else cur.fetchall())
 
         breaker = self.breakers["replica"]
         if self.config.read_from == "replica" and not breaker.open:
-            finished, result = await failover.within(fetch("read"), REPLICA_READ_TIMEOUT_S)
+            finished, result = await failover.within(fetch_rows("read"), REPLICA_READ_TIMEOUT_S)
             if finished and not isinstance(result, BaseException):
                 layers.read_source = "replica"
                 return result
@@ -177,7 +263,7 @@ class Replica:
             raise HTTPProblem(503, f"no database can serve reads: postgres-replica is down "
                                    f"({breaker.reason or 'read_from=primary'}) and postgres-primary is down "
                                    f"({self.breakers['primary'].reason})")
-        row = await fetch("primary-read")
+        row = await fetch_rows("primary-read")
         layers.read_source = "primary"
         return row
 
@@ -214,6 +300,7 @@ class Replica:
         return stats
 
 
+SHARD_POOL = 10                 # connections per shard server, per replica
 REPLICA_READ_TIMEOUT_S = 0.5    # a read the replica has not answered by then goes to the primary
 WRITE_TIMEOUT_S = 3.0           # a write the primary has not answered by then gets a 503
 
@@ -258,6 +345,10 @@ def endpoint(route_name: str):
             timing = ", ".join(f"{layer};dur={seconds * 1000:.3f}" for layer, seconds
                                in [*layers.seconds.items(), ("app", app_seconds), ("total", total)])
             headers = {"X-Replica": replica.name, "Server-Timing": timing}
+            if layers.shard:
+                headers["X-Shard"] = layers.shard
+                headers["Server-Timing"] += f', shard;desc="{layers.shard}"' + "".join(
+                    f", {name};dur={sec * 1000:.3f}" for name, sec in sorted(layers.per_shard.items()))
             if layers.read_source:
                 m.read_sources[layers.read_source] += 1
                 headers["X-Read-Source"] = layers.read_source
@@ -325,6 +416,61 @@ async def health(request, replica, layers):
     return 200, {"status": "ok", "replica": replica.name, "pid": os.getpid()}
 
 
+# -- users on shard servers (stack.shardmap; resharding phases in stack.resharding) ---------
+
+SHARD_UPSERT = (f"INSERT INTO users ({USER_COLUMNS}) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email, "
+                "region = EXCLUDED.region, updated_at = EXCLUDED.updated_at "
+                "WHERE users.updated_at <= EXCLUDED.updated_at")   # the newest version wins on every copy
+
+
+def _region_param(request: Request, required: bool) -> str | None:
+    region = request.query_params.get("region")
+    if region is None and not required:
+        return None
+    if region not in REGIONS:
+        raise HTTPProblem(400, f"region must be one of {', '.join(map(repr, REGIONS))}, got {region!r}")
+    return region
+
+
+def _shard_label(shards: list[int]) -> str:
+    return f"shard-{shards[0]}" if len(shards) == 1 else f"all({len(shards)})"
+
+
+async def _locate(replica: Replica, layers: Layers, user_id: int, region: str | None) -> tuple[int, dict | None]:
+    """(home shard, row) of a user under the read map; a directory map without the region asks every
+    shard (the shard key is the region: a lookup by id alone must fan out)."""
+    m = replica.read_map
+    query = f"SELECT {USER_COLUMNS} FROM users WHERE id = %s"
+    if m.by_region and region is None:
+        found = await replica.on_shards(layers, m.shards(), query, (user_id,), fetch="one")
+        layers.shard = _shard_label(m.shards())
+        # Only the row on its own home counts: a copy left behind by a move is not the user.
+        owned = [(s, r) for s, r in found.items() if r is not None and m.home(user_id, r["region"]) == s]
+        return (owned[0] if owned else (0, None))
+    home = m.home(user_id, region)
+    layers.shard = f"shard-{home}"
+    async with layers.timed("db"):
+        return home, await replica.on_shard(layers, home, query, (user_id,))
+
+
+async def _copy_to_other_maps(replica: Replica, layers: Layers, maps: list, row: dict, written: int) -> None:
+    """While users move, a write lands on its home under every map writes go to (newest wins)."""
+    homes = {m.home(row["id"], row["region"]) for m in maps[1:]} - {written}
+    params = tuple(row[c] for c in ("id", "name", "email", "region", "updated_at"))
+    async with layers.timed("db"):
+        for home in sorted(homes):
+            await replica.on_shard(layers, home, SHARD_UPSERT, params, fetch="none")
+
+
+async def _sharded_get(request, replica, layers, user_id):
+    home, row = await _locate(replica, layers, user_id, _region_param(request, required=False))
+    if row is None:
+        raise HTTPProblem(404, f"no user with id {user_id}")
+    layers.read_source = "shard"
+    return _public(row)
+
+
 @endpoint("get_user")
 async def get_user(request, replica, layers):
     user_id = _user_id(request)
@@ -336,6 +482,11 @@ async def get_user(request, replica, layers):
             layers.read_source = "cache"
             return 200, {**json.loads(cached), "source": "cache"}
         replica.metrics.cache_misses += 1
+    if replica.read_map is not None:
+        user = await _sharded_get(request, replica, layers, user_id)
+        if ttl > 0:
+            await _cache_call(replica, layers, "set", cache_key(user_id), json.dumps(user), ex=ttl)
+        return 200, {**user, "source": "shard", "shard": layers.shard}
     # The server names itself in the same round trip: which PostgreSQL answered is the
     # database's word (pg_is_in_recovery() is true only on a standby), not the app's config.
     row = await replica.read(layers, f"SELECT {USER_COLUMNS}, pg_is_in_recovery() AS db_standby, "
@@ -352,6 +503,8 @@ async def get_user(request, replica, layers):
 @endpoint("create_user")
 async def create_user(request, replica, layers):
     data = await _json_fields(request, required=True)
+    if replica.read_map is not None:
+        return 201, await _sharded_create(replica, layers, data)
     try:
         row = await replica.write(
             layers, f"INSERT INTO users (name, email, region) VALUES (%s, %s, %s) RETURNING {USER_COLUMNS}",
@@ -365,6 +518,10 @@ async def create_user(request, replica, layers):
 async def update_user(request, replica, layers):
     user_id = _user_id(request)
     data = await _json_fields(request, required=False)
+    if replica.read_map is not None:
+        row = await _sharded_update(request, replica, layers, user_id, data)
+        await _cache_call(replica, layers, "delete", cache_key(user_id))
+        return 200, row
     assignments = ", ".join(f"{name} = %s" for name in data)   # names come from WRITABLE_FIELDS only
     try:
         row = await replica.write(
@@ -377,6 +534,89 @@ async def update_user(request, replica, layers):
     # Invalidate after the commit, so the next read fetches the new row.
     await _cache_call(replica, layers, "delete", cache_key(user_id))
     return 200, _public(row)
+
+
+async def _sharded_create(replica: Replica, layers: Layers, data: dict) -> dict:
+    async with replica.write_routing() as maps:
+        return await _create_on(maps, replica, layers, data)
+
+
+async def _create_on(maps: list, replica: Replica, layers: Layers, data: dict) -> dict:
+    region = data.get("region", "eu")
+    if region not in REGIONS:
+        raise HTTPProblem(400, f"region must be one of {', '.join(map(repr, REGIONS))}, got {region!r}")
+    # Ids stay unique across shards: one sequence hands them out (the primary's).
+    row = await replica.write(layers, "SELECT nextval(pg_get_serial_sequence('users', 'id')) AS id", ())
+    user_id = row["id"]
+    home = maps[0].home(user_id, region)
+    layers.shard = f"shard-{home}"
+    try:
+        async with layers.timed("db"):
+            created = await replica.on_shard(
+                layers, home, f"INSERT INTO users (id, name, email, region) VALUES (%s, %s, %s, %s) "
+                              f"RETURNING {USER_COLUMNS}", (user_id, data["name"], data["email"], region))
+    except psycopg.errors.UniqueViolation:
+        raise HTTPProblem(409, f"email {data['email']!r} is already taken on shard-{home} (a unique "
+                               f"constraint holds per shard server, not across them)") from None
+    await _copy_to_other_maps(replica, layers, maps, created, home)
+    return _public(created)
+
+
+async def _sharded_update(request, replica: Replica, layers: Layers, user_id: int, data: dict) -> dict:
+    async with replica.write_routing() as maps:
+        return await _update_on(maps, request, replica, layers, user_id, data)
+
+
+async def _update_on(maps: list, request, replica: Replica, layers: Layers, user_id: int, data: dict) -> dict:
+    m = maps[0]
+    region = _region_param(request, required=False)
+    if m.by_region:
+        if "region" in data:
+            raise HTTPProblem(409, "region is the shard key of the directory scheme: changing it would move "
+                                   "the user to another shard server; create the user anew instead")
+        if region is None:
+            _, found = await _locate(replica, layers, user_id, None)
+            if found is None:
+                raise HTTPProblem(404, f"no user with id {user_id}")
+            region = found["region"]
+    home = m.home(user_id, region)
+    layers.shard = f"shard-{home}"
+    assignments = ", ".join(f"{name} = %s" for name in data)   # names come from WRITABLE_FIELDS only
+    try:
+        async with layers.timed("db"):
+            row = await replica.on_shard(
+                layers, home, f"UPDATE users SET {assignments}, updated_at = clock_timestamp() WHERE id = %s "
+                              f"RETURNING {USER_COLUMNS}", (*data.values(), user_id))
+    except psycopg.errors.UniqueViolation:
+        raise HTTPProblem(409, f"email {data['email']!r} is already taken on shard-{home}") from None
+    if row is None:
+        raise HTTPProblem(404, f"no user with id {user_id}")
+    await _copy_to_other_maps(replica, layers, maps, row, home)
+    return _public(row)
+
+
+@endpoint("list_users")
+async def list_users(request, replica, layers):
+    """GET /users?region=eu: the ids of a region's users. Sharded by user id, every shard holds some
+    of them (scatter-gather, X-Shard: all(N)); by region (directory), one shard holds them all."""
+    region = _region_param(request, required=True)
+    query = "SELECT id FROM users WHERE region = %s"
+    m = replica.read_map
+    if m is None:
+        rows = await replica.read(layers, query, (region,), fetch="all")
+        ids, per_shard = sorted(r["id"] for r in rows), {}
+    else:
+        shards = [m.home(0, region)] if m.by_region else m.shards()
+        found = await replica.on_shards(layers, shards, query, (region,))
+        layers.shard = _shard_label(shards)
+        # A row counts on its home only: a copy still on its old shard during a move is not a second user.
+        owned = {s: [r["id"] for r in rows if m.home(r["id"], region) == s] for s, rows in found.items()}
+        ids = sorted(i for part in owned.values() for i in part)
+        per_shard = {f"shard-{s}": len(v) for s, v in owned.items()}
+    body = {"region": region, "count": len(ids), "per_shard": per_shard, "shards_asked": len(per_shard) or 1}
+    if request.query_params.get("ids", "true") != "false":
+        body["ids"] = ids
+    return 200, body
 
 
 @endpoint("work")
@@ -436,7 +676,8 @@ async def admin_config(request, replica, layers):
     return 200, {"replica": replica.name, "ttl_s": c.ttl_s, "write_pool": c.write_pool,
                  "read_pool": c.read_pool, "concurrency": c.concurrency, "read_from": c.read_from,
                  "pool_timeout_s": c.pool_timeout_s, "pool_idle_s": c.pool_idle_s,
-                 "via_pgbouncer": c.via_pgbouncer, "replica_lag_bound_s": c.replica_lag_bound_s}
+                 "via_pgbouncer": c.via_pgbouncer, "replica_lag_bound_s": c.replica_lag_bound_s,
+                 "shards": {k: v for k, v in c.shards.items() if k != "dsns"} if c.shards else None}
 
 
 def create_app() -> Starlette:
@@ -453,6 +694,7 @@ def create_app() -> Starlette:
         Route("/users/{user_id}", get_user, methods=["GET"]),
         Route("/users/{user_id}", update_user, methods=["PUT"]),
         Route("/users", create_user, methods=["POST"]),
+        Route("/users", list_users, methods=["GET"]),
         Route("/work", work),
         Route("/metrics", metrics),
         Route("/_admin/config", admin_config, methods=["POST"]),

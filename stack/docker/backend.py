@@ -46,7 +46,7 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
 from ..topology import Topology
-from .compose import compose_model, container_spec, host_port, to_yaml
+from .compose import compose_model, container_spec, host_port, refuse_shards, to_yaml
 from .config import project_files
 from .containers import Containers
 from .engine import connect
@@ -198,6 +198,7 @@ class DockerStack(Faults):
         say = progress or _quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
+        refuse_shards(topology)
         self.client   # connect first: a clear error (what to do) when no engine answers
         with self.state.locked():
             saved = self.state.load()

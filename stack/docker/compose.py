@@ -21,6 +21,7 @@ import re
 
 import yaml
 
+from ..errors import StackError
 from ..plan import app_name, services_for
 from ..ports import HOST, Ports
 from ..render.addressing import INTERNAL_PORTS, internal_port
@@ -140,9 +141,18 @@ def _service(topology: Topology, name: str, standalone: bool, images: dict[str, 
     return svc
 
 
+def refuse_shards(topology: Topology | None) -> None:
+    """Shard servers run on the local backend only, for now: say so before anything changes."""
+    if topology is not None and topology.postgres.shards:
+        raise StackError(f"postgres.shards={topology.postgres.shards} is not available on the Docker backend yet: "
+                         f"shard servers run on the local backend (SCALELAB_BACKEND=local); no compose or swarm file renders them. "
+                         f"Nothing was changed.")
+
+
 def compose_model(topology: Topology, *, standalone: bool = True, images: dict[str, str] | None = None,
                   project: str | None = None) -> dict:
     """The compose file as a dict. `images` maps app/postgres/redis/nginx to image references."""
+    refuse_shards(topology)
     images = images or {name: image_name(name) for name in IMAGES}
     services: dict = {}
     if standalone:

@@ -26,9 +26,10 @@ def config_path(ctx: Context) -> Path:
     return ctx.state.service_dir("app", owned_by_service_user=False) / "config.json"
 
 
-def write_config(ctx: Context) -> None:
-    """The file every replica reads; it holds passwords, so only its owner may read it."""
-    config = app_config(ctx.topology, ctx.secrets, loopback(ctx.ports))
+def write_config(ctx: Context, shards="topology") -> None:
+    """The file every replica reads; it holds passwords, so only its owner may read it.
+    `shards`: a shard routing other than the topology's (a phase of stack.resharding)."""
+    config = app_config(ctx.topology, ctx.secrets, loopback(ctx.ports), shards=shards)
     write_atomic(config_path(ctx), json.dumps(config, indent=2), mode=0o600)
 
 

@@ -11,6 +11,8 @@ runs before anything changes, so bad input leaves the running stack as it was.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import signal
 import time
@@ -20,15 +22,18 @@ from typing import Callable
 import psutil
 
 from .. import binaries as binaries_mod
-from .. import clients
+from .. import clients, resharding
 from ..errors import StackError, UnknownServiceError
 from ..fault import Faults
-from ..files import run_parallel
+from ..files import run_parallel, write_atomic
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES,
-                    RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan,
-                    restore_plan, services_for, stop_rank)
+                    RESHARD, RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan,
+                    restore_plan, services_for, shard_routing, stop_rank)
+from ..render.addressing import loopback
+from ..render.app import shard_config
+from ..shardmap import ShardMap
 from ..topology import Topology
 from . import app, cpu_quota, nginx, pgbouncer, postgres, redis
 from . import heal
@@ -86,7 +91,31 @@ class LocalStack(Faults):
         return {"backend": self.backend, "state_dir": str(self.state.path),
                 "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                 "running": bool(records), "topology": topology.to_dict() if topology else None,
-                "services": services}
+                "services": services, "resharding": self._last_reshard()}
+
+    # -- resharding: what the last move did, and refusing a second one meanwhile ----------
+    @property
+    def _reshard_marker(self) -> Path:
+        return self.state.path / "resharding.json"
+
+    def _last_reshard(self) -> dict | None:
+        path = self.state.path / "resharding-last.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _refuse_while_resharding(self, wanted: Topology | None) -> None:
+        """A move runs (in this process or another): a change of the shard map is refused at once."""
+        try:
+            running = json.loads(self._reshard_marker.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        if not psutil.pid_exists(running["pid"]):
+            self._reshard_marker.unlink(missing_ok=True)      # left by a process that died
+            return
+        target = wanted.postgres.shard_map() if wanted is not None else None
+        if wanted is None or (target.to_dict() if target else None) != running["to"]:
+            raise StackError(f"a resharding is running ({_map_text(running['from'])} -> {_map_text(running['to'])}, "
+                             f"pid {running['pid']}, started {time.time() - running['since']:.1f} s ago): "
+                             f"wait for it to finish, then apply again. Nothing was changed.")
 
     def _exit_info(self, service: str, pid: int | None) -> dict:
         ended = read_exit(self.state.exit_file(service), pid) if pid else None
@@ -134,6 +163,7 @@ class LocalStack(Faults):
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
         self.state.ensure()
+        self._refuse_while_resharding(topology)
         with self.state.locked():
             saved = self.state.load()
             old = Topology.from_state(saved)
@@ -186,7 +216,7 @@ class LocalStack(Faults):
                 return     # one process, no lock, no children: nothing outlives it
             directory = self.state.path / service
             if service.startswith("postgres-"):
-                data = postgres.data_dir(ctx, service.split("-")[1])
+                data = postgres.data_dir(ctx, service.split("-", 1)[1])
                 holder = heal.live_postmaster(data)
                 if holder is not None:     # alive after all (state.json lost it): adopt, never unlock
                     records[service] = holder
@@ -216,8 +246,13 @@ class LocalStack(Faults):
             done.append(message)
             say(f"[{time.monotonic() - started:5.2f}s] {message}")
 
-        app.write_config(ctx)
-        for action in plan(old, ctx.topology, records):
+        actions = plan(old, ctx.topology, records)
+        move = next((a for a in actions if a.kind == RESHARD), None)
+        # While users move, replicas (new ones too) route by the map the move starts from.
+        before = ShardMap.from_dict(move.expect["from"]) if move else None
+        app.write_config(ctx, shards=shard_config(ctx.topology, ctx.secrets, loopback(ctx.ports), before)
+                         if move and before else None if move else "topology")
+        for action in actions:
             self._execute(ctx, action, records, note)
 
     def _execute(self, ctx: Context, action: Action, records: dict, note: Progress) -> None:
@@ -262,6 +297,9 @@ class LocalStack(Faults):
                 cpu_quota.set_quota(_quota_group(new, service), records[service].pid, new.app.cpu_quota)
         elif kind == RELOAD_NGINX:
             nginx.reload(ctx, records["nginx"], drain_timeout=action.drain_s or None)
+        elif kind == RESHARD:
+            note(self._reshard(ctx, action, records))
+            return
         else:
             raise StackError(f"action={kind!r} is not allowed here: the local backend executes {', '.join(KINDS)}")
         note(describe(action, new))
@@ -294,7 +332,31 @@ class LocalStack(Faults):
         jobs = [start_postgres] if {"postgres-primary", "postgres-replica"} & set(services) else []
         jobs += [lambda s=s: start_one(s, starters[s]) for s in services if s in starters]
         jobs += [lambda s=s: start_app(s) for s in services if s.startswith("app-")]
+        jobs += [lambda s=s: start_one(s, lambda c, i=int(s.rsplit("-", 1)[1]): postgres.start_shard(c, i))
+                 for s in services if s.startswith("postgres-shard-")]
         run_parallel(jobs)
+
+    def _reshard(self, ctx: Context, action: Action, records: dict) -> str:
+        before, after = (ShardMap.from_dict(action.expect[k]) for k in ("from", "to"))
+
+        def push(read, write) -> None:
+            routing = shard_config(ctx.topology, ctx.secrets, loopback(ctx.ports), read, write) if read else None
+            app.write_config(ctx, shards=routing)
+            expect = {"shards": shard_routing(read, write)}
+            run_parallel([lambda s=s: clients.push_app_config(ctx, _index(s), expect)
+                          for s in records if s.startswith("app-")])
+
+        marker = {"pid": os.getpid(), "since": time.time(), "from": action.expect["from"], "to": action.expect["to"]}
+        write_atomic(self._reshard_marker, json.dumps(marker))
+        try:
+            report = resharding.execute(ctx, before, after, push)
+        finally:
+            self._reshard_marker.unlink(missing_ok=True)
+        write_atomic(self.state.path / "resharding-last.json", json.dumps(report))
+        figures = (f": {report['rows_moved']} of {report.get('rows_total', 0)} rows moved in "
+                   f"{report['duration_s']:.2f} s" + (f" ({report['rows_per_s']:,} rows/s copying)"
+                                                     if report.get("rows_per_s") else "")) if after else ""
+        return describe(action, ctx.topology) + figures
 
     # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
     FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}
@@ -336,7 +398,8 @@ class LocalStack(Faults):
             records = self._records(saved)
             apps = [s for s in records if s.startswith("app-")]
             # Front to back: stop taking requests first, the databases last.
-            stages = [["nginx"], apps, ["pgbouncer", "redis"], ["postgres-replica"], ["postgres-primary"]]
+            shards = [s for s in records if s.startswith("postgres-shard-")]
+            stages = [["nginx"], apps, ["pgbouncer", "redis"], ["postgres-replica", *shards], ["postgres-primary"]]
             for stage in stages:
                 present = [s for s in stage if s in records]
                 run_parallel([lambda s=s: _stop_service(s, records[s]) for s in present])
@@ -386,6 +449,10 @@ def _stop_service(service: str, record: ProcessRecord) -> None:
         app.stop_replica(record)
     else:
         stop(record)
+
+
+def _map_text(data: dict | None) -> str:
+    return str(ShardMap.from_dict(data)) if data else "no shards"
 
 
 def _index(service: str) -> int:

@@ -8,8 +8,10 @@ reload; max_connections needs a restart.
 """
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from psycopg import sql
@@ -43,7 +45,21 @@ ALTER TABLE users OWNER TO app;
 """
 
 
+SHARD_SCHEMA = """
+CREATE TABLE users (
+    id         integer PRIMARY KEY,          -- ids come from the primary's sequence: unique across shards
+    name       text NOT NULL,
+    email      text NOT NULL UNIQUE,         -- unique on this shard server only
+    region     text NOT NULL DEFAULT 'eu',
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX users_region ON users (region);
+ALTER TABLE users OWNER TO app;
+"""
+
+
 def data_dir(ctx: Context, role: str) -> Path:
+    """role: "primary", "replica" or "shard-N"."""
     return ctx.dir(f"postgres-{role}") / "data"
 
 
@@ -61,8 +77,11 @@ def _settings_file(ctx: Context, role: str) -> Path:
 
 
 def write_settings(ctx: Context, role: str) -> None:
-    settings = (render.primary_settings if role == "primary" else render.replica_settings)(
-        ctx.topology, ctx.ports)
+    if role.startswith("shard-"):
+        settings = render.shard_settings(ctx.topology, ctx.ports, int(role.split("-")[1]))
+    else:
+        settings = (render.primary_settings if role == "primary" else render.replica_settings)(
+            ctx.topology, ctx.ports)
     if role == "replica":
         settings["primary_conninfo"] = (f"host={HOST} port={ctx.ports.primary} user=postgres "
                                         f"password={ctx.secrets['postgres_password']} "
@@ -72,14 +91,14 @@ def write_settings(ctx: Context, role: str) -> None:
     ctx.run_as.own(path)
 
 
-def _init_primary(ctx: Context) -> None:
-    data = data_dir(ctx, "primary")
+def _init_primary(ctx: Context, role: str = "primary", extra: tuple = ()) -> None:
+    data = data_dir(ctx, role)
     pwfile = data.parent / "pwfile"
     write_atomic(pwfile, ctx.secrets["postgres_password"] + "\n", mode=0o600)
     ctx.run_as.own(pwfile)
     try:
-        _run(ctx, "postgres-primary", [ctx.bins.pg("initdb"), "-N", "-D", data, "-A", "scram-sha-256",
-                                       "-U", "postgres", "--pwfile", pwfile, "-E", "UTF8", "--locale=C"])
+        _run(ctx, f"postgres-{role}", [ctx.bins.pg("initdb"), "-N", "-D", data, "-A", "scram-sha-256",
+                                       "-U", "postgres", "--pwfile", pwfile, "-E", "UTF8", "--locale=C", *extra])
     finally:
         pwfile.unlink(missing_ok=True)
     write_atomic(data / "pg_hba.conf", render.render_hba(), mode=0o600)
@@ -88,14 +107,14 @@ def _init_primary(ctx: Context) -> None:
         conf.write("\ninclude_if_exists = 'scalelab.conf'\n")
 
 
-def _bootstrap(ctx: Context) -> None:
-    """Roles, database and the seeded users table: run once, on a fresh primary."""
-    with clients.connect(ctx, "primary", dbname="postgres") as conn:
+def _bootstrap(ctx: Context, server: str = "primary", schema: str = SCHEMA) -> None:
+    """Roles, database and the users table (seeded on the primary): run once, on a fresh server."""
+    with clients.connect(ctx, server, dbname="postgres") as conn:
         # CREATE ROLE takes no bind parameters: psycopg.sql quotes the literal, no hand quoting.
         conn.execute(sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(sql.Literal(ctx.secrets["app_password"])))
         conn.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(DATABASE)))
-    with clients.connect(ctx, "primary") as conn:
-        conn.execute(SCHEMA)
+    with clients.connect(ctx, server) as conn:
+        conn.execute(schema)
 
 
 def _ready(ctx: Context, role: str) -> bool:
@@ -116,9 +135,56 @@ def start_primary(ctx: Context) -> ProcessRecord:
     return record
 
 
-def _bootstrapped(ctx: Context) -> bool:
-    with clients.connect(ctx, "primary", dbname="postgres") as conn:
+def _bootstrapped(ctx: Context, server: str = "primary") -> bool:
+    with clients.connect(ctx, server, dbname="postgres") as conn:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is not None
+
+
+_TEMPLATE_LOCK = threading.Lock()
+TEMPLATE_READY = "scalelab-template-ready"
+
+
+def _shard_template(ctx: Context, index: int) -> Path:
+    """A data directory every new shard server is copied from: initdb'd, with the app role, the
+    database and the empty users table. Made once per state directory (~1-2 s: one initdb, one
+    start), so a new shard costs a copy (~0.1-0.8 s of I/O) and a start, not an initdb each.
+    It is started once, briefly, on the port of shard `index` (not running yet), to bootstrap."""
+    data = data_dir(ctx, "shard-template")
+    with _TEMPLATE_LOCK:
+        if (data / TEMPLATE_READY).exists():
+            return data
+        shutil.rmtree(data, ignore_errors=True)
+        # 1 MB WAL segments: a smaller directory to copy (16 MB is the default).
+        _init_primary(ctx, "shard-template", extra=("--wal-segsize=1",))
+        conf = render.shard_settings(ctx.topology, ctx.ports, index)
+        write_atomic(data / "scalelab.conf", render.render_conf_lines(conf), mode=0o600)
+        ctx.run_as.own(data / "scalelab.conf")
+        role, service = f"shard-{index}", "postgres-shard-template"
+        record = ctx.spawn_server(service, [ctx.bins.pg("postgres"), "-D", data])
+        try:
+            wait_until(lambda: _ready(ctx, role), service, 20, record, ctx.state.log(service))
+            _bootstrap(ctx, role, SHARD_SCHEMA)
+        finally:
+            stop_server(record)
+        (data / TEMPLATE_READY).touch()
+    return data
+
+
+def start_shard(ctx: Context, index: int) -> ProcessRecord:
+    """Shard server `index`: a primary of its own with an empty users table (stack.resharding fills it)."""
+    role, service = f"shard-{index}", f"postgres-shard-{index}"
+    data = data_dir(ctx, role)
+    if not (data / "PG_VERSION").exists():
+        template = _shard_template(ctx, index)
+        shutil.rmtree(data, ignore_errors=True)
+        # cp -a keeps the service user's ownership and modes (PostgreSQL insists on 0700).
+        result = subprocess.run(["cp", "-a", str(template), str(data)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise ServiceFailedError(f"{service}: copying the shard template failed: {result.stderr}")
+    write_settings(ctx, role)
+    record = ctx.spawn_server(service, [ctx.bins.pg("postgres"), "-D", data])
+    wait_until(lambda: _ready(ctx, role), service, 20, record, ctx.state.log(service))
+    return record
 
 
 def start_replica(ctx: Context) -> ProcessRecord:
@@ -152,4 +218,7 @@ def reload(record: ProcessRecord) -> None:
 def restart(ctx: Context, records: dict, service: str) -> None:
     """Stop one server and start it again with the settings the topology has now."""
     stop_server(records.pop(service, None))
-    records[service] = (start_primary if service == "postgres-primary" else start_replica)(ctx)
+    if service.startswith("postgres-shard-"):
+        records[service] = start_shard(ctx, int(service.rsplit("-", 1)[1]))
+    else:
+        records[service] = (start_primary if service == "postgres-primary" else start_replica)(ctx)

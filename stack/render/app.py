@@ -14,7 +14,23 @@ def _dsn(at: Addressing, service: str, password: str) -> str:
     return make_conninfo(host=host, port=port, user="app", password=password, dbname=DATABASE)
 
 
-def app_config(topology: Topology, secrets: dict, at: Addressing) -> dict:
+def shard_config(topology: Topology, secrets: dict, at: Addressing, read=None, write=None) -> dict | None:
+    """The replicas' shard routing: the map reads use, the maps writes go to (two while users
+    move), and a DSN per shard server either map names. Default: the topology's own map."""
+    from ..plan import shard_routing     # noqa: PLC0415 - stack.plan imports stack.app, not render
+    if read is None and write is None:
+        read = topology.postgres.shard_map()
+    routing = shard_routing(read, write)
+    if routing is None:
+        return None
+    count = max([read.count, *[m.count for m in (write or [])]])
+    routing["dsns"] = {str(i): _dsn(at, f"postgres-shard-{i}", secrets["app_password"])
+                       for i in range(1, count + 1)}
+    return routing
+
+
+def app_config(topology: Topology, secrets: dict, at: Addressing, shards="topology") -> dict:
+    """`shards`: the shard routing to write (shard_config(...)), default the topology's own."""
     app = topology.app
     via_pgbouncer = topology.pgbouncer.enabled
     password = secrets["app_password"]
@@ -29,4 +45,6 @@ def app_config(topology: Topology, secrets: dict, at: Addressing) -> dict:
         "redis_url": f"redis://:{secrets['redis_password']}@{redis_host}:{redis_port}/0",
         "admin_token": secrets["admin_token"], "via_pgbouncer": via_pgbouncer,
         "replica_lag_bound_s": replica_lag_bound_s(topology),
+        # Where /users lives when sharded (stack.shardmap); None: on the primary.
+        "shards": shard_config(topology, secrets, at) if shards == "topology" else shards,
     }

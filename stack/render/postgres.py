@@ -39,6 +39,12 @@ def replica_settings(topology: Topology, ports: Ports) -> dict:
             "wal_retrieve_retry_interval": "200ms"}
 
 
+def shard_settings(topology: Topology, ports: Ports, index: int) -> dict:
+    """A shard server: a primary of its own with no standby (wal_level minimal), small and quick."""
+    return {**_COMMON, "port": ports.shard(index), "max_connections": 100, "shared_buffers": "16MB",
+            "wal_level": "minimal", "max_wal_senders": 0, "hot_standby": "off"}
+
+
 def render_conf_lines(settings: dict) -> str:
     def literal(value) -> str:
         if isinstance(value, int):

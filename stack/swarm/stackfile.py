@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 
-from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name
+from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name, refuse_shards
 from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
                              render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql)
 from ..errors import TopologyError
@@ -166,6 +166,7 @@ def _service(topology: Topology, name: str, images: dict, configs: dict) -> dict
 
 def swarm_model(topology: Topology | None = None, images: dict | None = None) -> dict:
     topology = topology or Topology()
+    refuse_shards(topology)
     images = images or {name: image_name(name) for name in IMAGES}
     texts = config_texts(topology)
     configs = {name: _versioned(name, text) for name, text in texts.items()}
