@@ -24,7 +24,7 @@ from .. import fault
 from ..load import LoadSpec, run_load
 from ..load.keys import Keys
 from ..load.mix import Request, RequestMix
-from .predictions import experiment_started
+from .predictions import experiment
 
 SHORT_MS, LONG_MS = 5, 500
 WORK = "/work?kind=io&ms={ms}"
@@ -93,6 +93,7 @@ def short_and_long(long_ratio: float = 0.1, short_ms: float = SHORT_MS, long_ms:
                       Keys("uniform", 1000))
 
 
+@experiment
 def short_long_by_strategy(stack, strategies=("round_robin", "least_conn"), rate: float = 150,
                            seconds: float = 4.0, concurrency: int = 4, replicas: int = 4,
                            long_ratio: float = 0.1, progress=None) -> pd.DataFrame:
@@ -101,7 +102,6 @@ def short_long_by_strategy(stack, strategies=("round_robin", "least_conn"), rate
     Open loop, Poisson arrivals; each replica works on `concurrency` requests at once.
     One row per strategy: p50/p99 of the short requests, p99 of the long ones, shares.
     """
-    experiment_started()
     rows = []
     for strategy in strategies:
         stack.apply(strategy=strategy, replicas=replicas, concurrency=concurrency, weights=None)
@@ -126,6 +126,7 @@ def short_long_by_strategy(stack, strategies=("round_robin", "least_conn"), rate
 ARTICLE_BLOCK = {"replicas": 3, "strategy": "least_conn", "weights": (3, 1, 1), "keepalive": 32}
 
 
+@experiment
 def shares_by_replica(stack, rate: float = 200, seconds: float = 3.0, service_ms: float = 10,
                       progress=None, **changes) -> pd.DataFrame:
     """Apply `changes`, send Poisson load, count requests per replica at the replicas.
@@ -133,7 +134,6 @@ def shares_by_replica(stack, rate: float = 200, seconds: float = 3.0, service_ms
     Counted twice: by the X-Replica header of every response, and by each
     replica's own request counter (/metrics, before and after).
     """
-    experiment_started()
     if changes:
         stack.apply(**changes)
     before = {name: m["by_route"].get("work", 0) for name, m in replica_metrics(stack).items()}
@@ -159,13 +159,13 @@ def shares_by_replica(stack, rate: float = 200, seconds: float = 3.0, service_ms
     return frame
 
 
+@experiment
 def shares_by_concurrency(stack, concurrencies=(1, 8, 36), seconds: float = 2.0, service_ms: float = 10,
                           progress=None, **changes) -> pd.DataFrame:
     """Apply `changes`, then a closed loop at each number of concurrent clients: each replica's share.
 
     One row per concurrency, one column per replica (share of requests, from X-Replica).
     """
-    experiment_started()
     if changes:
         stack.apply(**changes)
     rows = []
@@ -198,10 +198,10 @@ def clients_to_replicas(stack, clients, path: str = WORK.format(ms=0), repeat: i
     return mapping
 
 
+@experiment
 def ip_hash_load(stack, clients=THREE_CLIENTS, seconds: float = 2.0, service_ms: float = 10,
                  replicas: int = 4) -> pd.DataFrame:
     """Closed-loop load from a few clients (2 connections each) under ip_hash: each replica's share."""
-    experiment_started()
     stack.apply(strategy="ip_hash", replicas=replicas, weights=None)
     spec = LoadSpec(url=entry_url(stack), mode="closed", connections=2 * len(clients), duration_s=seconds,
                     path=WORK.format(ms=service_ms), source_addresses=tuple(clients))
@@ -220,10 +220,10 @@ def networks(count: int, start: int = 1) -> list[str]:
     return [f"127.0.{n}.1" for n in range(start, start + count)]
 
 
+@experiment
 def moved_when_a_replica_joins(stack, keys: int = 40, replicas: int = 4) -> pd.DataFrame:
     """Which replica serves each key with `replicas` and with one more, for ip_hash (key = the client's
     network) and for `hash $request_uri consistent` (key = the URI). One row per strategy."""
-    experiment_started()
     clients = networks(keys)
     uris = [f"/work?kind=io&ms=0&client={n}" for n in range(1, keys + 1)]
     rows = []
@@ -245,6 +245,7 @@ def moved_when_a_replica_joins(stack, keys: int = 40, replicas: int = 4) -> pd.D
 
 # -- 4. keepalive: connections nginx opens to the replicas ----------------------------------
 
+@experiment
 def keepalive_cost(stack, settings=(32, 0), seconds: float = 2.0, connections: int = 8,
                    path: str = WORK.format(ms=0), progress=None) -> pd.DataFrame:
     """Closed loop through nginx with upstream keepalive on and off.
@@ -252,7 +253,6 @@ def keepalive_cost(stack, settings=(32, 0), seconds: float = 2.0, connections: i
     New upstream connections are counted by the replicas themselves (each counts
     the distinct peer address:port its requests came from); latency by the generator.
     """
-    experiment_started()
     rows = []
     for keepalive in settings:
         stack.apply(keepalive=keepalive)
@@ -303,6 +303,7 @@ HEALTH_SCENARIOS = {
 }
 
 
+@experiment
 def replica_dies(stack, scenarios=None, victim: str = "app-2", rate: float = 200, seconds: float = 3.0,
                  kill_at_s: float = 1.0, service_ms: float = 20, strategy: str = "round_robin",
                  progress=None) -> pd.DataFrame:
@@ -311,7 +312,6 @@ def replica_dies(stack, scenarios=None, victim: str = "app-2", rate: float = 200
     One row per scenario: requests sent after the kill, how many failed, and how
     many the dead replica had answered before it died.
     """
-    experiment_started()
     scenarios = scenarios or HEALTH_SCENARIOS
     rows = []
     for label, changes in scenarios.items():

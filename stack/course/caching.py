@@ -28,15 +28,9 @@ import psycopg
 from .. import fault
 from ..load import LoadSpec, RequestMix, run_load
 from . import readings, servers
-from .predictions import experiment_started
+from .predictions import experiment
 
 
-def experiment(fn):
-    def run_experiment(*args, **kwargs):
-        experiment_started()
-        return fn(*args, **kwargs)
-    run_experiment.__name__, run_experiment.__doc__ = fn.__name__, fn.__doc__
-    return run_experiment
 
 
 def key(user_id: int) -> str:

@@ -19,7 +19,7 @@ from .. import fault
 from ..load import LoadSpec, run_load
 from .. import clients
 from . import readings
-from .predictions import experiment_started
+from .predictions import experiment
 from .queueing import percentile, simulate_latency
 
 IO_WORK = "/work?kind=io&ms={ms}"
@@ -29,15 +29,6 @@ CPU_WORK = "/work?kind=cpu&ms={ms}"
 
 def entry_url(stack) -> str:
     return stack.status()["url"]
-
-
-def experiment(fn):
-    """Marks the start of a measurement, so a prediction changed after it is flagged by reveal()."""
-    @functools.wraps(fn)
-    def run_experiment(*args, **kwargs):
-        experiment_started()
-        return fn(*args, **kwargs)
-    return run_experiment
 
 
 # -- one request, layer by layer ----------------------------------------------------

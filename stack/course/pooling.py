@@ -20,7 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from .. import clients
 from ..load import LoadSpec, run_load
-from .replication import _experiment
+from .predictions import experiment
 
 
 def little_pool_size(rate_rps: float, query_ms: float) -> float:
@@ -97,7 +97,7 @@ def _closed_loop(worker, threads: int, seconds: float) -> dict:
             "errors": len(errors), "error_example": errors[0] if errors else ""}
 
 
-@_experiment
+@experiment
 def connection_costs(stack, threads: int = 8, seconds: float = 2.0, pool_size: int = 4, progress=None) -> pd.DataFrame:
     """The same one-row query three ways, `threads` clients in a closed loop:
     a new connection to PostgreSQL per query (SCRAM login + a new server process each time),
@@ -139,7 +139,7 @@ def connection_costs(stack, threads: int = 8, seconds: float = 2.0, pool_size: i
 DB_WORK = "/work?kind=db&ms={ms}"
 
 
-@_experiment
+@experiment
 def exhaustion(stack, replicas: int = 8, read_pools=(40,), connections: int = 300, query_ms: int = 500,
                seconds: float = 4.0, progress=None) -> pd.DataFrame:
     """`connections` clients hold a read-pool connection each for `query_ms` (a slow query), across
@@ -177,7 +177,7 @@ async def _bouncer_clients(dsn: str, clients_n: int, seconds: float, query_ms: i
     return done
 
 
-@_experiment
+@experiment
 def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_ms: int = 20) -> pd.DataFrame:
     """`clients_n` client connections to PgBouncer, each running short queries; every 0.1 s, SHOW POOLS
     (client and server connections) and the primary's own count of backends."""
@@ -227,7 +227,7 @@ def _run_in_thread(fn):
 
 # -- 3. pool sizing -------------------------------------------------------------------------
 
-@_experiment
+@experiment
 def pool_sweep(stack, sizes=(2, 4, 8, 16, 32), rate: float = 200, query_ms: int = 50, replicas: int = 2,
                seconds: float = 3.0, progress=None) -> pd.DataFrame:
     """Open loop at `rate` req/s of a `query_ms` query holding a read-pool connection, across `replicas`;
@@ -288,7 +288,7 @@ def session_state_through(stack, mode: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-@_experiment
+@experiment
 def transaction_mode_breaks(stack) -> pd.DataFrame:
     """Session state through PgBouncer in session mode and in transaction mode, side by side;
     plus psycopg's automatic prepared statements in transaction mode."""

@@ -13,6 +13,7 @@ was changed after the measurement it is compared with.
 """
 from __future__ import annotations
 
+import functools
 import html
 import math
 import time
@@ -33,6 +34,16 @@ def experiment_started() -> float:
     global _last_experiment_started
     _last_experiment_started = time.time()
     return _last_experiment_started
+
+
+def experiment(fn):
+    """Decorator for a course experiment: marks when its measurement began, so reveal() can flag a
+    prediction stored after that."""
+    @functools.wraps(fn)
+    def run_experiment(*args, **kwargs):
+        experiment_started()
+        return fn(*args, **kwargs)
+    return run_experiment
 
 
 def _is_number(value) -> bool:

@@ -21,18 +21,11 @@ import pandas as pd
 from .. import clients, fault
 from ..load import LoadSpec, run_load
 from ..load.mix import RequestMix
-from .predictions import experiment_started
+from .predictions import experiment
 
 SERVER_ROLE = {True: "replica", False: "primary"}
 
 
-def _experiment(fn):
-    """Marks the start of a measurement, so a prediction changed after it is flagged by reveal()."""
-    def run(*args, **kwargs):
-        experiment_started()
-        return fn(*args, **kwargs)
-    run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-    return run
 
 
 # -- HTTP, one kept-alive connection per thread ------------------------------------
@@ -101,7 +94,7 @@ def rates(before: dict, after: dict) -> dict:
 
 # -- 1. where each query runs ---------------------------------------------------------
 
-@_experiment
+@experiment
 def where_reads_run(stack, reads: int = 20, settings=("replica", "primary")) -> pd.DataFrame:
     """GET distinct users with read_from set each way; count which server answered, by its own word
     (pg_is_in_recovery() and inet_server_port() ran on the very connection that read the row)."""
@@ -127,7 +120,7 @@ def where_reads_run(stack, reads: int = 20, settings=("replica", "primary")) -> 
 
 # -- 2. read scaling ------------------------------------------------------------------
 
-@_experiment
+@experiment
 def primary_load_by_read_target(stack, read_ratio: float = 0.9, connections: int = 16, seconds: float = 3.0,
                                 progress=None) -> pd.DataFrame:
     """The same read-heavy mix (GET/PUT users) with reads on the replica, then on the primary:
@@ -200,7 +193,7 @@ def summarise_pairs(frame: pd.DataFrame) -> dict:
             "read_on_replica": float((frame["server"] == "replica").mean()) if len(frame) else float("nan")}
 
 
-@_experiment
+@experiment
 def anomaly_by_delay(stack, delays=(0, 100, 300, 1000), pairs: int = 24, progress=None) -> pd.DataFrame:
     """For each replica apply delay: PUT then GET the same user through the app; how often the
     GET misses the write, and how long until the replica shows it."""
@@ -216,7 +209,7 @@ def anomaly_by_delay(stack, delays=(0, 100, 300, 1000), pairs: int = 24, progres
 
 # -- 4. fixes -------------------------------------------------------------------------
 
-@_experiment
+@experiment
 def sync_commit_tradeoff(stack, delays=(0, 200), modes=("on", "remote_write", "remote_apply"), pairs: int = 12,
                          progress=None) -> pd.DataFrame:
     """Write latency and anomaly rate for each synchronous_commit mode, at each replica delay."""
@@ -283,7 +276,7 @@ def router_trial(stack, make_router, writes: int = 6, first_user: int = 5000,
             "by_reader": {k: sum(v) / len(v) for k, v in on_replica.items()}}
 
 
-@_experiment
+@experiment
 def window_fix(stack, delay_ms: int = 300, windows=(0.0, 0.1, 0.5), writes: int = 4) -> pd.DataFrame:
     """Read-after-write from the primary for a window, tried with windows shorter and longer than
     the replica's delay: stale reads seen by the writer, and the share of all reads left on the replica."""
@@ -299,7 +292,7 @@ def window_fix(stack, delay_ms: int = 300, windows=(0.0, 0.1, 0.5), writes: int 
 
 # -- 5. the replica dies --------------------------------------------------------------
 
-@_experiment
+@experiment
 def replica_dies(stack, seconds: float = 4.0, readers: int = 4, kill_at_s: float = 1.0) -> pd.DataFrame:
     """Readers GET users through the app while postgres-replica is killed; per 0.25 s: who answered
     (the response's "db" field) and errors. The stack is healed afterwards."""

@@ -18,15 +18,9 @@ from .. import clients, resharding
 from ..load import Keys, LoadSpec, Request, RequestMix, run_load
 from ..shardmap import REGIONS, SCHEMES, ShardMap, moved_fraction
 from . import readings
-from .predictions import experiment_started
+from .predictions import experiment
 
 
-def _experiment(fn):
-    def run(*args, **kwargs):
-        experiment_started()
-        return fn(*args, **kwargs)
-    run.__name__, run.__doc__ = fn.__name__, fn.__doc__
-    return run
 
 
 def _load(stack, path: str, seconds: float, connections: int, keys: str | None = None, seed: int = 6):
@@ -57,7 +51,7 @@ def rows_per_shard(stack) -> pd.Series:
     return pd.Series({f"shard-{s}": len(ids) for s, ids in held.items()}, name="rows")
 
 
-@_experiment
+@experiment
 def distribution(stack, scheme: str = "consistent", shards: int = 4, seconds: float = 1.5,
                  connections: int = 8) -> pd.DataFrame:
     """Rows per shard (asked of each server) and the share of requests each shard served, for user
@@ -75,7 +69,7 @@ def distribution(stack, scheme: str = "consistent", shards: int = 4, seconds: fl
     return table
 
 
-@_experiment
+@experiment
 def region_traffic(stack, region: str = "eu", shards: int = 4, seconds: float = 1.5,
                    connections: int = 4) -> pd.DataFrame:
     """One busy region (GET /users?region=...) with the shard key user id vs region: which shards
@@ -100,7 +94,7 @@ def predicted_moved(scheme: str, n: int) -> float:
     return n / (n + 1) if scheme == "modulo" else 1 / (n + 1)
 
 
-@_experiment
+@experiment
 def keys_moved(stack, schemes=("modulo", "consistent", "jump"), n: int = 4) -> pd.DataFrame:
     """Reshard n -> n + 1 with each scheme on the live stack; count on the servers which users changed server."""
     rows = []
@@ -123,7 +117,7 @@ def keys_moved(stack, schemes=("modulo", "consistent", "jump"), n: int = 4) -> p
     return pd.DataFrame(rows).set_index("scheme")
 
 
-@_experiment
+@experiment
 def fanout_cost(stack, shard_counts=(2, 4, 8), seconds: float = 1.2, connections: int = 4) -> pd.DataFrame:
     """Latency of a point read (one shard) and of a region list that must ask every shard, by shard count."""
     rows = []
@@ -168,7 +162,7 @@ def _timed(conn, query: str, params: tuple, repeat: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-@_experiment
+@experiment
 def coordinator(stack, shards: int = 4, repeat: int = 200) -> dict:
     """A hash-partitioned table on the primary whose partitions are postgres_fdw foreign tables on the
     shard servers (PostgreSQL routes by its own hash of id). Compared with the app's own routing
