@@ -94,7 +94,8 @@ class Scenario:
 
     def workload(self, stack, seconds: float = 3.0, seed: int = 8) -> LoadSpec:
         """The load that shows the symptom: 300 req/s of the mix, open loop, Poisson."""
-        return LoadSpec(url=stack.status()["url"], mode="open", rate=RATE, duration_s=seconds,
+        # 256 connections: past capacity, requests queue at the server, not in the generator's pool.
+        return LoadSpec(url=stack.status()["url"], mode="open", rate=RATE, duration_s=seconds, connections=256,
                         mix=workload_mix(), seed=seed, timeout_s=10, max_send_lag_ms=10)
 
     def still_broken(self, stack) -> bool:
