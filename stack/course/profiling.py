@@ -16,8 +16,6 @@ stack.course.readings/servers); the access log is read where the backend keeps i
 """
 from __future__ import annotations
 
-import json
-import statistics
 import threading
 import time
 import urllib.request
@@ -30,19 +28,10 @@ from .. import clients
 from ..load import LoadSpec, run_load
 from ..scenarios import FIX_STEPS, REPORT_MS
 from . import readings, servers
-from .experiments import parse_server_timing
-from .predictions import experiment_started
+from .experiments import experiment, parse_server_timing
 
 LAYERS = ("queue", "db", "cache", "app")
 WARM_UP_S = 0.7
-
-
-def experiment(fn):
-    def run_experiment(*args, **kwargs):
-        experiment_started()
-        return fn(*args, **kwargs)
-    run_experiment.__name__, run_experiment.__doc__ = fn.__name__, fn.__doc__
-    return run_experiment
 
 
 # -- one measurement ----------------------------------------------------------------------------

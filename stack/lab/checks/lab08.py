@@ -99,12 +99,8 @@ def check_replica_shares(fn):
 # -- 2. Server-Timing: the layer where the time went ------------------------------------------------
 
 def _timings(header: str) -> dict:
-    out = {}
-    for part in header.split(","):
-        name, _, rest = part.strip().partition(";")
-        if rest.startswith("dur="):
-            out[name] = float(rest[4:])
-    return out
+    from ...course.experiments import parse_server_timing
+    return parse_server_timing(header)
 
 
 def reference_slowest_layer(headers):
