@@ -262,6 +262,7 @@ def fixed_state() -> dict:
     "that is 1.5 per replica, so a pool of 1 queues and a pool of 4 leaves headroom.",
 ), solution_state=fixed_state())
 def check_fixed_stack():
+    from ...load import run_load
     from ._live import inconclusive, learner_stack, measure
     sc = SCENARIOS[SCENARIO]
     stack = learner_stack()
@@ -275,7 +276,11 @@ def check_fixed_stack():
     result = measure(stack, mode="open", rate=spec.rate, duration_s=spec.duration_s, mix=spec.mix, seed=spec.seed,
                      timeout_s=spec.timeout_s, connections=spec.connections)
     if result is None:
-        return inconclusive()
+        # A busy generator sends late by tens of ms, and that lag counts in the latency: it can blur
+        # a verdict near the target, never explain a p99 three times over it.
+        result = run_load(spec)
+        if not result.latency_ms()["p99_ms"] > 3 * TARGET["p99_ms"]:
+            return inconclusive()
     p99, errors = result.latency_ms()["p99_ms"], result.error_count
     seen = (f"{TARGET['rate']} req/s of the mystery workload: p99 {p99:.0f} ms, {errors} errors, "
             f"{result.throughput_rps:.0f} req/s served; changed: {'; '.join(changed) or 'nothing'}")
