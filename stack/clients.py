@@ -205,6 +205,17 @@ def push_app_config(target, index: int, expect: dict | None = None) -> dict:
     return reported
 
 
+def profile_replica(target, index: int, seconds: float = 2.0, interval_ms: float = 1.0) -> dict:
+    """Replica app-`index` samples its own Python stack for `seconds` (pyinstrument) and answers
+    the frame tree: flat rows with id, parent, function, where, seconds, self_seconds."""
+    ctx = access(target)
+    request = urllib.request.Request(
+        app_url(ctx, index, f"/_admin/profile?seconds={seconds:g}&interval_ms={interval_ms:g}"), method="POST",
+        headers={"X-Admin-Token": ctx.secrets["admin_token"]}, data=b"")
+    with urllib.request.urlopen(request, timeout=seconds + 10) as resp:
+        return json.loads(resp.read())
+
+
 def metrics(target, index: int) -> dict:
     return get_json(app_url(target, index, "/metrics"))
 

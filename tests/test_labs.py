@@ -18,6 +18,7 @@ from stack.lab.checks.lab03 import _blocky as _blocky_weighted
 from stack.lab.checks.lab03 import _by_count as _ip_hash_by_count
 from stack.lab.checks.lab03 import _no_modulo as _ip_hash_no_modulo
 from stack.lab.checks.lab03 import _subtracts_own_weight, _ties_to_last
+from stack.lab.checks import lab08
 from stack.lab.make_labs import main as make_labs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,6 +276,22 @@ WRONG_ANSWERS = [
     ("ip_hash", _ip_hash_by_count, "modulo the replica count, not the total weight", True),
     ("ip_hash", _ip_hash_no_modulo, "never reduced modulo 6271", True),
     ("ip_hash", lambda a, w: int(a.split(".")[2]) % len(w) + 1, "third octet modulo the replicas", False),
+    ("replica_shares", lab08._shares_counting_dashes, "counted nginx's own answers", True),
+    ("replica_shares", lab08._counts, "counts, not shares", True),
+    ("replica_shares", lab08._by_client, "grouped by client address", True),
+    ("replica_shares", lambda lines: {"127.0.0.1:9001": 0.75, "127.0.0.1:9002": 0.25}, "a constant", False),
+    ("slowest_layer", lab08._with_total, "counted total as a layer", True),
+    ("slowest_layer", lab08._largest_single, "the slowest single request", True),
+    ("slowest_layer", lab08._first_header_only, "read only the first header", True),
+    ("slowest_layer", lambda headers: "db", "always the database", False),
+    ("heaviest_statement", lambda rows: max(rows, key=lambda r: r["mean_ms"])["query"], "by mean", True),
+    ("heaviest_statement", lambda rows: max(rows, key=lambda r: r["calls"])["query"], "by calls", True),
+    ("heaviest_statement", lambda rows: min(rows, key=lambda r: r["total_ms"])["query"], "the lightest", True),
+    ("diagnosis", "app_capacity", "the slot queue, a consequence", True),
+    ("diagnosis", "database_cpu", "db time blamed on PostgreSQL", True),
+    ("diagnosis", "cache", "the short TTL decoy", True),
+    ("diagnosis", "balancing", "the random_two decoy", True),
+    ("diagnosis", "the pool", "not one of the causes", True),
 ]
 
 
@@ -515,3 +532,33 @@ def test_grown_with_jump_verdict_depends_on_the_live_servers(own_progress, shape
         get_stack().apply(**shape)
     result = check("grown_with_jump")
     assert result.passed is passes, result
+
+
+# -- lab 8: the mystery stack ---------------------------------------------------------------
+
+@pytest.mark.stack
+@pytest.mark.parametrize("shape,passes", [
+    ({}, False),                                              # the mystery, untouched: p99 over 1 s
+    (dict(ttl_s=300, strategy="least_conn"), False),          # two plausible changes, the bottleneck stays
+    # Everything back to the defaults (but the replica count: scaling up could meet a port a
+    # client connection holds when the test port block sits in the ephemeral range).
+    (dict(read_pool=40, strategy="least_conn", ttl_s=300, pool_size=20), False),
+    (dict(read_pool=40), True),                               # the one change the evidence names
+])
+def test_fixed_stack_verdict_depends_on_the_live_stack(own_progress, shape, passes):
+    start("lab08", progress=None)
+    if shape:
+        get_stack().apply(**shape)
+    result = check("fixed_stack")
+    assert result.passed is passes, result
+    if len(shape) > 2:
+        assert "changed 4 settings" in result.message
+
+
+@pytest.mark.stack
+def test_a_diagnosis_counts_only_before_the_fix(own_progress):
+    start("lab08", progress=None)
+    assert check("diagnosis", "db_pool").passed
+    get_stack().apply(read_pool=40)
+    late = check("diagnosis", "db_pool")
+    assert not late.passed and "reset()" in late.hint

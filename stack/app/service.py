@@ -89,6 +89,7 @@ class Replica:
             failover.ServerWatch("postgres-primary", lambda: self.config.primary_dsn, self.breakers["primary"],
                                  on_recover=lambda: self.pools["primary-read"].check())]
         self._watch_tasks: list[asyncio.Task] = []
+        self._retiring: list[asyncio.Task] = []      # replaced pools closing once unused (see reload)
         self.shard_pools: dict[str, AsyncConnectionPool] = {}
         self.read_map: ShardMap | None = None
         self.write_maps: list[ShardMap] = []
@@ -171,6 +172,15 @@ class Replica:
             await self.open()
             for pool in old_pools.values():
                 await pool.close(timeout=5)
+        elif new.write_pool < old.write_pool or new.read_pool < old.read_pool:
+            # psycopg_pool's resize() never closes the connections a pool already holds, so a
+            # smaller pool is a fresh one: new requests use it at once, the old one serves the
+            # requests already waiting on it and closes when they are done.
+            old_pools, self.pools = self.pools, self._make_pools(new)
+            for pool in self.pools.values():
+                await pool.open(wait=False)
+            self._retiring = [t for t in self._retiring if not t.done()]
+            self._retiring.append(asyncio.create_task(_retire(old_pools.values())))
         elif (new.write_pool, new.read_pool) != (old.write_pool, old.read_pool):
             await self.pools["write"].resize(0, new.write_pool)
             await self.pools["read"].resize(0, new.read_pool)
@@ -301,6 +311,22 @@ class Replica:
 
 
 SHARD_POOL = 10                 # connections per shard server, per replica
+
+
+async def _retire(pools, within_s: float = 10.0) -> None:
+    """Close replaced pools once no request holds or waits for one of their connections."""
+    deadline = time.monotonic() + within_s
+    pools = list(pools)
+    while time.monotonic() < deadline:
+        stats = [p.get_stats() for p in pools]
+        if not any(s.get("requests_waiting", 0) or s.get("pool_size", 0) - s.get("pool_available", 0)
+                   for s in stats):
+            break
+        await asyncio.sleep(0.05)
+    for pool in pools:
+        await pool.close(timeout=1)
+
+
 REPLICA_READ_TIMEOUT_S = 0.5    # a read the replica has not answered by then goes to the primary
 WRITE_TIMEOUT_S = 3.0           # a write the primary has not answered by then gets a 503
 
@@ -680,6 +706,63 @@ async def admin_config(request, replica, layers):
                  "shards": {k: v for k, v in c.shards.items() if k != "dsns"} if c.shards else None}
 
 
+MAX_PROFILE_S = 10.0
+PROFILE_MIN_SHARE = 0.005     # frames under 0.5% of the window are left out of the answer
+
+
+def profile_tree(root, total_s: float) -> list[dict]:
+    """A pyinstrument frame tree as flat rows (id, parent, function, file:line, seconds, self seconds),
+    pruned to frames with at least PROFILE_MIN_SHARE of the window: what an icicle chart needs."""
+    rows: list[dict] = []
+
+    def walk(frame, parent):
+        if total_s and frame.time < PROFILE_MIN_SHARE * total_s and parent is not None:
+            return
+        index = len(rows)
+        rows.append({"id": index, "parent": parent, "function": frame.function or "?",
+                     "where": f"{frame.file_path_short or ''}:{frame.line_no or ''}",
+                     "seconds": round(frame.time, 6), "self_seconds": round(frame.total_self_time, 6)})
+        for child in frame.children:
+            walk(child, index)
+
+    if root is not None:
+        walk(root, None)
+    return rows
+
+
+@endpoint("admin_profile")
+async def admin_profile(request, replica, layers):
+    """Sample this replica's event-loop thread for `seconds` (pyinstrument, every `interval_ms`):
+    what its Python code did while it served whatever traffic arrived meanwhile."""
+    given = request.headers.get("X-Admin-Token", "")
+    if not hmac.compare_digest(given.encode(), replica.config.admin_token.encode()):
+        raise HTTPProblem(403, "missing or wrong X-Admin-Token")
+    try:
+        seconds = float(request.query_params.get("seconds", "2"))
+        interval_ms = float(request.query_params.get("interval_ms", "1"))
+    except ValueError:
+        raise HTTPProblem(400, "seconds and interval_ms must be numbers") from None
+    if not 0.1 <= seconds <= MAX_PROFILE_S or not 0.1 <= interval_ms <= 100:
+        raise HTTPProblem(400, f"seconds must be from 0.1 to {MAX_PROFILE_S:g} and interval_ms from 0.1 to 100")
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        raise HTTPProblem(501, "pyinstrument is not installed in this replica's environment: "
+                               "pip install -r requirements.txt") from None
+    # async_mode="disabled": sample the whole thread (every task), not only this request's task.
+    profiler = Profiler(interval=interval_ms / 1000, async_mode="disabled")
+    cpu_before, start = time.thread_time(), time.perf_counter()
+    profiler.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        session = profiler.stop()
+    wall, cpu = time.perf_counter() - start, time.thread_time() - cpu_before
+    return 200, {"replica": replica.name, "seconds": round(wall, 4), "cpu_seconds": round(cpu, 4),
+                 "samples": session.sample_count, "interval_ms": interval_ms,
+                 "frames": profile_tree(session.root_frame(), session.duration)}
+
+
 def create_app() -> Starlette:
     replica = Replica(os.environ.get("SCALELAB_REPLICA", "app"), os.environ["SCALELAB_APP_CONFIG"])
 
@@ -698,6 +781,7 @@ def create_app() -> Starlette:
         Route("/work", work),
         Route("/metrics", metrics),
         Route("/_admin/config", admin_config, methods=["POST"]),
+        Route("/_admin/profile", admin_profile, methods=["POST"]),
     ])
     app.state.replica = replica
     return app

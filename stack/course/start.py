@@ -24,6 +24,8 @@ STARTING_CHANGES: dict[str, dict] = {
     # 2 app replicas leave the 2 cores to the databases.
     "lesson06": {"shards": 4, "shard_scheme": "consistent", "ttl_s": 0, "replicas": 2},
     "lab06": {"shards": 3, "shard_scheme": "consistent", "ttl_s": 0, "replicas": 2},
+    # Lab 8 starts on a mystery stack; reset() puts the mystery back after a fix.
+    "lab08": {"replicas": 3, "read_pool": 1, "strategy": "random_two", "ttl_s": 10, "pool_size": 5},
 }
 
 _current: list[str] = []

@@ -1,0 +1,380 @@
+"""Lesson 8's instruments: one load run, every layer asked what it did meanwhile.
+
+    prof = profile(stack, sc)          # the scenario's workload, and during it:
+    prof.layers                        #   Server-Timing per layer, summed by each replica (/metrics)
+    prof.probes                        #   Server-Timing headers of sampled requests
+    prof.nginx                         #   per upstream, from nginx's access log ($upstream_response_time)
+    prof.statements                    #   pg_stat_statements' top statements on both servers
+    prof.redis                         #   Redis INFO: hits, misses, commands
+    prof.replicas                      #   each replica's work slots and pools (/metrics)
+    prof.flame                         #   a pyinstrument profile of the busiest replica
+    suspect(prof)                      # which part of the path the evidence points at
+    fix_in_order(stack, sc)            # the article's fixes one by one, measured after each
+
+Everything is read from the servers through backend-neutral calls (stack.clients,
+stack.course.readings/servers); the access log is read where the backend keeps it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .. import clients
+from ..load import LoadSpec, run_load
+from ..scenarios import FIX_STEPS, REPORT_MS
+from . import readings, servers
+from .experiments import experiment, parse_server_timing
+
+LAYERS = ("queue", "db", "cache", "app")
+WARM_UP_S = 0.7
+
+
+# -- one measurement ----------------------------------------------------------------------------
+
+def summary(result) -> dict:
+    lat = result.latency_ms()
+    out = {"p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "throughput_rps": result.throughput_rps,
+           "errors": result.error_count, "generator_bottleneck": result.generator_bottleneck}
+    writes = result.requests.get("PUT /users/{id}")
+    if writes is not None and writes.count:
+        out["put_p99_ms"] = writes.latency.summary()["p99_ms"]
+    return out
+
+
+def measure(stack, sc, seconds: float = 3.0) -> dict:
+    """The scenario's workload once (again if the generator itself fell behind): p50, p99, rate."""
+    result = run_load(sc.workload(stack, seconds=seconds))
+    if result.generator_bottleneck:
+        result = run_load(sc.workload(stack, seconds=seconds))
+    return summary(result)
+
+
+# -- nginx's access log ---------------------------------------------------------------------------
+
+def access_log_path(stack):
+    """Where nginx writes its access log for this stack (the local backend: the state directory)."""
+    ctx = clients.access(stack)
+    if not hasattr(ctx, "dir"):
+        raise RuntimeError("this backend keeps nginx's access log inside its container: read it with "
+                           "`docker exec <nginx> cat /var/log/nginx/access.log`; the lesson needs the local backend here")
+    return ctx.dir("nginx") / "access.log"
+
+
+def parse_access_line(line: str) -> dict | None:
+    """One line of the stack's log_format (stack.render.nginx.LOG_FORMAT) as a dict, None if not one.
+
+    `$upstream_addr` and `$upstream_response_time` hold one value per upstream tried
+    ("a, b" after a retry); the last one answered."""
+    try:
+        head, uri, tail = line.split('"', 2)
+        msec, remote, method = head.split()
+        status, upstream, upstream_time, request_time = tail.split(None, 3)
+        if ", " in tail:      # a retry: several upstreams, the last answered
+            rest = tail.split()
+            status, request_time = rest[0], rest[-1]
+            upstream = rest[-1 - (len(rest) - 2) // 2 - 1].rstrip(",")
+            upstream_time = rest[-2]
+        return {"t": float(msec), "remote": remote, "method": method, "uri": uri, "status": int(status),
+                "upstream": upstream.rstrip(","), "upstream_s": None if upstream_time == "-" else float(upstream_time),
+                "request_s": float(request_time)}
+    except ValueError:
+        return None
+
+
+def read_access_log(stack, since: float) -> pd.DataFrame:
+    path = access_log_path(stack)
+    rows = []
+    with open(path, errors="replace") as f:
+        for line in f:
+            row = parse_access_line(line)
+            if row and row["t"] >= since:
+                rows.append(row)
+    return pd.DataFrame(rows, columns=["t", "remote", "method", "uri", "status", "upstream", "upstream_s",
+                                       "request_s"])
+
+
+def per_upstream(log: pd.DataFrame, stack) -> pd.DataFrame:
+    """Requests, share and upstream response time (p50/p99, ms) per app replica, from nginx's log."""
+    ports = {f"127.0.0.1:{clients.access(stack).ports.app(i)}": f"app-{i}" for i in range(1, 17)}
+    log = log[log["upstream_s"].notna()]
+    rows = []
+    for upstream, part in log.groupby("upstream"):
+        t = part["upstream_s"] * 1000
+        rows.append({"replica": ports.get(upstream, upstream), "requests": len(part),
+                     "share": len(part) / len(log), "upstream_p50_ms": t.quantile(0.5),
+                     "upstream_p99_ms": t.quantile(0.99),
+                     "nginx_own_ms": ((part["request_s"] - part["upstream_s"]) * 1000).mean()})
+    return pd.DataFrame(rows).set_index("replica").sort_index() if rows else pd.DataFrame()
+
+
+# -- PostgreSQL and Redis -----------------------------------------------------------------------
+
+def reset_statements(stack) -> None:
+    servers.ensure_pg_stat_statements(stack)
+    clients.wait_replayed(stack)      # the standby has the extension too before it is asked
+    for role in ("primary", "replica"):
+        with servers.pg(stack, role) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def top_statements(stack, limit: int = 4) -> pd.DataFrame:
+    """Each server's statements by total execution time (pg_stat_statements), the heaviest first."""
+    rows = []
+    for role in ("primary", "replica"):
+        with servers.pg(stack, role) as conn:
+            found = conn.execute(
+                "SELECT query, calls, total_exec_time, mean_exec_time FROM pg_stat_statements "
+                "WHERE query NOT ILIKE '%%pg_stat_statements%%' ORDER BY total_exec_time DESC LIMIT %s",
+                (limit,)).fetchall()
+        rows += [{"server": role, "query": q[:90], "calls": c, "total_ms": t, "mean_ms": m} for q, c, t, m in found]
+    return pd.DataFrame(rows, columns=["server", "query", "calls", "total_ms", "mean_ms"])
+
+
+def redis_info(stack) -> dict:
+    info = servers.redis_client(stack).info()
+    return {"hits": info["keyspace_hits"], "misses": info["keyspace_misses"],
+            "commands": info["total_commands_processed"], "clients": info["connected_clients"]}
+
+
+def replication_lag(stack) -> dict:
+    return clients.replication_status(stack)
+
+
+# -- the replicas ---------------------------------------------------------------------------------
+
+ADMIN_ROUTES = ("metrics", "admin_profile", "admin_config", "health")
+
+
+def layer_table(before: dict, after: dict, flames: dict | None = None) -> pd.DataFrame:
+    """Per replica: requests served in the window and the mean ms per request in each layer
+    (the Server-Timing durations each replica sums in /metrics). The measuring requests
+    themselves (/metrics, the profile window) are left out."""
+    rows = []
+    for name, m in after.items():
+        b = before.get(name, {"requests": 0, "layer_seconds": {}, "process": {"cpu_s": 0}, "by_route": {}})
+        admin = sum(m["by_route"].get(r, 0) - b["by_route"].get(r, 0) for r in ADMIN_ROUTES)
+        n = m["requests"] - b["requests"] - admin
+        row = {"replica": name, "requests": n,
+               "cpu_s": m["process"].get("cpu_s", 0) - b["process"].get("cpu_s", 0)}
+        for layer in LAYERS:
+            spent = m["layer_seconds"].get(layer, 0.0) - b["layer_seconds"].get(layer, 0.0)
+            if layer == "app" and flames and name in flames:
+                spent -= flames[name]["seconds"]
+            row[f"{layer}_ms"] = max(0.0, 1000 * spent / n) if n else 0.0
+        row["pool_waiting"] = sum(p["waiting"] for p in m["pools"].values())
+        row["slots"] = m["work"]["concurrency"]
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("replica")
+
+
+class Probe:
+    """Sampled requests through nginx during the load, keeping each Server-Timing header."""
+
+    def __init__(self, url: str, every_s: float = 0.05):
+        self.url, self.every_s, self.rows = url, every_s, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        paths = [("GET report", f"/work?kind=db&ms={REPORT_MS}"), ("GET /users/{id}", "/users/{i}")]
+        i = 0
+        while not self._stop.is_set():
+            label, path = paths[i % 2]
+            i += 1
+            start = time.perf_counter()
+            try:
+                with urllib.request.urlopen(self.url + path.format(i=1 + i % 500), timeout=10) as resp:
+                    resp.read()
+                    timing = parse_server_timing(resp.headers.get("Server-Timing", ""))
+                    self.rows.append({"request": label, "replica": resp.headers.get("X-Replica"),
+                                      "client_ms": (time.perf_counter() - start) * 1000, **timing})
+            except OSError:
+                pass
+            self._stop.wait(self.every_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(15)
+
+
+def profile_replicas(stack, names, seconds: float, interval_ms: float = 1.0) -> dict:
+    """Every named replica samples itself for the same window (in parallel)."""
+    with ThreadPoolExecutor(max(1, len(names))) as pool:
+        futures = {n: pool.submit(clients.profile_replica, stack, int(n.split("-")[1]), seconds, interval_ms)
+                   for n in names}
+        return {n: f.result() for n, f in futures.items()}
+
+
+@dataclass
+class Profile:
+    load: dict
+    layers: pd.DataFrame
+    probes: pd.DataFrame
+    nginx: pd.DataFrame
+    statements: pd.DataFrame
+    redis: dict
+    replication: dict
+    flames: dict = field(default_factory=dict)
+
+    @property
+    def busiest(self) -> str:
+        return self.layers["requests"].idxmax()
+
+    @property
+    def flame(self) -> dict:
+        return self.flames[self.busiest]
+
+    def cpu_share(self, replica: str | None = None) -> float:
+        """The share of the profiled window the replica's thread spent on CPU (pyinstrument's own clock)."""
+        f = self.flames[replica or self.busiest]
+        return f["cpu_seconds"] / f["seconds"]
+
+
+@experiment
+def profile(stack, sc, seconds: float = 3.0, sample_replicas: bool = True) -> Profile:
+    """The scenario's workload for `seconds`, with every layer asked what it did meanwhile."""
+    reset_statements(stack)
+    before, redis_before = readings.replica_metrics(stack), redis_info(stack)
+    since = time.time()
+    load = {}
+
+    def run():
+        load["result"] = run_load(sc.workload(stack, seconds=seconds))
+
+    runner = threading.Thread(target=run)
+    with Probe(stack.status()["url"]) as probe:
+        runner.start()
+        time.sleep(0.3)          # profile the steady part, not the first arrivals
+        flames = profile_replicas(stack, list(before), seconds - 0.6) if sample_replicas else {}
+        runner.join()
+    after, redis_after = readings.replica_metrics(stack), redis_info(stack)
+    replication = replication_lag(stack)
+    statements = top_statements(stack)
+    time.sleep(1.1)              # nginx flushes its access log buffer every second
+    log = read_access_log(stack, since)
+    redis = {k: redis_after[k] - redis_before[k] for k in ("hits", "misses", "commands")}
+    lookups = redis["hits"] + redis["misses"]
+    redis["hit_ratio"] = redis["hits"] / lookups if lookups else None
+    return Profile(summary(load["result"]), layer_table(before, after, flames), pd.DataFrame(probe.rows),
+                   per_upstream(log, stack), statements, redis, replication, flames)
+
+
+# -- reading the evidence -------------------------------------------------------------------------
+
+def evidence(prof: Profile) -> pd.DataFrame:
+    """The figures that tell the suspects apart, each beside its healthy bound, in the order they
+    are read (see suspect): one row per suspect, `over` when the figure passes its bound.
+
+    Healthy, for this workload: a report waits under 5 ms for a pooled connection beyond its own
+    40 ms query; no replica takes more than twice its fair share of requests; the median replica's
+    requests wait under 5 ms for a work slot; a write's p99 is under 100 ms; the heaviest statement's
+    mean is under twice the report's 40 ms; the cache answers at least half the user reads."""
+    layers, nginx, probes = prof.layers, prof.nginx, prof.probes
+    reports = probes[probes["request"] == "GET report"] if len(probes) else probes
+    pool_wait = float((reports["db"] - REPORT_MS).clip(lower=0).median()) if len(reports) else 0.0
+    fair = 1 / max(1, len(layers))
+    top_share = float(nginx["share"].max()) if len(nginx) else 0.0
+    busiest_queue = float(layers["queue_ms"].max()) if len(layers) else 0.0
+    median_queue = float(layers["queue_ms"].median()) if len(layers) else 0.0
+    put_p99 = prof.load.get("put_p99_ms") or 0.0
+    heaviest = float(prof.statements["mean_ms"].max()) if len(prof.statements) else 0.0
+    hit = prof.redis.get("hit_ratio")
+    rows = [
+        ("db_pool", "a report's wait for a connection (ms: Server-Timing db - its 40 ms query)", pool_wait, 5,
+         pool_wait > 5),
+        ("balancing", "largest replica's share of requests (nginx log), its slot wait above 5 ms", top_share,
+         2 * fair, len(layers) > 1 and top_share > 2 * fair and busiest_queue > 5),
+        ("app_capacity", "median replica's wait for a work slot (ms, Server-Timing queue)", median_queue, 5,
+         median_queue > 5),
+        ("replication", "p99 of writes (ms, per request kind at the load generator)", put_p99, 100, put_p99 > 100),
+        ("database_cpu", "heaviest statement's mean (ms, pg_stat_statements)", heaviest, 2 * REPORT_MS,
+         heaviest > 2 * REPORT_MS),
+        ("cache", "Redis hit ratio of user reads", hit if hit is not None else 0.0, 0.5,
+         hit is not None and hit < 0.5),
+    ]
+    return pd.DataFrame(rows, columns=["suspect", "figure", "value", "healthy_bound", "over"]).set_index("suspect")
+
+
+def suspect(prof: Profile) -> str | None:
+    """The first suspect over its bound, read in the order of the path's dependencies: a request
+    waiting for a connection holds its work slot (so the slot queue is a consequence), a skewed
+    balancer makes one replica queue (so its queue is a consequence), and only then is a queue a
+    matter of capacity. None: nothing is over its bound."""
+    table = evidence(prof)
+    over = table.index[table["over"]]
+    return str(over[0]) if len(over) else None
+
+
+# -- fixing in the article's order ------------------------------------------------------------------
+
+@experiment
+def fix_in_order(stack, sc, seconds: float = 3.0, progress=None) -> pd.DataFrame:
+    """Measure the scenario, then apply the article's fixes one at a time (each on top of the last),
+    measuring after each: p50, p99, throughput. Ends with the stack fully fixed."""
+    rows = [{"step": "0. as found", **measure(stack, sc, seconds)}]
+    if progress:
+        progress(f"{rows[-1]['step']}: p99 {rows[-1]['p99_ms']:.0f} ms")
+    for label, changes in FIX_STEPS:
+        stack.apply(**changes)
+        # New replicas open their pools on the first requests: warm up, then measure.
+        run_load(sc.workload(stack, seconds=WARM_UP_S))
+        rows.append({"step": label, **measure(stack, sc, seconds)})
+        if progress:
+            progress(f"{label}: p99 {rows[-1]['p99_ms']:.0f} ms, {rows[-1]['throughput_rps']:.0f} req/s")
+    return pd.DataFrame(rows).set_index("step")
+
+
+def biggest_drop(waterfall: pd.DataFrame) -> str:
+    """The step after which p99 fell the most (as a ratio to the step before)."""
+    p99 = waterfall["p99_ms"]
+    ratios = p99.shift(1) / p99
+    return str(ratios.iloc[1:].idxmax())
+
+
+# -- what the profiler costs -----------------------------------------------------------------------
+
+@experiment
+def profiler_cost(stack, seconds: float = 1.5, connections: int = 8) -> pd.DataFrame:
+    """Closed-loop cached user reads straight to app-1, without and with pyinstrument sampling it."""
+    url = clients.app_url(stack, 1).rstrip("/")
+    spec = LoadSpec(url=url, mode="closed", connections=connections, duration_s=seconds, path="/users/1")
+    rows = []
+    for sampling in (False, True):
+        worker = None
+        if sampling:
+            worker = ThreadPoolExecutor(1)
+            future = worker.submit(clients.profile_replica, stack, 1, seconds + 0.5)
+            time.sleep(0.1)
+        result = run_load(spec)
+        if worker:
+            future.result()
+            worker.shutdown()
+        rows.append({"sampling": "pyinstrument, 1 ms" if sampling else "off", **summary(result)})
+    frame = pd.DataFrame(rows).set_index("sampling")
+    frame["relative_rps"] = frame["throughput_rps"] / frame["throughput_rps"].iloc[0]
+    return frame
+
+
+def flame_frame(flame: dict) -> pd.DataFrame:
+    return pd.DataFrame(flame["frames"])
+
+
+def hottest_functions(flame: dict, limit: int = 8) -> pd.DataFrame:
+    """Functions by self time (time with the function itself on top of the stack)."""
+    frame = flame_frame(flame)
+    if frame.empty:
+        return frame
+    total = flame["seconds"]
+    grouped = frame.groupby(["function", "where"])["self_seconds"].sum().sort_values(ascending=False)
+    out = grouped.head(limit).reset_index()
+    out["share"] = out["self_seconds"] / total
+    return out
