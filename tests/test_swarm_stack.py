@@ -42,8 +42,9 @@ def free_base(start: int = int(os.environ.get("SCALELAB_DOCKER_TEST_BASE", "2640
     raise RuntimeError("no free block of ports")
 
 
-BASE = free_base()
-PORTS = Ports(BASE)
+# Chosen when the stack starts, not at collection: the compose tests run first and free theirs.
+BASE = 0
+PORTS = Ports(26400)
 
 
 def timed(name: str, fn, *args, **kwargs):
@@ -63,6 +64,9 @@ def engine():
 
 @pytest.fixture(scope="module")
 def stack(engine, state_dir):
+    global BASE, PORTS
+    BASE = free_base()
+    PORTS = Ports(BASE)
     s = SwarmStack(state_dir)
     s.build(progress=print)           # from built images: the up below is what the learner waits for
     timed("up_cold_s", s.up, Topology(base_port=BASE), progress=print)
