@@ -24,7 +24,8 @@ _stacks: dict = {}
 
 
 def get_stack(state_dir=None, backend: str | None = None):
-    """The stack for a state directory: backend "local" (processes, default) or "docker" (a compose project)."""
+    """The stack for a state directory: backend "local" (processes, default), "docker" (a compose
+    project) or "swarm" (a `docker stack` on Swarm mode)."""
     backend = backend or os.environ.get("SCALELAB_BACKEND", "local")
     key = (backend, str(state_dir))
     if key not in _stacks:
@@ -34,8 +35,11 @@ def get_stack(state_dir=None, backend: str | None = None):
         elif backend == "docker":
             from .docker.backend import DockerStack
             _stacks[key] = DockerStack(state_dir)
+        elif backend == "swarm":
+            from .swarm.backend import SwarmStack
+            _stacks[key] = SwarmStack(state_dir)
         else:
-            raise StackError(f"backend={backend!r} is not available: allowed 'local', 'docker'")
+            raise StackError(f"backend={backend!r} is not available: allowed 'local', 'docker', 'swarm'")
     return _stacks[key]
 
 

@@ -33,8 +33,9 @@ def _print_status(status: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description="The ScaleLab live stack.")
     parser.add_argument("--state-dir", help="state directory (default: $SCALELAB_STATE or a per-user temp dir)")
-    parser.add_argument("--backend", choices=("local", "docker"),
-                        help="processes on this machine (default: $SCALELAB_BACKEND or local) or a Docker compose project")
+    parser.add_argument("--backend", choices=("local", "docker", "swarm"),
+                        help="processes on this machine (default: $SCALELAB_BACKEND or local), a Docker compose "
+                             "project, or a stack on Docker Swarm")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the stack (or re-attach and make it match)")
     up.add_argument("--base-port", type=int, help="first port of the block the stack uses (default 18080)")

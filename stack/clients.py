@@ -151,6 +151,13 @@ def pgbouncer_admin(target, command: str) -> list[dict]:
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
+def pgbouncer_set(target, key: str, value) -> None:
+    """SET one setting on PgBouncer's admin console (in force at once; SHOW CONFIG reports it)."""
+    with psycopg.connect(dsn(target, "pgbouncer", dbname="pgbouncer"), autocommit=True,
+                         cursor_factory=psycopg.ClientCursor) as conn:
+        conn.execute(f"SET {key} = '{str(value)}'")
+
+
 def pgbouncer_config(target) -> dict:
     return {row["key"]: row["value"] for row in pgbouncer_admin(target, "SHOW CONFIG")}
 

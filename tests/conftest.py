@@ -21,19 +21,19 @@ from stack.topology import Topology
 from stack.pytest_env import reachable_tmp_dir, shifted_port  # noqa: F401 - tests import them from here
 
 
-DOCKER_TIER = "test_docker_stack.py"
+DOCKER_TIER = ("test_docker_stack.py", "test_swarm_stack.py")
 
 
 def pytest_ignore_collect(collection_path, config):
     """The Docker tier needs an engine: `make test-docker` starts one and runs it."""
-    if collection_path.name == DOCKER_TIER and os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
+    if collection_path.name in DOCKER_TIER and os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
         return True
     return None
 
 
 def pytest_report_header(config):
     if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
-        return f"Docker tier not collected (tests/{DOCKER_TIER}): `make test-docker` runs it"
+        return f"Docker tier not collected ({', '.join(DOCKER_TIER)}): `make test-docker` runs it"
     return None
 
 

@@ -37,7 +37,8 @@ def test_nginx_balances_over_every_task_and_rotates_on_a_strategy_change():
     before = swarm_model(Topology())["services"]["nginx"]["configs"]
     after = swarm_model(Topology().with_changes(strategy="round_robin"))["services"]["nginx"]["configs"]
     assert before[0] == after[0] and before[1]["source"] != after[1]["source"]   # only the upstream rotates
-    assert swarm_model(Topology())["services"]["nginx"]["deploy"]["update_config"]["order"] == "start-first"
+    # Host-mode ports: the new nginx can bind only after the old one stopped.
+    assert swarm_model(Topology())["services"]["nginx"]["deploy"]["update_config"]["order"] == "stop-first"
 
 
 def test_weights_are_refused_with_the_reason():

@@ -9,12 +9,14 @@
 # 1. installs Debian's docker.io, docker-compose and debootstrap (apt) when missing;
 # 2. starts its own dockerd: own socket, data root, exec root and pid file, so it never touches
 #    another engine on this machine. No registry is reachable here, so builds use the host's
-#    network and containers need no NAT: by default the engine makes no iptables rules and no
-#    docker0 (SCALELAB_DOCKER_IPTABLES=1 gives Docker's usual bridge + iptables setup instead);
+#    network and containers need no NAT; no docker0 either. iptables is on by default
+#    (SCALELAB_DOCKER_IPTABLES=1): Swarm's published ports are iptables rules on docker_gwbridge;
+#    SCALELAB_DOCKER_IPTABLES=0 runs the engine without any rules (compose only);
 # 3. makes the base image with debootstrap + docker import (kept in the data root: skipped
 #    when it exists), then builds the stack's four images on it;
-# 4. runs tests/test_docker*.py with SCALELAB_DOCKER_TESTS=1: they FAIL (never skip) when the
-#    engine is unusable;
+# 4. runs tests/test_docker*.py and tests/test_swarm*.py with SCALELAB_DOCKER_TESTS=1: they
+#    FAIL (never skip) when the engine is unusable. The Swarm tests put the engine in Swarm
+#    mode (SwarmStack.up) and leave it again (down);
 # 5. always (trap): removes the containers, stops dockerd by its pid, and removes the bridges,
 #    iptables rules and chains, and mounts that appeared while it ran.
 # Prints the time of every phase. Needs root (it installs packages and runs dockerd).
@@ -95,7 +97,9 @@ start_engine() {
         mkdir -p "$DOCKER_ROOT" "$RUN_ROOT"
         [ -f "$SNAP/links" ] || snapshot
         local net_flags=(--iptables=false --ip6tables=false --ip-forward=false --bridge=none)
-        [ "${SCALELAB_DOCKER_IPTABLES:-0}" = 1 ] && net_flags=()
+        # Swarm's ingress routing mesh (published service ports) is made of iptables rules:
+        # iptables on, still no docker0 (the stacks use their own networks).
+        [ "${SCALELAB_DOCKER_IPTABLES:-1}" = 1 ] && net_flags=(--iptables=true --ip-forward=false --bridge=none)
         # In the background, stdin closed: it outlives this script (`start`); stopped by its pid.
         /usr/sbin/dockerd --data-root "$DOCKER_ROOT/data" --exec-root "$RUN_ROOT/exec" \
             -H "unix://$SOCK" --pidfile "$PIDFILE" --log-level warn "${net_flags[@]}" \
@@ -116,6 +120,8 @@ start_engine() {
 stop_engine() {
     local pid
     if pid=$(engine_pid); then
+        # A swarm a failed run left: its services would outlive the containers removed below.
+        "$DOCKER" swarm leave --force >/dev/null 2>&1 && echo "left the swarm a test had left behind"
         local ids; ids=$("$DOCKER" ps -aq 2>/dev/null || true)
         if [ -n "$ids" ]; then
             echo "removing $(echo "$ids" | wc -l) leftover container(s)"
@@ -148,7 +154,7 @@ cleanup_network() {   # remove only what appeared since the snapshot and looks l
     [ -f "$SNAP/links" ] || return 0
     local removed=0
     for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | sort \
-                  | comm -13 "$SNAP/links" - | grep -E '^(docker0|br-[0-9a-f]{12}|veth[0-9a-f]+)$' || true); do
+                  | comm -13 "$SNAP/links" - | grep -E '^(docker0|docker_gwbridge|br-[0-9a-f]{12}|veth[0-9a-f]+)$' || true); do
         ip link delete "$link" 2>/dev/null && removed=$((removed + 1))
     done
     if command -v iptables >/dev/null; then
@@ -156,7 +162,7 @@ cleanup_network() {   # remove only what appeared since the snapshot and looks l
             local now; now=$(iptables -w -t "$table" -S 2>/dev/null || true)
             # Rules Docker added (they name a DOCKER chain or a Docker bridge), newest first.
             { comm -13 <(grep '^-A ' "$SNAP/iptables-$table" | sort) <(echo "$now" | grep '^-A ' | sort) \
-                | grep -E 'DOCKER|docker0|br-[0-9a-f]{12}' || true; } | tac | while read -r rule; do
+                | grep -E 'DOCKER|docker0|docker_gwbridge|br-[0-9a-f]{12}' || true; } | tac | while read -r rule; do
                     eval iptables -w -t "$table" "-D ${rule#-A }" 2>/dev/null || true
                 done
             local chains
@@ -175,7 +181,7 @@ cleanup_network() {   # remove only what appeared since the snapshot and looks l
     if [ -s "$SNAP/ip_forward" ]; then
         sysctl -qw "net.ipv4.ip_forward=$(cat "$SNAP/ip_forward")" 2>/dev/null || true
     fi
-    left=$(ip -o link show 2>/dev/null | grep -cE ': (docker0|br-[0-9a-f]{12})[:@]' || true)
+    left=$(ip -o link show 2>/dev/null | grep -cE ': (docker0|docker_gwbridge|br-[0-9a-f]{12})[:@]' || true)
     chains=$(iptables -w -S 2>/dev/null | grep -c '^-N DOCKER' || true)
     echo "network clean-up: removed $removed link(s)/chain(s); now $left Docker bridge(s), $chains DOCKER chain(s) on this host"
     rm -rf "$SNAP"
@@ -232,14 +238,17 @@ run_tier() {
     ensure_venv
     phase "build images"
     SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE .venv/bin/python -m stack.docker build
-    phase "tests (tests/test_docker*.py)"
+    phase "tests (tests/test_docker*.py, tests/test_swarm*.py)"
     mkdir -p test-artifacts
     SCALELAB_DOCKER_TESTS=1 SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
         SCALELAB_DOCKER_TIMINGS="$ROOT/test-artifacts/docker-timings.json" \
-        .venv/bin/pytest tests/test_docker*.py "$@"
-    if [ -f test-artifacts/docker-timings.json ]; then
-        echo "== stack timings (s): $(tr -d ' \n' < test-artifacts/docker-timings.json)"
-    fi
+        SCALELAB_SWARM_TIMINGS="$ROOT/test-artifacts/swarm-timings.json" \
+        .venv/bin/pytest tests/test_docker*.py tests/test_swarm*.py "$@"
+    for kind in docker swarm; do
+        if [ -f "test-artifacts/$kind-timings.json" ]; then
+            echo "== $kind stack timings (s): $(tr -d ' \n' < "test-artifacts/$kind-timings.json")"
+        fi
+    done
 }
 
 case "${1:-run}" in

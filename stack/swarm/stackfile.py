@@ -13,16 +13,22 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
 * Config files are Swarm configs and the files holding passwords Swarm secrets, both
   immutable: a changed file is a new config (its name carries a hash of its text) that
   a service update rotates in.
-* Swarm publishes ports on every interface of every node (the ingress routing mesh);
-  there is no 127.0.0.1-only publishing. Only the entry point and the servers the
-  course's clients read are published, and each one asks for a password (SCRAM,
-  requirepass) or serves only the app's HTTP API.
+* Swarm publishes ports on every interface (0.0.0.0); there is no 127.0.0.1-only
+  publishing. Ports use `mode: host` (the node running the task listens) and services
+  `endpoint_mode: dnsrr`, because the ingress routing mesh and virtual IPs are IPVS, which
+  not every kernel has (this machine's has no CONFIG_IP_VS). So a published service's
+  update stops the old task before the new one binds the port (stop-first). Only the
+  entry point and the servers the course's clients read are published, and each one asks
+  for a password (SCRAM, requirepass) or serves only the app's HTTP API.
 * Images are not built by `docker stack deploy`: build them first
   (`python -m stack.docker build`), on every node of a multi-node swarm.
 """
 from __future__ import annotations
 
 import hashlib
+import json
+import re
+from pathlib import Path
 
 from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name, refuse_shards
 from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
@@ -47,6 +53,26 @@ HEADER = """\
 # Swarm publishes on every interface (no 127.0.0.1-only ports): see stack/swarm/stackfile.py.
 """
 PUBLISHED = ("nginx", "postgres-primary", "postgres-replica", "pgbouncer", "redis")
+SERVICES = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "app", "nginx")
+# A task reads its config from a writable copy of the seed secret: a secret cannot change, and
+# a live change (TTL, pools) is a new file pushed into every task (stack.swarm.tasks), not a restart.
+APP_CONFIG = "/tmp/scalelab/config.json"
+APP_DOCKERFILE = Path(__file__).resolve().parents[1] / "docker" / "images" / "app.Dockerfile"
+
+
+def app_command() -> list[str]:
+    """The app image's CMD, read from its Dockerfile: one definition of how a replica starts."""
+    text = APP_DOCKERFILE.read_text().replace("\\\n", " ")
+    match = re.search(r"^CMD (\[.*?\])\s*$", text, re.M)
+    if not match:
+        raise ValueError(f"{APP_DOCKERFILE}: no CMD [...] line (the app service's command comes from it)")
+    return json.loads(match.group(1))
+
+
+def app_entrypoint() -> list[str]:
+    # `$$`: the stack file is interpolated by `docker stack deploy`; the task's shell sees `$@`.
+    copy = f"mkdir -p {APP_CONFIG.rsplit('/', 1)[0]} && cp {SECRETS['app_config'][1]} {APP_CONFIG} && exec \"$$@\""
+    return ["sh", "-c", copy, "app-entry", *app_command()]
 
 
 def upstream_conf(topology: Topology) -> str:
@@ -92,7 +118,24 @@ SECRETS = {
     "app_password": ("postgres/app_password", f"{RUN_DIR}/postgres/app_password"),
     "pgbouncer_userlist": ("pgbouncer/userlist.txt", f"{RUN_DIR}/pgbouncer/userlist.txt"),
     "redis_auth": ("redis/auth.conf", f"{RUN_DIR}/redis/auth.conf"),
+    "redis_password": ("redis/password", f"{RUN_DIR}/redis/password"),   # for its health check
 }
+
+
+def runtime_texts(topology: Topology, secrets: dict) -> dict[str, str]:
+    """The text of each secret, by name (stack.docker.config renders them)."""
+    from ..docker.config import runtime_files
+    files = runtime_files(topology, secrets)
+    return {name: files[rel] for name, (rel, _target) in SECRETS.items()}
+
+
+def secret_names(topology: Topology, secrets: dict | None = None) -> dict[str, str]:
+    """Swarm secret names: the app's seed config carries a hash (it changes with the topology,
+    and a secret cannot); the passwords never change, so their names are fixed."""
+    names = {name: name for name in SECRETS}
+    if secrets is not None:
+        names["app_config"] = _versioned("app_config", runtime_texts(topology, secrets)["app_config"])
+    return names
 
 
 def _versioned(name: str, text: str) -> str:
@@ -100,18 +143,24 @@ def _versioned(name: str, text: str) -> str:
     return f"{name}_{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
+# Swarm reports a task running (and a scale or update done) only after its first passing check,
+# which comes `interval` after the start: 2 s instead of compose's 5 s keeps a scale near 5 s,
+# at ~0.025 of a core per container for the checks (each one a `docker exec`).
+SWARM_HEALTH = {**HEALTH_TIMING, "interval": "2s"}
+
+
 def _health(*test: str) -> dict:
-    return {"test": ["CMD", *test], **HEALTH_TIMING}
+    return {"test": ["CMD", *test], **SWARM_HEALTH}
 
 
-def _service(topology: Topology, name: str, images: dict, configs: dict) -> dict:
+def _service(topology: Topology, name: str, images: dict, configs: dict, secret_of: dict) -> dict:
     ports = Ports(topology.base_port)
 
     def use_configs(*names):
         return [{"source": configs[n], "target": config_files(topology)[n][1], "mode": 0o444} for n in names]
 
     def use_secrets(*names):
-        return [{"source": n, "target": SECRETS[n][1], "mode": 0o444} for n in names]
+        return [{"source": secret_of[n], "target": SECRETS[n][1], "mode": 0o444} for n in names]
 
     kind = "app" if name == "app" else ("postgres" if name.startswith("postgres") or name == "pgbouncer" else name)
     svc: dict = {"image": images[kind]}
@@ -134,18 +183,18 @@ def _service(topology: Topology, name: str, images: dict, configs: dict) -> dict
         svc["stop_grace_period"] = "5s"
     elif name == "redis":
         svc["configs"] = use_configs("redis_conf")
-        svc["secrets"] = use_secrets("redis_auth")
+        svc["secrets"] = use_secrets("redis_auth", "redis_password")
         svc["healthcheck"] = _health("redis-health")
         svc["stop_grace_period"] = "5s"
     elif name == "nginx":
         svc["configs"] = use_configs("nginx_conf", "nginx_upstream")
         svc["healthcheck"] = _health("http-health", str(INTERNAL_PORTS["nginx"]), "/nginx-health")
         svc["stop_grace_period"] = "5s"
-        # A new upstream config starts a new nginx before the old one stops: no gap at the entry point.
-        deploy["update_config"] = {"order": "start-first"}
+        svc["stop_signal"] = "SIGQUIT"      # graceful: in-flight requests finish
     else:   # the app: the article's deploy block
-        svc["environment"] = {"SCALELAB_REPLICA": "{{.Service.Name}}.{{.Task.Slot}}",
-                              "SCALELAB_APP_CONFIG": SECRETS["app_config"][1]}
+        svc["entrypoint"] = app_entrypoint()
+        # app-1, app-2 ...: the names every backend's replicas answer with (X-Replica).
+        svc["environment"] = {"SCALELAB_REPLICA": "app-{{.Task.Slot}}", "SCALELAB_APP_CONFIG": APP_CONFIG}
         svc["secrets"] = use_secrets("app_config")
         svc["healthcheck"] = _health("http-health", str(INTERNAL_PORTS["app"]), "/health")
         svc["stop_grace_period"] = "8s"
@@ -158,29 +207,45 @@ def _service(topology: Topology, name: str, images: dict, configs: dict) -> dict
     svc["init"] = True
     if name in PUBLISHED:
         svc["ports"] = [{"target": INTERNAL_PORTS["postgres" if name.startswith("postgres") else name],
-                         "published": ports.of(name), "protocol": "tcp", "mode": "ingress"}]
+                         "published": ports.of(name), "protocol": "tcp", "mode": "host"}]
     svc["networks"] = ["default"]
+    # DNS answers with the tasks' own addresses: a virtual IP needs the kernel's IPVS, which
+    # some kernels lack (this machine's has no CONFIG_IP_VS: VIPs and the ingress mesh time out).
+    deploy["endpoint_mode"] = "dnsrr"
     svc["deploy"] = deploy
     return svc
 
 
-def swarm_model(topology: Topology | None = None, images: dict | None = None) -> dict:
+def swarm_model(topology: Topology | None = None, images: dict | None = None, secrets: dict | None = None,
+                only: tuple[str, ...] | None = None) -> dict:
+    """The stack file as a dict. `secrets` (the generated values) versions the app's seed
+    config; `only` keeps those services (a partial deploy: `docker stack deploy` leaves
+    the others as they are), with just the configs and secrets they use."""
     topology = topology or Topology()
     refuse_shards(topology)
     images = images or {name: image_name(name) for name in IMAGES}
     texts = config_texts(topology)
     configs = {name: _versioned(name, text) for name, text in texts.items()}
-    names = ["postgres-primary", "postgres-replica", "redis"]
-    if topology.pgbouncer.enabled:
-        names.append("pgbouncer")
-    names += ["app", "nginx"]
+    secret_of = secret_names(topology, secrets)
+    names = [n for n in SERVICES if n != "pgbouncer" or topology.pgbouncer.enabled]
+    if only is not None:
+        unknown = [n for n in only if n not in SERVICES]
+        if unknown:
+            raise ValueError(f"only={unknown[0]!r} is not allowed: services are {', '.join(SERVICES)}")
+        names = [n for n in names if n in only]
+    services = {name: _service(topology, name, images, configs, secret_of) for name in names}
+    used_configs = {c["source"] for s in services.values() for c in s.get("configs", [])}
+    used_secrets = {c["source"] for s in services.values() for c in s.get("secrets", [])}
+    paths = config_files(topology)
     return {
         "version": "3.8",
-        "services": {name: _service(topology, name, images, configs) for name in names},
+        "services": services,
         "networks": {"default": {"driver": "overlay", "attachable": True}},
         "volumes": {"primary-data": {}, "replica-data": {}},
-        "configs": {configs[n]: {"file": f"./{path}"} for n, (path, _target) in config_files(topology).items()},
-        "secrets": {n: {"file": f"./docker/run/{path}"} for n, (path, _target) in SECRETS.items()},
+        "configs": {configs[n]: {"file": f"./{path}"} for n, (path, _target) in paths.items()
+                    if configs[n] in used_configs},
+        "secrets": {secret_of[n]: {"file": f"./docker/run/{path}"} for n, (path, _target) in SECRETS.items()
+                    if secret_of[n] in used_secrets},
     }
 
 

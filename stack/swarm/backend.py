@@ -1,0 +1,494 @@
+"""The Swarm backend: the topology as a `docker stack`, changed live by executing stack.plan.
+
+    stack = SwarmStack()
+    stack.up()                            # swarm init if needed, build missing images, deploy, healthy
+    stack.apply(replicas=6)               # `docker service scale`, then nginx re-resolves tasks.app
+    stack.apply(strategy="round_robin")   # a new upstream config rotated into the nginx service
+    stack.apply(ttl_s=30)                 # the new app config pushed into every task, no restart
+    stack.down()                          # the stack goes (data volumes stay); a swarm it made is left
+
+How each plan action becomes a Swarm operation:
+
+    start              `docker stack deploy` of a stack file holding just those services
+                       (all of them on a fresh stack); more app replicas: a service scale
+    stop               service scale (app replicas) or service remove
+    reload_nginx       scale only: `nginx-reload` in the nginx task (re-resolves tasks.app);
+                       anything else: the upstream config rotated in (a service update)
+    reload_postgres    ALTER SYSTEM SET + pg_reload_conf(), until pg_settings shows it
+    restart_postgres   ALTER SYSTEM SET, then a forced service update (a new task, same volume)
+    set_redis          CONFIG SET;  reload_pgbouncer: SET on PgBouncer's admin console
+    push_app_config    the new config file written into each task, then POST /_admin/config
+    set_cpu_quota      a service update of resources.limits (Swarm replaces the tasks)
+
+Only services are published (nginx, PostgreSQL, PgBouncer, Redis), on 0.0.0.0: Swarm cannot
+publish on 127.0.0.1 only. App replicas are reached through nginx, or inside their task.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from psycopg import sql
+
+from .. import clients
+from ..docker.compose import to_yaml
+from ..docker.config import postgres_settings, project_files
+from ..docker.engine import connect
+from ..docker.images import ensure_images
+from ..docker.runtime import write_runtime
+from ..docker.state import DockerState
+from ..errors import PortInUseError, StackError, UnknownServiceError
+from ..fault import Faults
+from ..files import run_parallel
+from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
+                    SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, services_for)
+from ..ports import HOST, Ports, port_is_free
+from ..rollback import RollbackReport
+from ..topology import Topology
+from .services import SwarmServices
+from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, swarm_model, upstream_conf
+
+Progress = Callable[[str], None]
+APP_UID = 10001                   # the app image's `scalelab` user
+HEADER = "# The stack this SwarmStack deployed (stack.swarm.stackfile), for `docker stack deploy -c`.\n"
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def stack_name(topology: Topology) -> str:
+    return f"scalelab-{topology.base_port}"
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("SCALELAB_SWARM_STATE")
+    return Path(env) if env else Path(tempfile.gettempdir()) / f"scalelab-swarm-{os.getuid()}"
+
+
+def _short(service: str) -> str:
+    return "app" if service.startswith("app-") else service
+
+
+class SwarmStack(Faults):
+    backend = "swarm"
+
+    def __init__(self, state_dir: str | Path | None = None, client=None):
+        self.state = DockerState(state_dir or default_state_dir())
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = connect()
+        return self._client
+
+    def _services(self, name: str) -> SwarmServices:
+        return SwarmServices(self.client, name)
+
+    # -- the swarm ----------------------------------------------------------------------------
+    def _ensure_swarm(self, say) -> bool:
+        """Join nothing, create at most: init a one-node swarm when this engine is in none.
+        Returns whether this call created it (then down() leaves it again)."""
+        state = self.client.info()["Swarm"].get("LocalNodeState")
+        if state == "active":
+            return False
+        if state != "inactive":
+            raise StackError(f"this engine's swarm state is {state!r}: expected 'active' or 'inactive' "
+                             f"(`docker swarm leave --force` or `docker swarm init` first)")
+        self.client.swarm.init(advertise_addr=HOST)
+        say(f"initialised a one-node swarm (advertise address {HOST})")
+        return True
+
+    # -- reading what runs --------------------------------------------------------------------
+    def applied(self) -> Topology | None:
+        return Topology.from_state(self.state.load())
+
+    def context(self, topology: Topology | None = None) -> clients.StackAccess:
+        topology = topology or self.applied() or Topology.from_env()
+        return clients.StackAccess(topology, self.state.secrets())
+
+    def _running(self, name: str, images: dict | None = None) -> set[str]:
+        """The plan's view: infra services with a running task, app-1..app-k for k running app
+        tasks. A service on another image than `images` counts as not running (redeployed)."""
+        services = self._services(name)
+        running = set()
+        for short, info in services.services().items():
+            image = info["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+            kind = "postgres" if short.startswith("postgres") or short == "pgbouncer" else short
+            if images and images.get(kind) != image:
+                continue
+            count = len(services.running_tasks(short))
+            if short == "app":
+                running |= {f"app-{i}" for i in range(1, count + 1)}
+            elif count:
+                running.add(short)
+        return running
+
+    def status(self) -> dict:
+        saved = self.state.load()
+        topology = Topology.from_state(saved)
+        ports = Ports(topology.base_port) if topology else None
+        name = saved.get("stack")
+        listing, error = {}, None
+        if name:
+            try:
+                listing = self._services(name).containers()
+            except StackError as exc:
+                error = str(exc)
+        wanted = services_for(topology) if topology and saved.get("up") else []
+        services = {}
+        for service in sorted(set(listing) | set(wanted)):
+            c = listing.get(service)
+            health = None
+            if c:
+                health = next((h for h in ("unhealthy", "healthy", "starting") if h in c["Status"]), None)
+            services[service] = {
+                "state": c["State"] if c else ("unknown" if error else "missing"), "health": health,
+                "pid": None, "container": c["Id"][:12] if c else None,
+                "address": f"{HOST}:{ports.of(service)}" if ports and service in PUBLISHED else None}
+        result = {"backend": self.backend, "state_dir": str(self.state.path), "stack": name,
+                  "url": f"http://{HOST}:{ports.nginx}" if ports else None,
+                  "running": any(s["state"] == "running" for s in services.values()),
+                  "topology": topology.to_dict() if topology else None, "services": services}
+        if error:
+            result["error"] = error
+        return result
+
+    def logs(self, service: str, lines: int = 50) -> str:
+        saved = self.state.load()
+        listing = self._services(saved["stack"]).containers() if saved.get("stack") else {}
+        if service not in listing:
+            raise StackError(f"no log for service {service!r}: known services are "
+                             f"{', '.join(sorted(listing)) or 'none yet'}")
+        return self.client.api.logs(listing[service]["Id"], tail=lines).decode(errors="replace").rstrip("\n")
+
+    def build(self, progress: Progress | None = None, force: bool = False) -> dict[str, str]:
+        return ensure_images(self.client, progress or _quiet, force=force)
+
+    # -- changing it ------------------------------------------------------------------------------
+    def apply(self, progress: Progress | None = None, **changes) -> list[str]:
+        current = self.applied() or Topology.from_env()
+        return self._up(current.with_changes(**changes), progress, check_images=False)
+
+    def up(self, topology: Topology | None = None, progress: Progress | None = None) -> list[str]:
+        """Bring the stack to `topology` (default: what last ran, else the defaults); returns what
+        was done, one line per action ([] when it already matched)."""
+        return self._up(topology, progress, check_images=True)
+
+    def _up(self, topology: Topology | None, progress: Progress | None, check_images: bool) -> list[str]:
+        say = progress or _quiet
+        if topology is not None and not isinstance(topology, Topology):
+            raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
+        self.client
+        with self.state.locked():
+            saved = self.state.load()
+            old = Topology.from_state(saved)
+            new = topology or old or Topology.from_env()
+            upstream_conf(new)     # refuses per-replica weights with the reason, before any change
+            name = saved.get("stack") or stack_name(new)
+            created = self._ensure_swarm(say) or saved.get("swarm_created", False)
+            refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
+            running = self._running(name, refs)
+            if running and old and old.base_port != new.base_port:
+                raise StackError(f"base_port={new.base_port} differs from the running stack's "
+                                 f"{old.base_port}: run down() first, then up() on the new port")
+            for service in PUBLISHED:
+                port = Ports(new.base_port).of(service)
+                if service in services_for(new) and service not in running and not port_is_free(port):
+                    raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
+                                         f"or choose other ports with Topology(base_port=...). Nothing was changed.")
+            started = time.monotonic()
+            done: list[str] = []
+
+            def note(message: str) -> None:
+                done.append(message)
+                say(f"[{time.monotonic() - started:5.2f}s] {message}")
+
+            live = old if (old is not None and running) else None
+            run = _Run(self, name, live, new, refs)
+            actions = plan(live, new, running)
+            try:
+                for action in actions:
+                    run.execute(action, note)
+                run.converge_app_config(note)
+            except BaseException as exc:
+                report = RollbackReport()
+                if old is not None and live is not None:
+                    back = _Run(self, name, new, old, refs)
+                    for action in plan(new, old, self._running(name, refs)):
+                        report.attempt(str(action), lambda a=action: back.execute(a, say))
+                report.attach(exc)
+                raise
+            self.state.save({"backend": "swarm", "stack": name, "topology": new.to_dict(), "images": refs,
+                             "up": True, "swarm_created": created})
+            return done
+
+    # -- faults ---------------------------------------------------------------------------------
+    def _fault(self, action: str, service: str) -> str:
+        saved = self.state.load()
+        topology = Topology.from_state(saved)
+        known = services_for(topology) if topology and saved.get("up") else []
+        if not isinstance(service, str) or service not in known:
+            raise UnknownServiceError(service, sorted(known))
+        c = self._services(saved["stack"]).containers().get(service)
+        if c is None:
+            raise StackError(f"service {service!r} has no running task: nothing to {action}. up() starts it.")
+        if action == "kill":        # Swarm starts a new task in its place by itself
+            self.client.api.kill(c["Id"], signal="SIGKILL")
+        elif action == "pause" and c["State"] == "running":
+            self.client.api.pause(c["Id"])
+        elif action == "resume" and c["State"] == "paused":
+            self.client.api.unpause(c["Id"])
+        return f"{action} {service} (container {c['Id'][:12]})"
+
+    def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
+        """Remove the stack's services, network, configs and secrets; `purge=True` also the data
+        volumes and the state directory. A swarm that up() initialised is left again."""
+        say = progress or _quiet
+        if not self.state.path.exists():
+            return []
+        done: list[str] = []
+        with self.state.locked():
+            saved = self.state.load()
+            name = saved.get("stack")
+            if name and self.client.info()["Swarm"].get("LocalNodeState") == "active":
+                done += self._remove_stack(name, say)
+            if purge and name:
+                for volume in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
+                    volume.remove(force=True)
+                    done.append(f"deleted volume {volume.name}")
+            if saved.get("swarm_created") and self.client.info()["Swarm"].get("LocalNodeState") == "active":
+                self.client.swarm.leave(force=True)
+                done.append("left the swarm this stack had initialised")
+                say(done[-1])
+            if saved:
+                self.state.save({**saved, "up": False, "swarm_created": False})
+        if purge:
+            import shutil
+            shutil.rmtree(self.state.path, ignore_errors=True)
+            done.append(f"deleted {self.state.path}")
+        return done
+
+    def _remove_stack(self, name: str, say) -> list[str]:
+        services = self._services(name)
+        present = services.services()
+        if not present:
+            return []
+        # Settings changed live (ALTER SYSTEM) live in the data volume: the next up() starts from the file.
+        for server in ("postgres-primary", "postgres-replica"):
+            if server in present and services.running_tasks(server):
+                try:
+                    with clients.connect(self.context(), server, dbname="postgres") as conn:
+                        conn.execute("ALTER SYSTEM RESET ALL")
+                except Exception as exc:   # noqa: BLE001 - said, and the removal goes on
+                    say(f"could not reset {server}'s live settings ({exc}): the next up() keeps them")
+        done = []
+        for rank in (("nginx",), ("app",), ("pgbouncer", "redis"), ("postgres-replica",), ("postgres-primary",)):
+            batch = [s for s in rank if s in present]
+            for short in batch:
+                services.remove(short)
+            for short in batch:
+                services.wait_gone(short)
+                done.append(f"stopped {short}")
+                say(done[-1])
+        services.prune_unused()
+        for net in self.client.networks.list(filters={"label": f"com.docker.stack.namespace={name}"}):
+            try:
+                net.remove()
+            except Exception:   # noqa: BLE001 - Swarm removes an overlay network itself once unused
+                pass
+        return done
+
+
+class _Run:
+    """Executes plan actions on one Swarm stack (one up() or one rollback)."""
+
+    def __init__(self, stack: SwarmStack, name: str, old: Topology | None, topology: Topology, images: dict):
+        self.stack, self.name, self.old, self.topology, self.images = stack, name, old, topology, images
+        self.services = stack._services(name)
+        self.access = clients.StackAccess(topology, stack.state.secrets())
+
+    # -- files ------------------------------------------------------------------------------------
+    def _stack_file(self, only: tuple[str, ...] | None) -> Path:
+        """Render the files a deploy reads into the state directory; returns the stack file."""
+        state = self.stack.state
+        state.ensure()
+        secrets = state.secrets()
+        files = project_files(self.topology)
+        files["docker/conf/swarm/upstream.conf"] = upstream_conf(self.topology)
+        state.write_files(state.project_dir, files)
+        write_runtime(state.run_dir, self.topology, secrets)
+        model = swarm_model(self.topology, images=self.images, secrets=secrets, only=only)
+        path = state.project_dir / ("swarm-stack.yml" if only is None else "swarm-partial.yml")
+        state.write_files(state.project_dir, {path.name: to_yaml(model, HEADER)}, 0o600)
+        return path
+
+    def execute(self, action: Action, note) -> None:
+        kind = action.kind
+        if kind == START:
+            self._start(action.services, note)
+            return
+        if kind == STOP:
+            self._stop(action.services, note)
+            return
+        if kind == RELOAD_NGINX:
+            if action.drain_s:
+                # Replicas leave: Swarm picks which, so scale first, then let nginx resolve the rest
+                # while the leaving ones finish their requests (stop_grace_period).
+                self.services.scale("app", self.topology.app.replicas)
+                self.reload_nginx(0)
+                self.services.wait_converged("app")
+            if set(action.why) <= {"app.replicas"}:
+                self.reload_nginx(0)
+            else:
+                self._redeploy(("nginx",))
+        elif kind == RELOAD_POSTGRES:
+            for server in action.services:
+                self._alter_system(server)
+                with clients.connect(self.access, server, dbname="postgres") as conn:
+                    conn.execute("SELECT pg_reload_conf()")
+            for server in action.services:
+                clients.wait_postgres_settings(self.access, server, action.expect[server])
+        elif kind == RESTART_POSTGRES:
+            for server in action.services:
+                if action.replay and server == "postgres-replica":
+                    clients.wait_replayed(self.access)
+                self._alter_system(server)
+                self.services.force_update(server)
+                self.services.wait_converged(server)
+                _wait_answers(self.access, server)
+            for server in action.services:
+                clients.wait_postgres_settings(self.access, server, action.expect[server], timeout=30)
+            clients.wait_streaming(self.access)
+        elif kind == SET_REDIS:
+            clients.set_redis_config(self.access, action.expect)
+        elif kind == RELOAD_PGBOUNCER:
+            for key, value in action.expect.items():
+                clients.pgbouncer_set(self.access, key, value)
+            clients.wait_pgbouncer_config(self.access, action.expect)
+        elif kind == PUSH_APP_CONFIG:
+            self.push_app_config(action.expect, every=True)
+        elif kind == SET_CPU_QUOTA:
+            self._redeploy(("app",))
+            self.reload_nginx(0)     # new tasks, new addresses
+            wanted = int((action.expect["cpus"] or 0) * 1e9)
+            spec = self.services.services()["app"]["Spec"]["TaskTemplate"].get("Resources", {})
+            reported = (spec.get("Limits") or {}).get("NanoCPUs", 0)
+            if reported != wanted:
+                raise StackError(f"app: the engine reports NanoCPUs={reported}, expected {wanted}")
+        else:
+            raise StackError(f"action={kind!r} is not allowed here: the Swarm backend executes {', '.join(KINDS)}")
+        note(describe(action, self.topology))
+
+    # -- start / stop ---------------------------------------------------------------------------------
+    def _start(self, services, note) -> None:
+        present = self.services.services()
+        shorts = tuple(dict.fromkeys(_short(s) for s in services))
+        fresh = not present
+        deploy = tuple(s for s in shorts if s not in present or s != "app" or not self._same_image("app", present))
+        scale_only = "app" in shorts and "app" not in deploy
+        if deploy:
+            self.services.deploy(self._stack_file(None if fresh else deploy))
+        if scale_only:
+            self.services.scale("app", self.topology.app.replicas)
+        self.services.wait_converged(*shorts)
+        if "app" in shorts:
+            self.push_app_config(None, every=False)
+        self.services.prune_unused()
+        if fresh:
+            note(f"deployed stack {self.name}: every service healthy ({len(shorts)} services)")
+        else:
+            for short in shorts:
+                note(f"started {short}" if short != "app" else
+                     f"scaled app to {self.topology.app.replicas} replicas")
+
+    def _same_image(self, short: str, present: dict) -> bool:
+        return present[short]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0] == self.images[short]
+
+    def _stop(self, services, note) -> None:
+        if any(s.startswith("app-") for s in services):
+            wanted = self.topology.app.replicas
+            if self.services.services()["app"]["Spec"]["Mode"]["Replicated"]["Replicas"] != wanted:
+                self.services.scale("app", wanted)      # (reload_nginx has done it when nginx runs)
+                self.services.wait_converged("app")
+            note(f"scaled app to {wanted} replicas")
+        for short in [s for s in services if not s.startswith("app-")]:
+            self.services.remove(short)
+            self.services.wait_gone(short)
+            note(f"stopped {short}" + (" (writes now go straight to the primary)" if short == "pgbouncer" else ""))
+
+    def _redeploy(self, shorts: tuple[str, ...]) -> None:
+        """A service update from the stack file (rotated configs, new limits), until every task is new."""
+        self.services.deploy(self._stack_file(shorts))
+        for short in shorts:
+            self.services.wait_converged(short)
+            if short == "app":
+                self.push_app_config(None, every=False)
+        self.services.prune_unused()
+
+    # -- live settings -----------------------------------------------------------------------------------
+    def _alter_system(self, server: str) -> None:
+        """ALTER SYSTEM SET what the new topology renders differently from the old (the deployed
+        config file cannot change: Swarm configs are immutable)."""
+        role = server.split("-")[1]
+        new = postgres_settings(self.topology, role)
+        old = postgres_settings(self.old, role) if self.old else {}
+        with clients.connect(self.access, server, dbname="postgres") as conn:
+            for key, value in new.items():
+                if old.get(key) != value:
+                    conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(key),
+                                                                           sql.Literal(str(value))))
+
+    def reload_nginx(self, drain: float) -> None:
+        nginx = self.services.containers().get("nginx")
+        if nginx is None:
+            raise StackError("nginx has no running task to reload")
+        self.services.exec(nginx["Id"], ["nginx-reload", str(int(drain))])
+
+    def push_app_config(self, expect: dict | None, every: bool) -> None:
+        """Write the app config into each task and make it re-read it (POST /_admin/config).
+        every=False: only tasks whose file differs (new tasks start from the deployed seed)."""
+        text = runtime_texts(self.topology, self.stack.state.secrets())["app_config"]
+        wanted = json.loads(text)
+        apps = {n: c for n, c in self.services.containers().items() if n.startswith("app-")}
+
+        def push(name: str, container: dict) -> None:
+            cid = container["Id"]
+            if not every and self.services.read_json_file(cid, APP_CONFIG) == wanted:
+                return
+            self.services.put_file(cid, APP_CONFIG, text, APP_UID)
+            reported = json.loads(self.services.exec(cid, ["python3", "-c", _POST_CONFIG, APP_CONFIG]))
+            if expect and {k: reported.get(k) for k in expect} != expect:
+                raise StackError(f"{name} did not take the new config: expected {expect}, it reports "
+                                 f"{ {k: reported.get(k) for k in expect} }")
+        run_parallel([lambda n=n, c=c: push(n, c) for n, c in apps.items()])
+
+    def converge_app_config(self, note) -> None:
+        """A task Swarm restarted by itself starts from the deployed seed: bring it up to date."""
+        if "app" in self.services.services():
+            self.push_app_config(None, every=False)
+
+
+# Inside an app task: ask the replica to re-read its config file (the token is in that file).
+_POST_CONFIG = ("import json, sys, urllib.request as u; c = json.load(open(sys.argv[1])); "
+                "r = u.Request('http://127.0.0.1:8000/_admin/config', data=b'', method='POST', "
+                "headers={'X-Admin-Token': c['admin_token']}); print(u.urlopen(r, timeout=5).read().decode())")
+
+
+def _wait_answers(target, service: str, timeout: float = 60) -> None:
+    probe = clients.probe(target, service)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if probe():
+                return
+        except Exception:   # noqa: BLE001 - not up yet
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"{service} did not answer on its published port within {timeout:.0f} s")
+        time.sleep(0.05)

@@ -1,0 +1,185 @@
+"""One Swarm stack's services and tasks through the docker SDK: deploy, scale, update, wait, exec.
+
+Used by stack.swarm.backend (which decides what to do, from stack.plan), so every
+function here is one engine call or a wait on one. Tasks run on this engine's node
+(a single-node swarm): their containers are reached with the same client.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+from docker.errors import APIError, NotFound
+
+from ..errors import ServiceFailedError, StackError
+
+NAMESPACE = "com.docker.stack.namespace"
+FAILED = ("failed", "rejected", "orphaned")
+
+
+class SwarmServices:
+    def __init__(self, client, stack: str):
+        self.client, self.stack = client, stack
+
+    def full_name(self, short: str) -> str:
+        return f"{self.stack}_{short}"
+
+    # -- reading -----------------------------------------------------------------------------
+    def services(self) -> dict[str, dict]:
+        """The stack's services by short name (app, nginx ...): their inspect data."""
+        found = self.client.api.services(filters={"label": f"{NAMESPACE}={self.stack}"})
+        return {s["Spec"]["Name"][len(self.stack) + 1:]: s for s in found}
+
+    def tasks(self, short: str) -> list[dict]:
+        return self.client.api.tasks(filters={"service": self.full_name(short)})
+
+    def running_tasks(self, short: str) -> list[dict]:
+        return [t for t in self.tasks(short) if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+
+    @staticmethod
+    def container_id(task: dict) -> str | None:
+        return (task["Status"].get("ContainerStatus") or {}).get("ContainerID")
+
+    def containers(self) -> dict[str, dict]:
+        """Running (or paused) containers by the name the course uses: app-1 ... app-N by task
+        slot, the other services by their own name. One listing call."""
+        found = self.client.api.containers(all=True, filters={"label": f"{NAMESPACE}={self.stack}"})
+        result = {}
+        for c in found:
+            labels = c["Labels"]
+            short = labels.get("com.docker.swarm.service.name", "")[len(self.stack) + 1:]
+            if c["State"] not in ("running", "paused"):
+                continue
+            if short == "app":
+                slot = labels.get("com.docker.swarm.task.name", "").rsplit(".", 2)[-2:][0]
+                result[f"app-{slot}"] = c
+            else:
+                result[short] = c
+        return result
+
+    # -- changing ------------------------------------------------------------------------------
+    def deploy(self, stack_file: Path) -> None:
+        """`docker stack deploy` of a (possibly partial) stack file: the services in it are
+        created or updated, the others left alone (no --prune). No registry lookup."""
+        docker = shutil.which("docker")
+        if not docker:
+            raise StackError("the `docker` CLI is not on PATH: the Swarm backend deploys with "
+                             "`docker stack deploy` (Debian: apt-get install docker.io)")
+        result = subprocess.run([docker, "stack", "deploy", "--resolve-image", "never", "-c", stack_file.name,
+                                 self.stack], cwd=stack_file.parent, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise StackError(f"docker stack deploy -c {stack_file} {self.stack} failed "
+                             f"(exit {result.returncode}): {result.stderr.strip()}")
+
+    def scale(self, short: str, replicas: int) -> None:
+        self.client.services.get(self.full_name(short)).scale(replicas)
+
+    def force_update(self, short: str) -> None:
+        """A new task in place of the old one (same spec): how a Swarm service restarts."""
+        self.client.services.get(self.full_name(short)).force_update()
+
+    def remove(self, short: str) -> None:
+        try:
+            self.client.api.remove_service(self.full_name(short))
+        except NotFound:
+            pass
+
+    def prune_unused(self) -> list[str]:
+        """Remove the stack's configs and secrets no service uses (rotated out)."""
+        used = set()
+        for service in self.services().values():
+            spec = service["Spec"]["TaskTemplate"]["ContainerSpec"]
+            used |= {c["ConfigName"] for c in spec.get("Configs") or []}
+            used |= {s["SecretName"] for s in spec.get("Secrets") or []}
+        removed = []
+        label = {"label": f"{NAMESPACE}={self.stack}"}
+        for kind in ("configs", "secrets"):
+            for item in getattr(self.client.api, kind)(filters=label):
+                if item["Spec"]["Name"] not in used:
+                    try:
+                        getattr(self.client.api, f"remove_{kind[:-1]}")(item["ID"])
+                        removed.append(item["Spec"]["Name"])
+                    except APIError:   # still used by a task that is stopping: the next prune
+                        pass
+        return removed
+
+    # -- waiting -----------------------------------------------------------------------------------
+    def wait_converged(self, *shorts: str, timeout: float = 120) -> None:
+        """Until each service runs exactly its replicas, every one from its current spec (an
+        update is complete) and no old task is still stopping. A task is `running` only once
+        its health check passed (Swarm waits for it)."""
+        deadline = time.monotonic() + timeout
+        pending = list(shorts)
+        while pending:
+            pending = [s for s in pending if not self._converged(s, deadline, timeout)]
+            if pending:
+                time.sleep(0.2)
+
+    def _converged(self, short: str, deadline: float, timeout: float) -> bool:
+        service = self.client.api.inspect_service(self.full_name(short))
+        wanted = service["Spec"]["Mode"]["Replicated"]["Replicas"]
+        template = _comparable(service["Spec"]["TaskTemplate"])
+        tasks = self.tasks(short)
+        current = [t for t in tasks if t["DesiredState"] == "running"]
+        running = [t for t in current if t["Status"]["State"] == "running" and _comparable(t["Spec"]) == template]
+        stopping = [t for t in tasks if t["DesiredState"] != "running" and t["Status"]["State"] in
+                    ("running", "starting", "preparing", "assigned", "accepted", "ready")]
+        updating = (service.get("UpdateStatus") or {}).get("State") in ("updating", "rollback_started")
+        if len(running) == wanted and len(current) == wanted and not stopping and not updating:
+            return True
+        failed = [t for t in tasks if t["Status"]["State"] in FAILED
+                  and t["CreatedAt"] >= (service.get("UpdatedAt") or "")]
+        if time.monotonic() > deadline or len(failed) >= 3:
+            why = "; ".join(f"{t['Status']['State']}: {t['Status'].get('Err') or t['Status'].get('Message')}"
+                            for t in failed[-3:]) or "no task failed"
+            raise ServiceFailedError(f"{short}: {len(running)}/{wanted} tasks running after "
+                                     f"{timeout:.0f} s ({why})")
+        return False
+
+    def wait_gone(self, short: str, timeout: float = 60) -> None:
+        """Until no container of the (removed) service is left: its published port is free then."""
+        deadline = time.monotonic() + timeout
+        label = f"com.docker.swarm.service.name={self.full_name(short)}"
+        while self.client.api.containers(all=True, filters={"label": label}):
+            if time.monotonic() > deadline:
+                raise ServiceFailedError(f"{short}: containers still there {timeout:.0f} s after removal")
+            time.sleep(0.1)
+
+    # -- inside a task's container ----------------------------------------------------------------
+    def exec(self, container_id: str, cmd: list[str]) -> str:
+        result = self.client.api.exec_create(container_id, cmd)
+        output = self.client.api.exec_start(result["Id"]).decode(errors="replace")
+        code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
+        if code != 0:
+            raise StackError(f"`{' '.join(cmd)}` in container {container_id[:12]} failed (exit {code}): "
+                             f"{output.strip()}")
+        return output
+
+    def put_file(self, container_id: str, path: str, text: str, uid: int) -> None:
+        """Write one file into a running container (its directory must exist)."""
+        directory, name = path.rsplit("/", 1)
+        data = text.encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o600, uid, uid, time.time()
+            tar.addfile(info, io.BytesIO(data))
+        if not self.client.api.put_archive(container_id, directory, buffer.getvalue()):
+            raise StackError(f"could not write {path} into container {container_id[:12]}")
+
+    def read_json_file(self, container_id: str, path: str) -> dict | None:
+        try:
+            return json.loads(self.exec(container_id, ["cat", path]))
+        except (StackError, json.JSONDecodeError):
+            return None
+
+
+def _comparable(spec: dict) -> str:
+    """What makes a task current: its container spec, resources and force-update counter."""
+    keep = {k: spec.get(k) for k in ("ContainerSpec", "Resources", "ForceUpdate")}
+    return json.dumps(keep, sort_keys=True)
