@@ -258,6 +258,9 @@ class SwarmStack(Faults):
             name = saved.get("stack")
             if name and self.client.info()["Swarm"].get("LocalNodeState") == "active":
                 done += self._remove_stack(name, say)
+                topology = Topology.from_state(saved)
+                if topology:
+                    done += _wait_ports_released(Ports(topology.base_port).all_for(topology))
             if purge and name:
                 for volume in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
                     volume.remove(force=True)
@@ -303,6 +306,17 @@ class SwarmStack(Faults):
             except Exception:   # noqa: BLE001 - Swarm removes an overlay network itself once unused
                 pass
         return done
+
+
+def _wait_ports_released(ports: dict, timeout_s: float = 15.0) -> list[str]:
+    """A removed task's published port is released a moment after the task is gone: down() returns
+    only once every port is free (on every interface: Swarm publishes on all), so the next up() can bind."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        held = {name: port for name, port in ports.items() if not port_is_free(port, "0.0.0.0")}
+        if not held or time.monotonic() > deadline:
+            return [f"port {port} ({name}) still bound {timeout_s:g} s after down" for name, port in held.items()]
+        time.sleep(0.1)
 
 
 class _Run:
