@@ -214,3 +214,17 @@ def test_no_engine_gives_an_error_that_says_what_to_do(tmp_path, monkeypatch):
                             capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"})
     assert result.returncode == 2 and "error: no Docker engine is reachable" in result.stderr
+
+
+def test_the_app_imports_from_exactly_the_files_its_image_holds(tmp_path):
+    """The image copies a subset of the package: the app and its entry points must import from it alone."""
+    import io
+    import tarfile
+    tar, _ = build_context("app")
+    package = tmp_path / "stack"
+    tarfile.open(fileobj=io.BytesIO(tar)).extractall(package)
+    code = ("import stack.app.service, stack.app.connections, stack.docker.runtime; "
+            "import stack, sys; assert stack.__file__.startswith(sys.argv[1]), stack.__file__")
+    result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {code}",
+                             str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -35,10 +35,12 @@ STACK_DIR = Path(__file__).resolve().parents[1]          # the `stack` package =
 IMAGES_DIR = STACK_DIR / "docker" / "images"
 LOCAL_BASE_IMAGE = "scalelab/debian-base:bookworm"
 DEFAULT_CA_GLOB = "/usr/local/share/ca-certificates/*.crt"
-# What the app image needs of the package (its Dockerfile copies the whole context).
-APP_FILES = ("__init__.py", "errors.py", "fault.py", "files.py", "topology.py", "ports.py", "plan.py", "secrets.py",
-             "app", "render",
-             "docker/__init__.py", "docker/config.py", "docker/runtime.py")
+# What the app image needs of the package (its Dockerfile copies the whole context): every
+# top-level module (a hand-kept list missed fault.py, then shardmap.py, and the image could not
+# import `stack`), the app and the renderers; tests/test_docker_render.py imports the app from
+# exactly these files.
+APP_FILES = tuple(sorted(p.name for p in STACK_DIR.glob("*.py"))) + (
+    "app", "render", "docker/__init__.py", "docker/config.py", "docker/runtime.py")
 
 
 class ImageBuildError(StackError):
