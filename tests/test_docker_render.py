@@ -223,8 +223,10 @@ def test_the_app_imports_from_exactly_the_files_its_image_holds(tmp_path):
     tar, _ = build_context("app")
     package = tmp_path / "stack"
     tarfile.open(fileobj=io.BytesIO(tar)).extractall(package)
-    code = ("import stack.app.service, stack.app.connections, stack.docker.runtime; "
-            "import stack, sys; assert stack.__file__.startswith(sys.argv[1]), stack.__file__")
-    result = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r}); {code}",
-                             str(tmp_path)], capture_output=True, text=True)
+    # Without the editable install's finder, which would quietly supply any file the image lacks.
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+            "sys.meta_path[:] = [f for f in sys.meta_path if 'Editable' not in repr(f)]; "
+            "import stack.app.service, stack.app.connections, stack.docker.runtime; "
+            "import stack; assert stack.__file__.startswith(sys.argv[1]), stack.__file__")
+    result = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
