@@ -20,6 +20,7 @@ STARTING_CHANGES: dict[str, dict] = {
     # Lessons 4-5 read the database on every GET: no cache in front of it.
     "lesson04": {"ttl_s": 0},
     "lab04": {"ttl_s": 0, "replica_delay_ms": 200},
+    "lesson05": {"ttl_s": 0},
 }
 
 _current: list[str] = []
