@@ -117,7 +117,8 @@ class Replica:
         if (new.write_dsn, new.replica_dsn, new.primary_dsn) != (old.write_dsn, old.replica_dsn, old.primary_dsn):
             # A new path to the database (PgBouncer switched on or off): fresh pools, old ones drained.
             old_pools, self.pools = self.pools, self._make_pools(new)
-            await self.open()
+            for pool in self.pools.values():    # not self.open(): that would start a second set of probes
+                await pool.open(wait=False)
             for pool in old_pools.values():
                 await pool.close(timeout=5)
         elif new.write_pool < old.write_pool or new.read_pool < old.read_pool:

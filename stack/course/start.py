@@ -21,6 +21,8 @@ STARTING_CHANGES: dict[str, dict] = {
     "lesson04": {"ttl_s": 0},
     "lab04": {"ttl_s": 0, "replica_delay_ms": 200},
     "lesson05": {"ttl_s": 0},
+    # Lab 5: eight replicas with the article's pools meet a server limit of 100, PgBouncer off.
+    "lab05": {"ttl_s": 0, "replicas": 8, "concurrency": 256, "max_connections": 100, "pgbouncer.enabled": False},
 }
 
 _current: list[str] = []
