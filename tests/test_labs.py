@@ -257,6 +257,23 @@ WRONG_ANSWERS = [
     ("read_target", lambda w, r: "replica" if w is None or int(r.replace("/", ""), 16) >= int(w.replace("/", ""), 16)
      else "primary", "removed the slash", True),
     ("read_target", lambda w, r: "primary" if w is not None else "replica", "primary after any write", False),
+    # lab 5
+    ("pool_size", lambda r, q, n, h: math.ceil(r * q / n * h), "ms, not s", True),
+    ("pool_size", lambda r, q, n, h: math.ceil(r * q / 1000 * h), "forgot the replicas", True),
+    ("pool_size", lambda r, q, n, h: math.ceil(r * q / 1000 / n), "no headroom", True),
+    ("pool_size", lambda r, q, n, h: round(r * q / 1000 / n * h), "rounded to the nearest", True),
+    ("pool_size", lambda r, q, n, h: 5, "copied the worked example's number", False),
+    ("max_pool", lambda m, n, o: m // n, "forgot the other connections", True),
+    ("max_pool", lambda m, n, o: math.ceil((m - o) / n), "rounded up", True),
+    ("max_pool", lambda m, n, o: (m - o) / n, "a fraction of a connection", True),
+    ("max_pool", lambda m, n, o: m // n - o, "subtracted the others per replica", True),
+    ("server_connections", lambda n, w, r, b: {"primary": n * w, "replica": n * r}, "ignored PgBouncer", True),
+    ("server_connections", lambda n, w, r, b: {"primary": n * w if b is None else b, "replica": n * r},
+     "PgBouncer always opens its whole pool", True),
+    ("server_connections", lambda n, w, r, b: {"primary": n * w if b is None else n * b, "replica": n * r},
+     "a PgBouncer pool per replica", True),
+    ("server_connections", lambda n, w, r, b: {"primary": n * w if b is None else min(b, n * w), "replica": r},
+     "one read pool for all replicas", True),
     # lab 3
     ("round_robin", lambda r, n: [i % r for i in range(n)], "numbered from 0", True),
     ("round_robin", lambda r, n: [(i + 1) % r + 1 for i in range(n)], "starts one further on", True),
@@ -562,3 +579,24 @@ def test_a_diagnosis_counts_only_before_the_fix(own_progress):
     get_stack().apply(read_pool=40)
     late = check("diagnosis", "db_pool")
     assert not late.passed and "reset()" in late.hint
+
+
+# -- lab 5: the pools fit the servers' limit under a rush and serve the steady load ------------------
+
+@pytest.mark.stack
+@pytest.mark.parametrize("shape,passes", [
+    (dict(), False),                                                    # the lab's start: both servers fill
+    (dict(read_pool=10), False),                                        # reads fit, writes still fill the primary
+    ({"pgbouncer.enabled": True}, False),                               # writes fit, read pools of 40 fill the replica
+    ({"read_pool": 2, "pgbouncer.enabled": True}, False),               # fits, but too small for the load
+    ({"read_pool": 8, "max_connections": 400}, False),                  # raised the limit instead
+    ({"read_pool": 8, "pgbouncer.enabled": True}, True),
+])
+def test_fits_connections_verdict_depends_on_the_live_stack(own_progress, shape, passes):
+    start("lab05", progress=None)
+    get_stack().apply(**shape)
+    result = check("fits_connections")
+    assert not result.message.startswith("Inconclusive"), result
+    assert result.passed is passes, result
+    if shape == {}:
+        assert "ran out of room" in result.message, result

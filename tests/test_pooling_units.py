@@ -11,3 +11,12 @@ def test_pools_needed_rounds_up_per_replica():
     assert pooling.pools_needed(400, 50, 2) == 10
     assert pooling.pools_needed(410, 50, 2) == 11
     assert pooling.pools_needed(100, 10, 4) == 1
+
+
+def test_stats_delta_is_per_transaction_in_milliseconds():
+    before = {"total_xact_count": 100, "total_xact_time": 1_000_000, "total_wait_time": 0}
+    after = {"total_xact_count": 300, "total_xact_time": 5_000_000, "total_wait_time": 10_000_000}
+    after = {**after, "total_xact_time": 15_000_000}
+    assert pooling.stats_delta(before, after) == {"transactions": 200, "xact_ms": 70.0, "wait_ms": 50.0,
+                                                  "server_ms": 20.0}
+    assert pooling.stats_delta(after, after)["wait_ms"] == 0.0

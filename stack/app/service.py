@@ -40,7 +40,7 @@ from .metrics import Metrics, process_stats
 USER_COLUMNS = "id, name, email, region, updated_at"
 WRITABLE_FIELDS = {"name": str, "email": str, "region": str}
 MAX_WORK_MS = 10_000
-WORK_KINDS = ("io", "cpu", "db")
+WORK_KINDS = ("io", "cpu", "db", "db_write")
 
 
 class HTTPProblem(Exception):
@@ -169,7 +169,17 @@ class Replica:
         if (new.write_dsn, new.replica_dsn, new.primary_dsn) != (old.write_dsn, old.replica_dsn, old.primary_dsn):
             # A new path to the database (PgBouncer switched on or off): fresh pools, old ones drained.
             old_pools, self.pools = self.pools, self._make_pools(new)
-            await self.open()
+            for pool in self.pools.values():    # not self.open(): that would start a second set of probes
+                await pool.open(wait=False)
+            for pool in old_pools.values():
+                await pool.close(timeout=5)
+        elif new.write_pool < old.write_pool or new.read_pool < old.read_pool:
+            # A smaller pool: psycopg_pool's resize() keeps the connections already open (it drops
+            # one per idle period), so the servers would keep the old count for minutes. Fresh pools
+            # instead; the old ones close their idle connections now and the busy ones on return.
+            old_pools, self.pools = self.pools, self._make_pools(new)
+            for pool in self.pools.values():
+                await pool.open(wait=False)
             for pool in old_pools.values():
                 await pool.close(timeout=5)
         elif new.write_pool < old.write_pool or new.read_pool < old.read_pool:
@@ -648,7 +658,8 @@ async def list_users(request, replica, layers):
 @endpoint("work")
 async def work(request, replica, layers):
     """Simulated work with an explicit cost: `ms` of I/O wait (kind=io), of CPU (kind=cpu),
-    or of a query holding a read-pool connection (kind=db).
+    or of a query holding a read-pool connection (kind=db), or a write-pool one on the primary
+    (kind=db_write: through PgBouncer when it is enabled).
 
     At most `concurrency` requests work at once per replica; the rest queue,
     and the queue time shows in Server-Timing as `queue`.
@@ -672,6 +683,9 @@ async def work(request, replica, layers):
             # A slow query: the wait happens in PostgreSQL and holds a pooled connection meanwhile.
             pool = "primary-read" if replica.breakers["replica"].open else "read"
             async with replica.connection(pool, layers) as conn:
+                await conn.execute("SELECT pg_sleep(%s)", (ms / 1000,))
+        elif kind == "db_write":
+            async with replica.connection("write", layers) as conn:
                 await conn.execute("SELECT pg_sleep(%s)", (ms / 1000,))
         else:
             # Burn `ms` of CPU time (not wall time: under a CPU quota the wall time stretches).

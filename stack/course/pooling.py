@@ -1,8 +1,5 @@
 """Lesson 5's experiments: what a database connection costs, pools, exhaustion, PgBouncer.
 
-Status: the experiments run and were measured by hand; the lesson notebook and lab 5 that
-use them are not written yet (see the branch's notes).
-
 Connections are counted by the servers (`pg_stat_activity`, PgBouncer's SHOW POOLS),
 latency by the client that waited. Each function returns a pandas DataFrame.
 """
@@ -112,6 +109,7 @@ def connection_costs(stack, threads: int = 8, seconds: float = 2.0, pool_size: i
         return work
 
     rows = []
+    baseline = backends(stack, "primary")       # before our pool opens: its connections count too
     pool = ConnectionPool(direct, min_size=pool_size, max_size=pool_size, kwargs={"autocommit": True}, open=True)
     pool.wait()
     try:
@@ -122,7 +120,6 @@ def connection_costs(stack, threads: int = 8, seconds: float = 2.0, pool_size: i
                 f"psycopg_pool ({pool_size} connections)": pooled,
                 "new connection to PgBouncer per query": per_query(bouncer, prepare_threshold=None)}
         for label, worker in ways.items():
-            baseline = backends(stack, "primary")
             with PeakBackends(stack, "primary", every_s=0.05) as peak:
                 measured = _closed_loop(worker, threads, seconds)
             rows.append({"way": label, **measured, "extra_server_backends": peak.peak - baseline})
@@ -162,18 +159,33 @@ def exhaustion(stack, replicas: int = 8, read_pools=(40,), connections: int = 30
     return pd.DataFrame(rows).set_index("read_pool")
 
 
-async def _bouncer_clients(dsn: str, clients_n: int, seconds: float, query_ms: int) -> int:
+async def _bouncer_clients(dsn: str, clients_n: int, seconds: float, query_ms: int,
+                           connecting_at_once: int = 16) -> int:
+    """`clients_n` connections to PgBouncer, opened `connecting_at_once` at a time (each one is a
+    SCRAM login that PgBouncer, one process, checks on its own CPU: 200 at once overrun the 2 s
+    connect timeout on 2 busy cores), then all querying together for `seconds`."""
     done = 0
+    gate = asyncio.Semaphore(connecting_at_once)
+    conns = []
 
-    async def one():
+    async def connect():
+        async with gate:
+            conns.append(await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None,
+                                                               connect_timeout=10))
+
+    async def one(conn, deadline):
         nonlocal done
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, prepare_threshold=None) as conn:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                await conn.execute("SELECT pg_sleep(%s)", (query_ms / 1000,))
-                done += 1
+        while time.monotonic() < deadline:
+            await conn.execute("SELECT pg_sleep(%s)", (query_ms / 1000,))
+            done += 1
 
-    await asyncio.gather(*(one() for _ in range(clients_n)))
+    try:
+        await asyncio.gather(*(connect() for _ in range(clients_n)))
+        deadline = time.monotonic() + seconds
+        await asyncio.gather(*(one(conn, deadline) for conn in conns))
+    finally:
+        for conn in conns:
+            await conn.close()
     return done
 
 
@@ -194,6 +206,7 @@ def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_m
             readings.append({"t": time.time() - start, **pools, "primary_backends": backends(stack, "primary")})
             stop.wait(0.1)
 
+    stats_before = bouncer_stats(stack)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
@@ -204,9 +217,26 @@ def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_m
         thread.join()
     frame = pd.DataFrame(readings).set_index("t")
     frame.attrs["queries"] = queries
-    stats = [r for r in clients.pgbouncer_admin(stack, "SHOW STATS") if r.get("database") == "scalelab"]
-    frame.attrs["stats"] = stats[0] if stats else {}
+    frame.attrs["stats"] = stats_delta(stats_before, bouncer_stats(stack))
     return frame
+
+
+def bouncer_stats(stack) -> dict:
+    """PgBouncer's SHOW STATS totals for the app database (transactions; microseconds)."""
+    rows = [r for r in clients.pgbouncer_admin(stack, "SHOW STATS") if r.get("database") == "scalelab"]
+    keys = ("total_xact_count", "total_xact_time", "total_wait_time")
+    return {k: int(rows[0].get(k) or 0) if rows else 0 for k in keys}
+
+
+def stats_delta(before: dict, after: dict) -> dict:
+    """What PgBouncer counted between two SHOW STATS readings: transactions, and per transaction the
+    milliseconds clients waited for a server connection and the milliseconds PgBouncer timed for it
+    (`xact_ms`: measured here, PgBouncer 1.18 counts the wait in it too), so `server_ms` is the
+    difference: the time a server connection was really held (pure)."""
+    xacts = after["total_xact_count"] - before["total_xact_count"]
+    per = (lambda key: (after[key] - before[key]) / xacts / 1000 if xacts else 0.0)
+    xact, wait = per("total_xact_time"), per("total_wait_time")
+    return {"transactions": xacts, "xact_ms": xact, "wait_ms": wait, "server_ms": max(0.0, xact - wait)}
 
 
 def _in_loop() -> bool:
@@ -229,12 +259,14 @@ def _run_in_thread(fn):
 
 @experiment
 def pool_sweep(stack, sizes=(2, 4, 8, 16, 32), rate: float = 200, query_ms: int = 50, replicas: int = 2,
-               seconds: float = 3.0, progress=None) -> pd.DataFrame:
+               seconds: float = 3.0, concurrency: int = 1024, progress=None) -> pd.DataFrame:
     """Open loop at `rate` req/s of a `query_ms` query holding a read-pool connection, across `replicas`;
-    for each read pool size: served rate, p99, 503s (pool timeouts) and the replica's backends."""
+    for each read pool size: served rate, p99, 503s (pool timeouts) and the replica's backends.
+    `concurrency` (work slots per replica) is high so that the pool is the only queue: with fewer
+    slots, requests wait for a slot first, and the pool's 2 s timeout is never reached."""
     rows = []
     for size in sizes:
-        stack.apply(replicas=replicas, concurrency=64, read_pool=size)
+        stack.apply(replicas=replicas, concurrency=concurrency, read_pool=size)
         with PeakBackends(stack, "replica") as peak:
             result = run_load(LoadSpec(url=stack.status()["url"], mode="open", rate=rate, connections=512,
                                        duration_s=seconds, path=DB_WORK.format(ms=query_ms), timeout_s=10,

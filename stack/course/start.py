@@ -20,6 +20,9 @@ STARTING_CHANGES: dict[str, dict] = {
     # Lessons 4-5 read the database on every GET: no cache in front of it.
     "lesson04": {"ttl_s": 0},
     "lab04": {"ttl_s": 0, "replica_delay_ms": 200},
+    "lesson05": {"ttl_s": 0},
+    # Lab 5: eight replicas with the article's pools meet a server limit of 100, PgBouncer off.
+    "lab05": {"ttl_s": 0, "replicas": 8, "concurrency": 256, "max_connections": 100, "pgbouncer.enabled": False},
     # Sharding: 4 shard servers on a consistent-hash ring; no cache (every read reaches a shard);
     # 2 app replicas leave the 2 cores to the databases.
     "lesson06": {"shards": 4, "shard_scheme": "consistent", "ttl_s": 0, "replicas": 2},

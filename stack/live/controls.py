@@ -128,6 +128,19 @@ class IntControl(Control):
         return w
 
 
+class PoolControl(IntControl):
+    """One of the app's pool sizes (per replica). Shown on the plots once every replica reports
+    the new maximum for that pool in its /metrics (the config push is in force)."""
+
+    def __init__(self, topology, on_change, name, field, label, description, pool: str, **slider):
+        self.pool = pool
+        super().__init__(topology, on_change, name, field, label, description, **slider)
+
+    def reflected_in(self, sample, value, applied_at):
+        sizes = [r.pools.get(self.pool, {}).get("max_size") for r in sample.replicas.values()]
+        return super().reflected_in(sample, value, applied_at) and bool(sizes) and set(sizes) == {value}
+
+
 class WeightsControl(Control):
     """One slider per replica. 0 is on the slider on purpose: nginx has no weight 0,
     and the error says so (take a replica out with `replicas` instead)."""
@@ -229,6 +242,9 @@ CONTROLS: dict[str, Callable[[Topology, OnChange], Control]] = {
     "pool_size": _int("pool_size", "pgbouncer.pool_size", "PgBouncer pool", "PgBouncer pool size",
                       min=1, max=50),
     "write_pool": _int("write_pool", "app.write_pool", "write pool", "app write pool", min=1, max=50),
+    "read_pool": lambda topology, on_change: PoolControl(topology, on_change, "read_pool", "app.read_pool",
+                                                         "read pool", "read pool per replica", pool="read",
+                                                         min=1, max=50),
     "concurrency": _int("concurrency", "app.concurrency", "concurrency", "per-replica concurrency",
                         min=1, max=64),
 }

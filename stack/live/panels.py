@@ -90,6 +90,18 @@ def connections(run) -> list[Series]:
     return out
 
 
+def pool(run, name: str = "read") -> list[Series]:
+    """One app pool, summed over the replicas (their /metrics): connections open and requests
+    waiting for one; beside them the p99 the load generator measured."""
+    def total(key):
+        return lambda s: sum(r.pools.get(name, {}).get(key, 0) for r in s.replicas.values()) \
+            if s.replicas else None
+    x = [i.t - run.started_at for i in run.intervals]
+    return [_sample_series(run, total("size"), f"{name} pool: connections open"),
+            _sample_series(run, total("waiting"), f"{name} pool: requests waiting"),
+            Series("p99", x, [i.p99_ms for i in run.intervals], secondary=True)]
+
+
 def work(run) -> list[Series]:
     return (_per_replica(run, "busy") +
             [Series(f"{s.name} queued", s.x, s.y, True) for s in _per_replica(run, "queued")])
@@ -103,6 +115,7 @@ PANELS: dict[str, PanelSpec] = {
     "cache": PanelSpec("Cache hit ratio", "hit %", cache),
     "lag": PanelSpec("Replication lag", "bytes", lag, "seconds"),
     "connections": PanelSpec("Pool and server connections", "connections", connections),
+    "pool": PanelSpec("Read pool, all replicas (their /metrics)", "connections / requests", pool, "p99 ms"),
     "work": PanelSpec("/work slots per replica", "busy", work, "queued"),
 }
 
