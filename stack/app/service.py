@@ -174,18 +174,10 @@ class Replica:
             for pool in old_pools.values():
                 await pool.close(timeout=5)
         elif new.write_pool < old.write_pool or new.read_pool < old.read_pool:
-            # A smaller pool: psycopg_pool's resize() keeps the connections already open (it drops
-            # one per idle period), so the servers would keep the old count for minutes. Fresh pools
-            # instead; the old ones close their idle connections now and the busy ones on return.
-            old_pools, self.pools = self.pools, self._make_pools(new)
-            for pool in self.pools.values():
-                await pool.open(wait=False)
-            for pool in old_pools.values():
-                await pool.close(timeout=5)
-        elif new.write_pool < old.write_pool or new.read_pool < old.read_pool:
-            # psycopg_pool's resize() never closes the connections a pool already holds, so a
-            # smaller pool is a fresh one: new requests use it at once, the old one serves the
-            # requests already waiting on it and closes when they are done.
+            # psycopg_pool's resize() never closes the connections a pool already holds (the servers
+            # would keep the old count for minutes), so a smaller pool is a fresh one: new requests
+            # use it at once, the old one serves the requests already waiting on it and closes when
+            # they are done.
             old_pools, self.pools = self.pools, self._make_pools(new)
             for pool in self.pools.values():
                 await pool.open(wait=False)
