@@ -89,7 +89,6 @@ class Replica:
             failover.ServerWatch("postgres-primary", lambda: self.config.primary_dsn, self.breakers["primary"],
                                  on_recover=lambda: self.pools["primary-read"].check())]
         self._watch_tasks: list[asyncio.Task] = []
-        self._retiring: list[asyncio.Task] = []      # replaced pools closing once unused (see reload)
         self.shard_pools: dict[str, AsyncConnectionPool] = {}
         self.read_map: ShardMap | None = None
         self.write_maps: list[ShardMap] = []
@@ -176,13 +175,13 @@ class Replica:
         elif new.write_pool < old.write_pool or new.read_pool < old.read_pool:
             # psycopg_pool's resize() never closes the connections a pool already holds (the servers
             # would keep the old count for minutes), so a smaller pool is a fresh one: new requests
-            # use it at once, the old one serves the requests already waiting on it and closes when
-            # they are done.
+            # use it at once; the old ones close their idle connections now and the busy ones as they
+            # come back (at most 5 s), so the servers see the new size by the time the push returns.
             old_pools, self.pools = self.pools, self._make_pools(new)
             for pool in self.pools.values():
                 await pool.open(wait=False)
-            self._retiring = [t for t in self._retiring if not t.done()]
-            self._retiring.append(asyncio.create_task(_retire(old_pools.values())))
+            for pool in old_pools.values():
+                await pool.close(timeout=5)
         elif (new.write_pool, new.read_pool) != (old.write_pool, old.read_pool):
             await self.pools["write"].resize(0, new.write_pool)
             await self.pools["read"].resize(0, new.read_pool)
@@ -313,20 +312,6 @@ class Replica:
 
 
 SHARD_POOL = 10                 # connections per shard server, per replica
-
-
-async def _retire(pools, within_s: float = 10.0) -> None:
-    """Close replaced pools once no request holds or waits for one of their connections."""
-    deadline = time.monotonic() + within_s
-    pools = list(pools)
-    while time.monotonic() < deadline:
-        stats = [p.get_stats() for p in pools]
-        if not any(s.get("requests_waiting", 0) or s.get("pool_size", 0) - s.get("pool_available", 0)
-                   for s in stats):
-            break
-        await asyncio.sleep(0.05)
-    for pool in pools:
-        await pool.close(timeout=1)
 
 
 REPLICA_READ_TIMEOUT_S = 0.5    # a read the replica has not answered by then goes to the primary

