@@ -158,8 +158,10 @@ def test_reads_return_to_the_replica_and_leave_a_lagging_one(live):
         return {request(PORTS.nginx, "GET", f"/users/{next(fresh)}")[1].get("x-read-source") for _ in range(n)}
 
     fresh = iter(range(5000, 10_000))
-    # An earlier test restarted the primary: lag is measurable only once the standby streams again.
+    # An earlier test took the primary down: lag grows only from writes the standby receives, so the
+    # standby must stream again and every replica must write to the primary (breakers closed) first.
     clients.wait_streaming(live)
+    clients.wait_replicas_reconnected(live, [1, 2])
 
     replica = psutil.Process(live.status()["services"]["postgres-replica"]["pid"])
     startup = next(p for p in replica.children() if "startup" in " ".join(p.cmdline()))
@@ -168,11 +170,12 @@ def test_reads_return_to_the_replica_and_leave_a_lagging_one(live):
     try:
         deadline = time.monotonic() + 10     # the bound (2 s) + probes, with room for a busy machine
         while time.monotonic() < deadline:
-            request(PORTS.nginx, "PUT", "/users/77", {"name": f"lag-{time.time_ns()}"})
-            if "primary" in sources(4):
+            status = request(PORTS.nginx, "PUT", "/users/77", {"name": f"lag-{time.time_ns()}"})[0]
+            assert status == 200, f"the write that makes the standby lag failed: {status}"
+            if sources(8) == {"primary"}:     # every replica's breaker open, not just one
                 break
             time.sleep(0.1)
-        assert "primary" in sources(), "reads stayed on a replica lagging past the bound"
+        assert sources() == {"primary"}, "reads stayed on a replica lagging past the bound"
         _, headers, _ = request(PORTS.nginx, "GET", f"/users/{next(fresh)}")
         assert 'read;desc="primary"' in headers["server-timing"]
     finally:
