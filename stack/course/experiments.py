@@ -53,6 +53,20 @@ def trace_request(stack, user_id: int = 42) -> pd.DataFrame:
     milliseconds each layer took (from Server-Timing), plus the round trip measured
     by the client (so nginx's share shows as the remainder).
     """
+    # A settled stack first: right after a restart or a fail-over the replicas read from the primary
+    # until their probes pass again; the trace shows the steady path, so it waits for that (10 s at most).
+    running = [int(n.split("-")[1]) for n, info in stack.status()["services"].items()
+               if n.startswith("app-") and info.get("state") == "running"]
+    for attempt_no in range(3):
+        trace = _trace_once(stack, user_id + attempt_no)
+        if trace.loc["cold cache", "db_server"] == "standby":
+            break
+        clients.wait_replicas_reconnected(stack, running, timeout=10)
+    trace.attrs["attempts"] = attempt_no + 1
+    return trace
+
+
+def _trace_once(stack, user_id: int) -> pd.DataFrame:
     clients.redis_client(stack).delete(f"user:{user_id}")
     rows = []
     for attempt in ("cold cache", "warm cache"):
