@@ -29,8 +29,8 @@ def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def make_private_dir(path: Path) -> None:
-    """Create the state directory owner-only; refuse one that someone else could have planted.
+def make_private_dir(path: Path, what: str = "state directory", env: str = "SCALELAB_STATE") -> None:
+    """Create `path` owner-only; refuse one that someone else could have planted.
 
     It lives under /tmp by default, where any user can create a name first: a
     symlink or a directory owned by someone else would hand them our secrets.
@@ -43,14 +43,14 @@ def make_private_dir(path: Path) -> None:
         pass
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
-        raise StackError(f"state directory {path} is a symlink: refusing to use it (under a shared "
-                         f"temp dir anyone can plant one). Remove it, or choose SCALELAB_STATE=<your own dir>.")
+        raise StackError(f"{what} {path} is a symlink: refusing to use it (under a shared "
+                         f"temp dir anyone can plant one). Remove it, or choose {env}=<your own dir>.")
     if not stat.S_ISDIR(st.st_mode):
-        raise StackError(f"state directory {path} exists and is not a directory: remove it or choose "
-                         f"another SCALELAB_STATE.")
+        raise StackError(f"{what} {path} exists and is not a directory: remove it or choose "
+                         f"another {env}.")
     if st.st_uid != os.geteuid():
-        raise StackError(f"state directory {path} is owned by uid {st.st_uid}, not by you (uid "
-                         f"{os.geteuid()}): refusing to use it. Choose SCALELAB_STATE=<your own dir>.")
+        raise StackError(f"{what} {path} is owned by uid {st.st_uid}, not by you (uid "
+                         f"{os.geteuid()}): refusing to use it. Choose {env}=<your own dir>.")
 
 
 class JsonState:

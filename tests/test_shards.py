@@ -53,8 +53,7 @@ def test_shards_start_and_every_row_lands_where_the_map_says(stack):
     started = time.perf_counter()
     stack.apply(shards=4, shard_scheme="consistent")
     took = time.perf_counter() - started
-    print(f"\nshards 0 -> 4: {took:.2f} s (includes the shard template when first made: "
-          f"one initdb per state directory)")
+    print(f"\nshards 0 -> 4: {took:.2f} s (includes the shard template if this machine had none yet)")
     services = stack.status()["services"]
     assert all(services[f"postgres-shard-{i}"]["state"] == "running" for i in range(1, 5)), services
     held = assert_every_row_at_home(stack, ShardMap("consistent", 4), SEEDED)

@@ -309,13 +309,24 @@ class LocalStack(Faults):
         nginx and the replicas do not wait for each other."""
         new = ctx.topology
 
+        def start_primary():
+            records["postgres-primary"] = postgres.start_primary(ctx)
+            note("started postgres-primary")
+
+        def start_replica(primary_is_fresh_copy: bool = False):
+            records["postgres-replica"] = postgres.start_replica(ctx, primary_is_fresh_copy)
+            note("started postgres-replica (streaming from the primary)")
+
         def start_postgres():
+            if {"postgres-primary", "postgres-replica"} <= set(services) and \
+                    postgres.fresh(ctx, "primary") and postgres.fresh(ctx, "replica"):
+                # Both copies of one template: the standby need not wait for a base backup.
+                run_parallel([start_primary, lambda: start_replica(primary_is_fresh_copy=True)])
+                return
             if "postgres-primary" in services:
-                records["postgres-primary"] = postgres.start_primary(ctx)
-                note("started postgres-primary")
+                start_primary()
             if "postgres-replica" in services:
-                records["postgres-replica"] = postgres.start_replica(ctx)
-                note("started postgres-replica (streaming from the primary)")
+                start_replica()
 
         def start_one(service: str, starter):
             records[service] = starter(ctx)

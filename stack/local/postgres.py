@@ -1,7 +1,8 @@
 """PostgreSQL primary and its streaming replica, as plain processes.
 
-The primary is made with initdb (SCRAM passwords, no `trust`), seeded with a
-deterministic users table, then copied with pg_basebackup into the replica.
+The primary is a copy of a template made once per machine (initdb with SCRAM passwords, no `trust`,
+and a deterministic, seeded users table: see pg_template.py); the standby is a copy of the same
+template on a first `up`, else a pg_basebackup of the running primary.
 Settings that can change live (synchronous_commit, recovery_min_apply_delay)
 go in `scalelab.conf`, included from postgresql.conf, and are applied with a
 reload; max_connections needs a restart.
@@ -10,18 +11,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import threading
 from pathlib import Path
-
-from psycopg import sql
 
 from .. import clients
 
-from ..errors import ServiceFailedError
 from ..ports import HOST
 from ..render import postgres as render
-from ..render.pgbouncer import DATABASE
+from . import cache, pg_template
 from .context import Context
 from .proc import ProcessRecord, stop, wait_until
 from ..files import write_atomic
@@ -63,15 +59,6 @@ def data_dir(ctx: Context, role: str) -> Path:
     return ctx.dir(f"postgres-{role}") / "data"
 
 
-def _run(ctx: Context, service: str, argv: list, env: dict | None = None) -> None:
-    """A one-shot tool (initdb, pg_basebackup) as the service user; fail with its output."""
-    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env,
-                            **ctx.run_as.popen_kwargs())
-    if result.returncode != 0:
-        raise ServiceFailedError(f"{service}: {Path(str(argv[0])).name} failed "
-                                 f"(exit {result.returncode}):\n{result.stdout}{result.stderr}")
-
-
 def _settings_file(ctx: Context, role: str) -> Path:
     return data_dir(ctx, role) / "scalelab.conf"
 
@@ -91,30 +78,30 @@ def write_settings(ctx: Context, role: str) -> None:
     ctx.run_as.own(path)
 
 
-def _init_primary(ctx: Context, role: str = "primary", extra: tuple = ()) -> None:
+# Copies of each template kept ready (stack/local/cache.py): a first `up` takes two (primary and
+# standby); lessons add up to four shards at once.
+SPARES = {"primary": 2, "shard": 4}
+
+
+def fresh(ctx: Context, role: str) -> bool:
+    """No data directory yet for `role`: it starts from a template (or, a standby, a base backup)."""
+    return not (data_dir(ctx, role) / "PG_VERSION").exists()
+
+
+def _new_from_template(ctx: Context, role: str, name: str, schema: str, initdb_args: tuple = ()) -> Path:
     data = data_dir(ctx, role)
-    pwfile = data.parent / "pwfile"
-    write_atomic(pwfile, ctx.secrets["postgres_password"] + "\n", mode=0o600)
-    ctx.run_as.own(pwfile)
-    try:
-        _run(ctx, f"postgres-{role}", [ctx.bins.pg("initdb"), "-N", "-D", data, "-A", "scram-sha-256",
-                                       "-U", "postgres", "--pwfile", pwfile, "-E", "UTF8", "--locale=C", *extra])
-    finally:
-        pwfile.unlink(missing_ok=True)
-    write_atomic(data / "pg_hba.conf", render.render_hba(), mode=0o600)
-    ctx.run_as.own(data / "pg_hba.conf")
-    with open(data / "postgresql.conf", "a") as conf:
-        conf.write("\ninclude_if_exists = 'scalelab.conf'\n")
+    shutil.rmtree(data, ignore_errors=True)    # a copy interrupted before PG_VERSION was written
+    cache.take_copy(pg_template.template(ctx, name, schema, initdb_args), data, keep=SPARES[name])
+    pg_template.set_passwords(ctx, data)
+    return data
 
 
-def _bootstrap(ctx: Context, server: str = "primary", schema: str = SCHEMA) -> None:
-    """Roles, database and the users table (seeded on the primary): run once, on a fresh server."""
-    with clients.connect(ctx, server, dbname="postgres") as conn:
-        # CREATE ROLE takes no bind parameters: psycopg.sql quotes the literal, no hand quoting.
-        conn.execute(sql.SQL("CREATE ROLE app LOGIN PASSWORD {}").format(sql.Literal(ctx.secrets["app_password"])))
-        conn.execute(sql.SQL("CREATE DATABASE {} OWNER app").format(sql.Identifier(DATABASE)))
-    with clients.connect(ctx, server) as conn:
-        conn.execute(schema)
+def _start(ctx: Context, role: str) -> ProcessRecord:
+    write_settings(ctx, role)
+    service = f"postgres-{role}"
+    record = ctx.spawn_server(service, [ctx.bins.pg("postgres"), "-D", data_dir(ctx, role)])
+    wait_until(lambda: _ready(ctx, role), service, 20, record, ctx.state.log(service))
+    return record
 
 
 def _ready(ctx: Context, role: str) -> bool:
@@ -122,86 +109,48 @@ def _ready(ctx: Context, role: str) -> bool:
 
 
 def start_primary(ctx: Context) -> ProcessRecord:
-    data = data_dir(ctx, "primary")
-    fresh = not (data / "PG_VERSION").exists()
-    if fresh:
-        _init_primary(ctx)
-    write_settings(ctx, "primary")
-    record = ctx.spawn_server("postgres-primary", [ctx.bins.pg("postgres"), "-D", data])
-    wait_until(lambda: _ready(ctx, "primary"), "postgres-primary", 20, record,
-               ctx.state.log("postgres-primary"))
-    if fresh or not _bootstrapped(ctx):
-        _bootstrap(ctx)
-    return record
-
-
-def _bootstrapped(ctx: Context, server: str = "primary") -> bool:
-    with clients.connect(ctx, server, dbname="postgres") as conn:
-        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is not None
-
-
-_TEMPLATE_LOCK = threading.Lock()
-TEMPLATE_READY = "scalelab-template-ready"
-
-
-def _shard_template(ctx: Context, index: int) -> Path:
-    """A data directory every new shard server is copied from: initdb'd, with the app role, the
-    database and the empty users table. Made once per state directory (~1-2 s: one initdb, one
-    start), so a new shard costs a copy (~0.1-0.8 s of I/O) and a start, not an initdb each.
-    It is started once, briefly, on the port of shard `index` (not running yet), to bootstrap."""
-    data = data_dir(ctx, "shard-template")
-    with _TEMPLATE_LOCK:
-        if (data / TEMPLATE_READY).exists():
-            return data
-        shutil.rmtree(data, ignore_errors=True)
-        # 1 MB WAL segments: a smaller directory to copy (16 MB is the default).
-        _init_primary(ctx, "shard-template", extra=("--wal-segsize=1",))
-        conf = render.shard_settings(ctx.topology, ctx.ports, index)
-        write_atomic(data / "scalelab.conf", render.render_conf_lines(conf), mode=0o600)
-        ctx.run_as.own(data / "scalelab.conf")
-        role, service = f"shard-{index}", "postgres-shard-template"
-        record = ctx.spawn_server(service, [ctx.bins.pg("postgres"), "-D", data])
-        try:
-            wait_until(lambda: _ready(ctx, role), service, 20, record, ctx.state.log(service))
-            _bootstrap(ctx, role, SHARD_SCHEMA)
-        finally:
-            stop_server(record)
-        (data / TEMPLATE_READY).touch()
-    return data
+    if fresh(ctx, "primary"):
+        _new_from_template(ctx, "primary", "primary", SCHEMA)
+    return _start(ctx, "primary")
 
 
 def start_shard(ctx: Context, index: int) -> ProcessRecord:
     """Shard server `index`: a primary of its own with an empty users table (stack.resharding fills it)."""
-    role, service = f"shard-{index}", f"postgres-shard-{index}"
-    data = data_dir(ctx, role)
-    if not (data / "PG_VERSION").exists():
-        template = _shard_template(ctx, index)
-        shutil.rmtree(data, ignore_errors=True)
-        # cp -a keeps the service user's ownership and modes (PostgreSQL insists on 0700).
-        result = subprocess.run(["cp", "-a", str(template), str(data)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ServiceFailedError(f"{service}: copying the shard template failed: {result.stderr}")
-    write_settings(ctx, role)
-    record = ctx.spawn_server(service, [ctx.bins.pg("postgres"), "-D", data])
-    wait_until(lambda: _ready(ctx, role), service, 20, record, ctx.state.log(service))
-    return record
+    role = f"shard-{index}"
+    if fresh(ctx, role):
+        # 1 MB WAL segments: a shard keeps no standby, and a smaller directory copies faster.
+        _new_from_template(ctx, role, "shard", SHARD_SCHEMA, ("--wal-segsize=1",))
+    return _start(ctx, role)
 
 
-def start_replica(ctx: Context) -> ProcessRecord:
-    """Needs a running primary the first time (to copy it)."""
+def start_replica(ctx: Context, primary_is_fresh_copy: bool = False) -> ProcessRecord:
+    """The standby. Its first data directory is a base backup of the running primary, or, when the
+    primary is itself a fresh copy of the template (a first `up`), a copy of the same template
+    (see stack/local/pg_template.py: no primary needs to run yet)."""
     data = data_dir(ctx, "replica")
-    if not (data / "PG_VERSION").exists():
-        env = {"PGPASSWORD": ctx.secrets["postgres_password"], "PATH": "/usr/bin:/bin"}
-        _run(ctx, "postgres-replica", [ctx.bins.pg("pg_basebackup"), "--no-sync", "-h", HOST,
-                                       "-p", ctx.ports.primary, "-U", "postgres", "-D", data,
-                                       "-X", "stream", "-c", "fast"], env=env)
+    if fresh(ctx, "replica"):
+        shutil.rmtree(data, ignore_errors=True)
+        if primary_is_fresh_copy:
+            cache.take_copy(pg_template.template(ctx, "primary", SCHEMA), data, keep=SPARES["primary"])
+        else:
+            env = {"PGPASSWORD": ctx.secrets["postgres_password"], "PATH": "/usr/bin:/bin"}
+            pg_template.run_tool(ctx, "postgres-replica", [ctx.bins.pg("pg_basebackup"), "--no-sync", "-h", HOST,
+                                                           "-p", ctx.ports.primary, "-U", "postgres", "-D", data,
+                                                           "-X", "stream", "-c", "fast"], env=env)
         (data / "standby.signal").touch()
         ctx.run_as.own(data / "standby.signal")
-    write_settings(ctx, "replica")
-    record = ctx.spawn_server("postgres-replica", [ctx.bins.pg("postgres"), "-D", data])
-    wait_until(lambda: _ready(ctx, "replica"), "postgres-replica", 20, record,
-               ctx.state.log("postgres-replica"))
+    record = _start(ctx, "replica")
+    if primary_is_fresh_copy:
+        # A standby answers reads before it streams: say "streaming" only once the server does.
+        wait_until(lambda: _streaming(ctx), "postgres-replica streaming from the primary", 20, record,
+                   ctx.state.log("postgres-replica"))
     return record
+
+
+def _streaming(ctx: Context) -> bool:
+    with clients.connect(ctx, "postgres-replica", dbname="postgres") as conn:
+        row = conn.execute("SELECT status FROM pg_stat_wal_receiver").fetchone()
+    return row is not None and row[0] == "streaming"
 
 
 def stop_server(record: ProcessRecord | None) -> None:

