@@ -113,9 +113,11 @@ def take_copy(source: Path, dest: Path, keep: int) -> str:
             break
     if how == "copied":
         copy_tree(source, dest)
-    # nice: the spares are for later; what runs now should not wait for them.
-    subprocess.Popen(["nice", "-n", "19", sys.executable, "-m", "stack.local.cache", "refill", str(source),
-                      str(keep)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    # Lowest CPU and I/O priority: the spares are for later, and what runs now (often a measurement
+    # that starts right after this `up`) must not share the machine with them.
+    idle_io = ["ionice", "-c", "3"] if shutil.which("ionice") else []
+    subprocess.Popen([*idle_io, "nice", "-n", "19", sys.executable, "-m", "stack.local.cache", "refill",
+                      str(source), str(keep)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     return how
 
