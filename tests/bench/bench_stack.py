@@ -82,7 +82,7 @@ def plain_initdb_and_basebackup(port: int) -> float:
                            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="],
                           root / "anchor.log", ctx.run_as)
         wait_until(lambda: subprocess.run(
-            [str(ctx.bins.pg("pg_isready")), "-h", "127.0.0.1", "-p", str(port)]).returncode == 0,
+            [str(ctx.bins.pg("pg_isready")), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0,
             "anchor postgres", 30, record)
         pg_template.run_tool(ctx, "anchor", [ctx.bins.pg("pg_basebackup"), "--no-sync", "-h", "127.0.0.1",
                                              "-p", port, "-U", "postgres", "-D", standby, "-X", "stream",
