@@ -48,6 +48,7 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
                     SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, services_for)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
+from ..quota import Support, engine_support
 from ..topology import Topology
 from .services import SwarmServices
 from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, swarm_model, upstream_conf
@@ -105,6 +106,10 @@ class SwarmStack(Faults):
         return True
 
     # -- reading what runs --------------------------------------------------------------------
+    def cpu_quota_support(self) -> Support:
+        """Whether `app.cpu_quota` works here: the engine enforces it (a CFS quota per container)."""
+        return engine_support(self.client)
+
     def applied(self) -> Topology | None:
         return Topology.from_state(self.state.load())
 
