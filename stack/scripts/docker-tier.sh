@@ -221,7 +221,9 @@ ensure_venv() {
 
 # -- the tier ----------------------------------------------------------------------------
 # Lessons run on the docker backend by the tier (SCALELAB_DOCKER_LESSONS overrides the list).
-DOCKER_LESSONS="lessons/01_what_scalability_means.ipynb lessons/02_horizontal_vs_vertical.ipynb"
+# Lesson 6 needs shard servers, which the compose and swarm stacks do not have (refuse_shards);
+# lessons 7 and 8 have not been run on containers yet.
+DOCKER_LESSONS="lessons/01_*.ipynb lessons/02_*.ipynb lessons/03_*.ipynb lessons/04_*.ipynb lessons/05_*.ipynb"
 
 run_tier() {
     finish() {
