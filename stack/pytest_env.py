@@ -33,6 +33,9 @@ def pytest_configure(config):
     os.environ["SCALELAB_STATE"] = str(root / "state")
     os.environ["SCALELAB_BASE_PORT"] = str(shifted_port(NOTEBOOK_BASE_PORT))
     os.environ["SCALELAB_PROGRESS"] = str(root / "progress.json")
+    # Notebooks run with SCALELAB_BACKEND=docker|swarm (the Docker tier) get their own project too.
+    os.environ["SCALELAB_DOCKER_STATE"] = str(root / "docker-state")
+    os.environ["SCALELAB_SWARM_STATE"] = str(root / "swarm-state")
     config._scalelab_notebook_root = root
 
 
@@ -41,4 +44,8 @@ def pytest_unconfigure(config):
     if root is not None:
         from .local.backend import LocalStack
         LocalStack(root / "state").down()
+        for backend, state in (("docker", "docker-state"), ("swarm", "swarm-state")):
+            if (root / state).exists():    # a notebook started a stack on this backend: remove it
+                from . import get_stack
+                get_stack(root / state, backend=backend).down(purge=True)
         shutil.rmtree(root, ignore_errors=True)

@@ -166,6 +166,7 @@ LOAD_DURING_SCALE: dict = {}
 
 
 def test_scale_4_to_6_is_a_service_update_under_load(stack, engine):
+    before = containers(stack)
     with Trickle(PORTS.nginx) as load:
         done = timed("scale_4_to_6_s", stack.apply, replicas=6)
         time.sleep(0.5)
@@ -175,11 +176,13 @@ def test_scale_4_to_6_is_a_service_update_under_load(stack, engine):
     assert service(engine, stack, "app")["Spec"]["Mode"]["Replicated"]["Replicas"] == 6
     assert running_tasks(engine, stack, "app") == 6
     checks.requests_reach_every_replica(PORTS, 6)
+    # Only the count changed: the four tasks that ran go on running (a changed task template,
+    # e.g. defaults the engine inserted, would have replaced them all in a rolling update).
+    after = containers(stack)
+    assert {f"app-{i}": after[f"app-{i}"] for i in range(1, 5)} == {
+        f"app-{i}": before[f"app-{i}"] for i in range(1, 5)}, (before, after)
 
 
-@pytest.mark.xfail(reason="open defect: on this shared 2-core machine a scale under load took 17 s and "
-                          "~25% of GETs got 502 (cause not found yet); the figures are in the timings",
-                   strict=False)
 def test_scale_4_to_6_meets_the_target_and_loses_no_request(stack):
     assert LOAD_DURING_SCALE and {k: v for k, v in LOAD_DURING_SCALE.items() if k != 200} == {}, LOAD_DURING_SCALE
     assert TIMINGS["scale_4_to_6_s"][0] <= LIMIT_SCALE_S, TIMINGS

@@ -95,11 +95,18 @@ def rates(before: dict, after: dict) -> dict:
 # -- 1. where each query runs ---------------------------------------------------------
 
 @experiment
+def _reported_port(stack, server: str) -> int:
+    with clients.connect(stack, server) as conn:
+        return conn.execute("SELECT inet_server_port()").fetchone()[0]
+
+
 def where_reads_run(stack, reads: int = 20, settings=("replica", "primary")) -> pd.DataFrame:
     """GET distinct users with read_from set each way; count which server answered, by its own word
     (pg_is_in_recovery() and inet_server_port() ran on the very connection that read the row)."""
     http_ = Http(stack.status()["url"])
-    ports = {server: clients.address(stack, server)[1] for server in ("primary", "replica")}
+    # Each server's port in its own words too (inet_server_port() on our own connection), as the
+    # app reports it: with containers, the published port is not the one the server listens on.
+    ports = {server: _reported_port(stack, server) for server in ("primary", "replica")}
     rows = []
     for setting in settings:
         stack.apply(read_from=setting)

@@ -45,6 +45,7 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
                     stop_rank)
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
+from ..quota import Support, engine_support
 from ..topology import Topology
 from .compose import compose_model, container_spec, host_port, refuse_shards, to_yaml
 from .config import project_files
@@ -102,6 +103,10 @@ class DockerStack(Faults):
         return self._containers(project).listing()
 
     # -- reading what runs ------------------------------------------------------------------
+    def cpu_quota_support(self) -> Support:
+        """Whether `app.cpu_quota` works here: the engine enforces it (a CFS quota per container)."""
+        return engine_support(self.client)
+
     def applied(self) -> Topology | None:
         """The topology the stack was last brought to, if any."""
         return Topology.from_state(self.state.load())

@@ -66,6 +66,10 @@ class LocalStack(Faults):
                 records[service] = record
         return records
 
+    def cpu_quota_support(self):
+        """Whether `app.cpu_quota` works here: Linux cgroups this user may write (stack.local.cpu_quota)."""
+        return cpu_quota.support()
+
     def applied(self) -> Topology | None:
         """The topology the running stack was last brought to, if any."""
         return Topology.from_state(self.state.load())

@@ -10,25 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import StackError
+from ..quota import Support
 
 ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
-
-
-@dataclass(frozen=True)
-class Support:
-    available: bool
-    layout: str          # "v2", "v1" or "none"
-    reason: str          # why not, when not available
-
-    def require(self) -> None:
-        if not self.available:
-            raise StackError(f"app.cpu_quota needs Linux cgroups with the cpu controller, and {self.reason}. "
-                             f"Leave cpu_quota=None and model a replica's capacity with app.concurrency instead.")
 
 
 def support() -> Support:

@@ -48,6 +48,7 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
                     SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, services_for)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
+from ..quota import Support, engine_support
 from ..topology import Topology
 from .services import SwarmServices
 from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, swarm_model, upstream_conf
@@ -105,6 +106,10 @@ class SwarmStack(Faults):
         return True
 
     # -- reading what runs --------------------------------------------------------------------
+    def cpu_quota_support(self) -> Support:
+        """Whether `app.cpu_quota` works here: the engine enforces it (a CFS quota per container)."""
+        return engine_support(self.client)
+
     def applied(self) -> Topology | None:
         return Topology.from_state(self.state.load())
 
@@ -210,12 +215,12 @@ class SwarmStack(Faults):
                 say(f"[{time.monotonic() - started:5.2f}s] {message}")
 
             live = old if (old is not None and running) else None
-            run = _Run(self, name, live, new, refs)
+            run = _Run(self, name, live, new, refs, nginx_view=saved.get("nginx_view"))
             actions = plan(live, new, running)
             try:
                 for action in actions:
                     run.execute(action, note)
-                run.converge_app_config(note)
+                run.converge(note)
             except BaseException as exc:
                 report = RollbackReport()
                 if old is not None and live is not None:
@@ -225,7 +230,7 @@ class SwarmStack(Faults):
                 report.attach(exc)
                 raise
             self.state.save({"backend": "swarm", "stack": name, "topology": new.to_dict(), "images": refs,
-                             "up": True, "swarm_created": created})
+                             "up": True, "swarm_created": created, "nginx_view": run.nginx_view})
             return done
 
     # -- faults ---------------------------------------------------------------------------------
@@ -290,15 +295,18 @@ class SwarmStack(Faults):
                         conn.execute("ALTER SYSTEM RESET ALL")
                 except Exception as exc:   # noqa: BLE001 - said, and the removal goes on
                     say(f"could not reset {server}'s live settings ({exc}): the next up() keeps them")
+        # Every service at once: Swarm takes ~3 s to act on a removal and ~2-3 s more to destroy
+        # the container, however fast the process exits, so one service after another cost
+        # ~6 s per service (down took ~30 s). The whole stack goes, so no order protects a client.
         done = []
-        for rank in (("nginx",), ("app",), ("pgbouncer", "redis"), ("postgres-replica",), ("postgres-primary",)):
-            batch = [s for s in rank if s in present]
-            for short in batch:
-                services.remove(short)
-            for short in batch:
-                services.wait_gone(short)
-                done.append(f"stopped {short}")
-                say(done[-1])
+        order = [s for s in ("nginx", "app", "pgbouncer", "redis", "postgres-replica", "postgres-primary")
+                 if s in present]
+        for short in order:
+            services.remove(short)
+        for short in order:
+            services.wait_gone(short)
+            done.append(f"stopped {short}")
+            say(done[-1])
         services.prune_unused()
         for net in self.client.networks.list(filters={"label": f"com.docker.stack.namespace={name}"}):
             try:
@@ -322,8 +330,10 @@ def _wait_ports_released(ports: dict, timeout_s: float = 15.0) -> list[str]:
 class _Run:
     """Executes plan actions on one Swarm stack (one up() or one rollback)."""
 
-    def __init__(self, stack: SwarmStack, name: str, old: Topology | None, topology: Topology, images: dict):
+    def __init__(self, stack: SwarmStack, name: str, old: Topology | None, topology: Topology, images: dict,
+                 nginx_view: list | None = None):
         self.stack, self.name, self.old, self.topology, self.images = stack, name, old, topology, images
+        self.nginx_view = nginx_view    # the containers (nginx, app tasks) when nginx last resolved tasks.app
         self.services = stack._services(name)
         self.access = clients.StackAccess(topology, stack.state.secrets())
 
@@ -458,11 +468,19 @@ class _Run:
                     conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(key),
                                                                            sql.Literal(str(value))))
 
+    def _view(self) -> list[str]:
+        running = self.services.containers()
+        return sorted(f"{name}={c['Id']}" for name, c in running.items() if name == "nginx" or name.startswith("app-"))
+
     def reload_nginx(self, drain: float) -> None:
+        """nginx resolves `tasks.app` (one address per healthy task) only when it loads its config:
+        a reload is how it learns of new tasks and forgets gone ones."""
+        view = self._view()
         nginx = self.services.containers().get("nginx")
         if nginx is None:
             raise StackError("nginx has no running task to reload")
         self.services.exec(nginx["Id"], ["nginx-reload", str(int(drain))])
+        self.nginx_view = view
 
     def push_app_config(self, expect: dict | None, every: bool) -> None:
         """Write the app config into each task and make it re-read it (POST /_admin/config).
@@ -482,10 +500,16 @@ class _Run:
                                  f"{ {k: reported.get(k) for k in expect} }")
         run_parallel([lambda n=n, c=c: push(n, c) for n, c in apps.items()])
 
-    def converge_app_config(self, note) -> None:
-        """A task Swarm restarted by itself starts from the deployed seed: bring it up to date."""
-        if "app" in self.services.services():
+    def converge(self, note) -> None:
+        """After the plan: a task Swarm started by itself (a crash healed, a fresh deploy whose nginx
+        started before the app's tasks were healthy) starts from the deployed seed config and is
+        unknown to nginx. Push the config, and reload nginx when its view is not what runs."""
+        present = self.services.services()
+        if "app" in present:
             self.push_app_config(None, every=False)
+        if "nginx" in present and self._view() != self.nginx_view:
+            self.reload_nginx(0)
+            note("reloaded nginx: it now resolves every running app task")
 
 
 # Inside an app task: ask the replica to re-read its config file (the token is in that file).

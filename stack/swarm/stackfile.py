@@ -149,6 +149,12 @@ def _versioned(name: str, text: str) -> str:
 SWARM_HEALTH = {**HEALTH_TIMING, "interval": "2s"}
 
 
+# Swarm's own restart defaults, written out: `docker stack deploy` leaves RestartPolicy unset and
+# an update that sends the engine's defaulted spec back (`docker service update`, docker-py)
+# fills it in, which changes the task template and so replaces every running task.
+RESTART_POLICY = {"condition": "any", "delay": "5s", "max_attempts": 0}
+
+
 def _health(*test: str) -> dict:
     return {"test": ["CMD", *test], **SWARM_HEALTH}
 
@@ -212,6 +218,7 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     # DNS answers with the tasks' own addresses: a virtual IP needs the kernel's IPVS, which
     # some kernels lack (this machine's has no CONFIG_IP_VS: VIPs and the ingress mesh time out).
     deploy["endpoint_mode"] = "dnsrr"
+    deploy["restart_policy"] = dict(RESTART_POLICY)
     svc["deploy"] = deploy
     return svc
 
