@@ -2,11 +2,12 @@
 
 Why not just aiohttp: on a 2-core machine the generator competes with the
 server it measures. aiohttp's ClientSession costs ~60 us of CPU per request
-here; this client ~20 us, because each request is pre-rendered bytes and the
-response parser only looks for what a load test needs (status, X-Replica,
-body length, keep-alive). It understands Content-Length, chunked and
-close-delimited bodies, HEAD/204/304 and 1xx, and "Connection: close".
-Plain http:// only; https goes through aiohttp (LoadSpec.client).
+here; this client a fraction of that: each request is pre-rendered bytes,
+written with one send, and the response is parsed by httptools (llhttp, in C;
+the body is skipped there, never copied into Python). Its framing covers
+Content-Length, chunked and close-delimited bodies, HEAD/204/304 and 1xx, and
+keep-alive or "Connection: close". Plain http:// only; https goes through
+aiohttp (LoadSpec.client).
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import asyncio
 import time
 from collections import deque
 
-MAX_HEAD = 64 * 1024
-_NONE, _LENGTH, _CHUNKED, _TRAILERS, _UNTIL_CLOSE = range(5)
+from httptools import HttpParserError, HttpResponseParser
 
 
 class ConnectFailed(ConnectionError):
@@ -34,33 +34,32 @@ READ_SIZE = 64 * 1024
 SWEEP_S = 0.05
 
 
-def _header(head: bytes, lower: bytes, marker: bytes) -> bytes | None:
-    """The value of the header `marker` ("\\r\\nname:") in `head`, or None."""
-    at = lower.find(marker)
-    if at < 0:
-        return None
-    start = at + len(marker)
-    end = head.find(b"\r\n", start)
-    return head[start:end if end >= 0 else len(head)].strip()
-
-
 class _Connection(asyncio.BufferedProtocol):
     """One keep-alive connection: one request at a time, response parsed as it arrives.
 
     A BufferedProtocol reads into a buffer allocated once: asyncio's plain
     Protocol allocates 256 KiB per recv, which glibc serves with mmap/munmap,
-    tripling the kernel time per request.
+    tripling the kernel time per request. The parser's callbacks (on_*) only
+    note what a load test needs: status, X-Replica, keep-alive, completeness.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.transport = None
         self.closed = False
-        self.buf = bytearray()
         self.waiter: asyncio.Future | None = None
         self.head_only = False
-        self.status = None
         self.read_buffer = memoryview(bytearray(READ_SIZE))
+        self.parser = HttpResponseParser(self)
+        self._new_response()
+
+    def _new_response(self) -> None:
+        self.status = None          # set once the final (non-1xx) head is parsed
+        self.replica = None
+        self.keep = False
+        self.framed = False         # Content-Length or chunked: the body ends by itself, not at close
+        self.complete = False
+        self.surplus = False        # bytes beyond the response: this connection is not reused
 
     # -- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport):
@@ -73,22 +72,55 @@ class _Connection(asyncio.BufferedProtocol):
         if self.waiter is None or self.waiter.done():
             self.abort()              # bytes nobody asked for: this connection cannot be trusted
             return
-        self.buf += self.read_buffer[:nbytes]
         try:
-            self._parse()
-        except (BadResponse, ValueError) as exc:
-            self._fail(exc if isinstance(exc, BadResponse) else BadResponse(str(exc)))
-            self.abort()
+            self.parser.feed_data(self.read_buffer[:nbytes])
+        except HttpParserError as exc:
+            if not self.complete:
+                self._fail(BadResponse(f"not a valid HTTP/1.x response: {exc}"))
+                self.abort()
+                return
+            self.surplus = True       # garbage after a complete response
+        if self.complete:
+            self._finish()
 
     def connection_lost(self, exc):
         self.closed = True
         self.transport = None
         if self.waiter is not None and not self.waiter.done():
-            if self.status is not None and self.mode == _UNTIL_CLOSE:
-                self._finish(keep=False)          # a close-delimited body ends here
+            if self.status is not None and not self.framed and not self.head_only:
+                self.complete = True              # a close-delimited body ends here
+                self._finish()
             else:
                 detail = f": {exc}" if exc else ""
                 self._fail(Disconnected(f"the server closed the connection before a full response{detail}"))
+
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self):
+        if self.complete:
+            self.surplus = True
+
+    def on_header(self, name: bytes, value: bytes):
+        name = name.lower()
+        if name == b"x-replica":
+            self.replica = value.decode("latin-1")
+        elif name == b"content-length":
+            self.framed = True
+        elif name == b"transfer-encoding":
+            self.framed = b"chunked" in value.lower()
+
+    def on_headers_complete(self):
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:             # informational: the real response follows
+            self.replica, self.framed = None, False
+            return
+        # Read here: llhttp clears what keep-alive depends on once the message completes.
+        self.status, self.keep = status, self.parser.should_keep_alive()
+        if self.head_only:
+            self.complete = True            # a HEAD's head is the whole response
+
+    def on_message_complete(self):
+        if self.status is not None:
+            self.complete = True
 
     # -- used by the pool ---------------------------------------------------------------
     def send(self, raw: bytes, head_only: bool, sink=None):
@@ -98,7 +130,6 @@ class _Connection(asyncio.BufferedProtocol):
             raise Disconnected("the server closed the connection before the request was sent")
         self.waiter = waiter = self.loop.create_future() if sink is None else sink
         self.head_only = head_only
-        self.status = None
         self.transport.write(raw)
         return waiter
 
@@ -113,93 +144,20 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- parsing --------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
-    def _finish(self, keep: bool) -> None:
-        if self.buf:                # bytes after the response: do not reuse this connection
-            self.buf.clear()
-            keep = False
-        status, self.status = self.status, None
+    def _finish(self) -> None:
+        if self.head_only:
+            # llhttp cannot be told a response answers HEAD: it would wait for the
+            # body the head announced. A fresh parser for the next response.
+            self.parser = HttpResponseParser(self)
+        outcome = (self.status, self.replica, self.keep and not self.surplus and not self.closed,
+                   time.perf_counter())
+        self._new_response()
         # Last: a sink may send the next request on this connection from inside this call.
-        self.waiter.set_result((status, self.replica, keep and not self.closed, time.perf_counter()))
-
-    def _head(self, head: bytes) -> None:
-        if not head.startswith(b"HTTP/1.") or len(head) < 12:
-            raise BadResponse(f"not an HTTP/1.x status line: {head[:60]!r}")
-        self.status = status = int(head[9:12])
-        # find() on the lower-cased head is several times faster than splitting lines in Python.
-        lower = head.lower()
-        length = _header(head, lower, b"\r\ncontent-length:")
-        replica = _header(head, lower, b"\r\nx-replica:")
-        self.replica = replica.decode("latin-1") if replica is not None else None
-        connection = _header(lower, lower, b"\r\nconnection:") or b""
-        chunked = length is None and b"chunked" in (_header(lower, lower, b"\r\ntransfer-encoding:") or b"")
-        if head[5:8] == b"1.1":
-            self.keep = b"close" not in connection
-        else:
-            self.keep = b"keep-alive" in connection
-        if self.head_only or status in (204, 304) or 100 <= status < 200:
-            self.mode = _NONE
-        elif chunked:
-            self.mode, self.chunk_left = _CHUNKED, None
-        elif length is not None:
-            self.mode, self.remaining = _LENGTH, int(length)
-        else:
-            self.mode, self.keep = _UNTIL_CLOSE, False
-
-    def _parse(self) -> None:
-        buf = self.buf
-        while True:
-            if self.status is None:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise BadResponse("response head larger than 64 KiB")
-                    return
-                self._head(bytes(buf[:end]))
-                del buf[:end + 4]
-                if 100 <= self.status < 200:      # informational: the real response follows
-                    self.status = None
-                    continue
-            mode = self.mode
-            if mode == _NONE:
-                return self._finish(self.keep)
-            if mode == _LENGTH:
-                if len(buf) < self.remaining:
-                    self.remaining -= len(buf)    # the body is not kept, only counted
-                    buf.clear()
-                    return
-                del buf[:self.remaining]
-                return self._finish(self.keep)
-            if mode == _UNTIL_CLOSE:
-                buf.clear()
-                return
-            if mode == _CHUNKED:
-                if self.chunk_left is None:
-                    end = buf.find(b"\r\n")
-                    if end < 0:
-                        return
-                    size = int(bytes(buf[:end]).split(b";")[0].strip(), 16)
-                    del buf[:end + 2]
-                    if size == 0:
-                        self.mode = _TRAILERS
-                        continue
-                    self.chunk_left = size
-                if len(buf) < self.chunk_left + 2:
-                    return
-                del buf[:self.chunk_left + 2]
-                self.chunk_left = None
-                continue
-            # _TRAILERS: header lines until an empty one
-            end = buf.find(b"\r\n")
-            if end < 0:
-                return
-            del buf[:end + 2]
-            if end == 0:
-                return self._finish(self.keep)
+        self.waiter.set_result(outcome)
 
 
 def _time_out(waiter: asyncio.Future, timeout_s: float) -> None:
