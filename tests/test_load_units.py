@@ -166,6 +166,17 @@ def test_histogram_batch_records_exactly_what_one_by_one_does():
     assert batch.encode() == one_by_one.encode()             # every bucket's count, not just percentiles
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 5_000])
+def test_histogram_percentiles_are_hdrhistograms_own(n):
+    rng = random.Random(n)
+    h = LatencyHistogram()
+    h.record_many_us([int(rng.expovariate(1 / 20_000)) for _ in range(n)])
+    percentiles = (0.0, 0.1, 25.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
+    for histogram in (h, LatencyHistogram.decode(h.encode())):
+        reference = histogram.hdr.get_percentile_to_value_dict(list(percentiles))   # the library's loop
+        assert histogram.percentiles_ms(percentiles) == {p: reference[p] / 1000 for p in percentiles}
+
+
 def test_histogram_survives_encoding_and_clamps_instead_of_dropping():
     h = LatencyHistogram(highest_us=1_000_000)
     h.record_s(0.002)

@@ -86,8 +86,18 @@ class LatencyHistogram:
         """{percentile: milliseconds}; None for every percentile when nothing was recorded."""
         if not self.count:
             return {p: None for p in percentiles}
-        values = self.hdr.get_percentile_to_value_dict(list(percentiles))
-        return {p: values[p] / 1000 for p in percentiles}
+        # HdrHistogram's own rule (the first bucket whose running count reaches the
+        # target, reported as the bucket's highest value; its lowest for p0), with
+        # the running count in numpy: its Python loop took ~1.5 ms a call.
+        hdr = self.hdr
+        running = np.cumsum(np.ctypeslib.as_array(hdr.counts)[:hdr.encoder.payload.counts_len])
+        out = {}
+        for p in percentiles:
+            index = int(np.searchsorted(running, hdr.get_target_count_at_percentile(p)))
+            value = hdr.get_value_from_index(index)
+            value = hdr.get_highest_equivalent_value(value) if p else hdr.get_lowest_equivalent_value(value)
+            out[p] = value / 1000
+        return out
 
     def percentile_ms(self, percentile: float) -> float | None:
         return self.percentiles_ms((percentile,))[percentile]
