@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -177,7 +178,7 @@ def _feed(data: bytes, step: int, method="GET", close_at_end=False):
         conn = _Connection(loop)
         transport = _Transport()
         conn.connection_made(transport)
-        waiter = conn.send(b"request", method == "HEAD")
+        waiter = conn.send(b"request", method == "HEAD", math.inf)
         for i in range(0, len(data), step):
             piece = data[i:i + step]
             conn.read_buffer[:len(piece)] = piece
@@ -238,7 +239,7 @@ def test_head_response_is_complete_at_its_head_and_the_next_response_parses():
     outcomes = []
     for method, data in (("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nX-Replica: h\r\n\r\n"),
                          ("GET", b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno")):
-        waiter = conn.send(b"request", method == "HEAD")
+        waiter = conn.send(b"request", method == "HEAD", math.inf)
         conn.read_buffer[:len(data)] = data
         conn.buffer_updated(len(data))
         outcomes.append(waiter.result()[:3])

@@ -102,6 +102,15 @@ def test_requests_outstanding_at_the_hard_deadline_are_counted_as_timeouts():
     assert r.elapsed_s < 0.3 + 0.4 + 0.3
 
 
+def test_closed_loop_requests_time_out_at_their_own_deadline_and_the_users_carry_on():
+    # 2 users on /hang for 1 s with a 0.25 s timeout: each request is expired by the
+    # client's sweep, not only by the run's hard deadline, and the user sends again.
+    with TestServer() as server:
+        r = run_load(url=server.url, mode="closed", connections=2, duration_s=1.0, path="/hang", timeout_s=0.25)
+    assert accounted(r)
+    assert r.errors["timeout"] == r.sent >= 2 * 3
+
+
 def test_open_loop_latency_includes_the_wait_for_a_free_connection():
     # One connection, each request takes ~50 ms, one scheduled every 25 ms: the queue
     # grows and every wait is part of the latency, counted from the intended send time.

@@ -37,7 +37,6 @@ class ClosedUser:
     def set_result(self, outcome) -> None:
         status, replica, keep, done_at = outcome
         label, self.label = self.label, None
-        self.client.unwatch(self.conn)
         self.rec.response(label, status, replica, done_at - self.began)
         if not keep:
             self._drop()
@@ -45,7 +44,6 @@ class ClosedUser:
 
     def set_exception(self, exc: BaseException) -> None:
         label, self.label = self.label, None
-        self.client.unwatch(self.conn)
         self.rec.failure(label, classify(exc), exc)
         self._drop()
         # Not straight away: this may run inside the connection's own callbacks.
@@ -70,9 +68,8 @@ class ClosedUser:
         self.label = request.label
         self.began = now
         self.rec.sent_one(None)
-        self.client.watch(self.conn, self.client.loop.time() + self.client.timeout_s)
         try:
-            self.conn.send(request.raw, request.method == "HEAD", self)
+            self.conn.send(request.raw, request.method == "HEAD", self._deadline(), self)
         except Exception as exc:  # noqa: BLE001 - e.g. the server closed it just now
             self.set_exception(exc)
 
@@ -82,7 +79,7 @@ class ClosedUser:
         request = self.plan.next()
         self.rec.sent_one(None)
         try:
-            self.conn = await self.client.open_connection(self.client.loop.time() + self.client.timeout_s)
+            self.conn = await self.client.open_connection(self._deadline())
         except asyncio.CancelledError:
             self.rec.failure(request.label, "timeout", "still connecting when the run's time was up")
             raise
@@ -94,15 +91,16 @@ class ClosedUser:
             self.connecting = None
         self.label = request.label
         self.began = now
-        self.client.watch(self.conn, self.client.loop.time() + self.client.timeout_s)
         try:
-            self.conn.send(request.raw, request.method == "HEAD", self)
+            self.conn.send(request.raw, request.method == "HEAD", self._deadline(), self)
         except Exception as exc:  # noqa: BLE001
             self.set_exception(exc)
 
+    def _deadline(self) -> float:
+        return self.client.loop.time() + self.client.timeout_s
+
     def _drop(self) -> None:
         if self.conn is not None:
-            self.client.unwatch(self.conn)
             self.conn.abort()
             self.conn = None
 

@@ -12,6 +12,7 @@ aiohttp (LoadSpec.client).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 
@@ -49,6 +50,7 @@ class _Connection(asyncio.BufferedProtocol):
         self.closed = False
         self.waiter: asyncio.Future | None = None
         self.head_only = False
+        self.deadline = math.inf       # loop.time() by which the request in flight must be answered
         self.read_buffer = memoryview(bytearray(READ_SIZE))
         self.parser = HttpResponseParser(self)
         self._new_response()
@@ -123,13 +125,14 @@ class _Connection(asyncio.BufferedProtocol):
             self.complete = True
 
     # -- used by the pool ---------------------------------------------------------------
-    def send(self, raw: bytes, head_only: bool, sink=None):
-        """Write one request. The outcome goes to `sink` (anything with a Future's
-        done/set_result/set_exception), or to a new Future, which is returned."""
+    def send(self, raw: bytes, head_only: bool, deadline: float, sink=None):
+        """Write one request, to be answered by `deadline` (loop time). The outcome goes to
+        `sink` (anything with a Future's done/set_result/set_exception), or to a new
+        Future, which is returned."""
         if self.transport is None:
             raise Disconnected("the server closed the connection before the request was sent")
         self.waiter = waiter = self.loop.create_future() if sink is None else sink
-        self.head_only = head_only
+        self.head_only, self.deadline = head_only, deadline
         self.transport.write(raw)
         return waiter
 
@@ -178,7 +181,7 @@ class FastClient:
         self.local_addr = (local_addr, 0) if local_addr else None
         self.loop = asyncio.get_running_loop()
         self.pool_waits = 0          # requests that found every connection busy
-        self._in_flight: dict[_Connection, float] = {}    # connection -> its request's deadline
+        self._connections: set[_Connection] = set()      # every one opened, until the sweep sees it closed
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle: list[_Connection] = []
         self._open = 0               # connections open or being opened (<= limit)
@@ -195,17 +198,12 @@ class FastClient:
             self._release_slot()
         if conn is None:
             conn = await self._acquire(deadline)
-        if self._sweeper is None:
-            self._sweep()
-        self._in_flight[conn] = deadline
         try:
-            status, replica, keep, done_at = await conn.send(request.raw, request.method == "HEAD")
+            status, replica, keep, done_at = await conn.send(request.raw, request.method == "HEAD", deadline)
         except BaseException:
             conn.abort()                          # a half-read response makes it useless
             self._release_slot()
             raise
-        finally:
-            del self._in_flight[conn]
         if keep:
             self._give_back(conn)
         else:
@@ -268,34 +266,25 @@ class FastClient:
                 self.loop.create_connection(lambda: _Connection(self.loop), self.host, self.port,
                                             local_addr=self.local_addr),
                 max(0.0, deadline - self.loop.time()))
-            return conn
         except asyncio.TimeoutError:          # not the builtin TimeoutError before Python 3.11
             raise TimeoutError(f"could not connect within {self.timeout_s:g} s") from None
         except OSError as exc:
             if isinstance(exc, TimeoutError):
                 raise
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-
-    def watch(self, conn: _Connection, deadline: float) -> None:
-        """Expire `conn`'s request at `deadline` (for requests sent outside send())."""
+        self._connections.add(conn)
         if self._sweeper is None:
             self._sweep()
-        self._in_flight[conn] = deadline
-
-    def unwatch(self, conn: _Connection) -> None:
-        self._in_flight.pop(conn, None)
-
-    def expire_all(self) -> None:
-        """Time out every request still in flight now (the run's hard deadline)."""
-        for conn in list(self._in_flight):
-            conn.expire(self.timeout_s)
+        return conn
 
     def _sweep(self) -> None:
         """Expire requests past their deadline: one periodic check instead of a timer
         per request (which cost ~5 us each); deadlines are kept to within SWEEP_S."""
         now = self.loop.time()
-        for conn, deadline in list(self._in_flight.items()):
-            if deadline <= now:
+        for conn in list(self._connections):
+            if conn.closed:
+                self._connections.discard(conn)
+            elif conn.deadline <= now and conn.waiter is not None and not conn.waiter.done():
                 conn.expire(self.timeout_s)
         self._sweeper = self.loop.call_later(min(SWEEP_S, self.timeout_s / 4), self._sweep)
 
