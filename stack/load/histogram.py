@@ -6,6 +6,8 @@ counted in `clamped`, never dropped. Percentiles come from HdrHistogram.
 """
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
@@ -55,6 +57,13 @@ class LatencyHistogram:
         for floor, count in zip(floors.tolist(), counts.tolist()):
             record(floor, count)
         self._sum_us += int(v.sum())
+
+    def clear(self) -> None:
+        """Empty it for reuse, as HdrHistogram's reset() does but without its Python loop:
+        a new histogram costs ~0.4 ms, and a run needs several per interval."""
+        np.ctypeslib.as_array(self.hdr.counts)[:] = 0
+        self.hdr.total_count, self.hdr.min_value, self.hdr.max_value = 0, sys.maxsize, 0
+        self.clamped, self._sum_us, self._sum_exact = 0, 0, True
 
     @property
     def _top_bits(self) -> int:

@@ -26,6 +26,8 @@ class Recorder:
         self.error_examples: dict[str, str] = {}
         self.status_codes: Counter = Counter()
         self.sent = self.responses = self.ok = self.in_flight = self.pool_waits = 0
+        # Reused at every snapshot (cleared, not made anew: a new one costs ~0.4 ms).
+        self._window, self._one_replica, self._lag = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
         self._responses_at_window_end: int | None = None
         self._new_window()
 
@@ -100,16 +102,18 @@ class Recorder:
     # -- once per interval -------------------------------------------------------
     def snapshot(self, t_s: float, interval_s: float, cpu: float, open_loop: bool) -> IntervalSnapshot:
         """The current window as a snapshot; its latencies join the totals."""
-        window, replica_p99, replicas = LatencyHistogram(), {}, {}
+        window, h, lag = self._window, self._one_replica, self._lag
+        window.clear()
+        replica_p99, replicas = {}, {}
         for name, latencies in sorted(self.w_latency_us.items()):
-            h = LatencyHistogram()
+            h.clear()
             h.record_many_us(latencies)
             group = self._replica(name)
             group.count += len(latencies)
             group.latency.merge(h)
             window.merge(h)
             replicas[name], replica_p99[name] = len(latencies), h.percentile_ms(99.0)
-        lag = LatencyHistogram()
+        lag.clear()
         lag.record_many_us(self.w_lag_us)
         pct = window.percentiles_ms((50.0, 95.0, 99.0))
         snap = IntervalSnapshot(
