@@ -9,6 +9,7 @@ machine every microsecond the generator spends is taken from the server.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from .clients import classify
@@ -17,14 +18,19 @@ from .mix import MixPlan
 from .recorder import Recorder
 
 
+STOP_POLL_S = 0.01            # how soon a stop() asked of the run reaches the users
+
+
 class ClosedUser:
     """One closed-loop client. Quacks like a Future for the connection it sends on:
     the connection calls set_result(...) or set_exception(...) when the request ends."""
 
+    __slots__ = ("client", "rec", "plan", "stop_at", "finished", "conn", "label", "began", "connecting")
+
     def __init__(self, client: FastClient, rec: Recorder, plan: MixPlan, stop_at: float,
-                 should_stop, finished: asyncio.Future):
+                 finished: asyncio.Future):
         self.client, self.rec, self.plan = client, rec, plan
-        self.stop_at, self.should_stop, self.finished = stop_at, should_stop, finished
+        self.stop_at, self.finished = stop_at, finished      # stop_at drops to -inf to stop early
         self.conn = None
         self.label = None          # the request in flight, if any
         self.began = 0.0
@@ -52,24 +58,22 @@ class ClosedUser:
     # -- driving --------------------------------------------------------------------------------
     def next(self) -> None:
         now = time.perf_counter()
-        if now >= self.stop_at or self.should_stop():
+        if now >= self.stop_at:
             self._drop()
             if not self.finished.done():
                 self.finished.set_result(None)
             return
-        if self.conn is None or self.conn.closed:
+        conn = self.conn
+        if conn is None or conn.closed:
             self._drop()
             self.connecting = self.client.loop.create_task(self._connect_then_send())
             return
-        self._send(now)
-
-    def _send(self, now: float) -> None:
         request = self.plan.next()
         self.label = request.label
         self.began = now
         self.rec.sent_one(None)
         try:
-            self.conn.send(request.raw, request.method == "HEAD", self._deadline(), self)
+            conn.send(request.raw, request.method == "HEAD", self._deadline(), self)
         except Exception as exc:  # noqa: BLE001 - e.g. the server closed it just now
             self.set_exception(exc)
 
@@ -118,15 +122,23 @@ async def run_closed_users(clients: list[FastClient], rec: Recorder, plan: MixPl
                            stop_at: float, timeout_s: float, should_stop) -> None:
     """`connections` users until stop_at; then in-flight requests get until stop_at + timeout_s."""
     loop = asyncio.get_running_loop()
-    cancelled = False
+    users = [ClosedUser(clients[i % len(clients)], rec, plan, stop_at, loop.create_future())
+             for i in range(connections)]
 
-    def stopping() -> bool:
-        return cancelled or should_stop()
+    def stop_now() -> None:
+        for user in users:
+            user.stop_at = -math.inf
 
-    users = []
-    for i in range(connections):
-        user = ClosedUser(clients[i % len(clients)], rec, plan, stop_at, stopping, loop.create_future())
-        users.append(user)
+    def poll_stop() -> None:
+        # Polled, not asked per request: one call per request was measurable CPU.
+        nonlocal poller
+        if should_stop():
+            stop_now()
+        else:
+            poller = loop.call_later(STOP_POLL_S, poll_stop)
+
+    poller = loop.call_later(STOP_POLL_S, poll_stop)
+    for user in users:
         user.next()
     finished = [u.finished for u in users]
     pending: list = []
@@ -134,9 +146,11 @@ async def run_closed_users(clients: list[FastClient], rec: Recorder, plan: MixPl
         _, pending = await asyncio.wait(finished, timeout=max(0.0, stop_at + timeout_s - time.perf_counter()))
     except asyncio.CancelledError:
         # The caller gave up on the run: no user may send again from a response callback.
-        cancelled, pending = True, [f for f in finished if not f.done()]
+        stop_now()
+        pending = [f for f in finished if not f.done()]
         raise
     finally:
+        poller.cancel()
         if pending:
             for user in users:
                 user.abandon()

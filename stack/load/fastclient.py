@@ -44,6 +44,9 @@ class _Connection(asyncio.BufferedProtocol):
     note what a load test needs: status, X-Replica, keep-alive, completeness.
     """
 
+    __slots__ = ("loop", "transport", "closed", "waiter", "head_only", "deadline", "read_buffer", "parser",
+                 "status", "replica", "keep", "framed", "complete", "surplus")
+
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.transport = None
