@@ -258,6 +258,21 @@ def test_stop_ends_sending_early_and_counts_what_was_in_flight():
     assert any("stopped early" in w for w in r.warnings)
 
 
+def test_stop_reaches_the_closed_loop_users_too():
+    async def go(url):
+        run = start_load(url=url, mode="closed", connections=4, duration_s=10, path="/sleep/5")
+        await asyncio.sleep(0.3)
+        run.stop()
+        return await run
+
+    with TestServer() as server:
+        began = time.perf_counter()
+        r = asyncio.run(go(server.url))
+        took = time.perf_counter() - began
+    assert took < 2 and accounted(r) and r.responses > 0
+    assert any("stopped early" in w for w in r.warnings)
+
+
 def test_a_generator_hiccup_counts_in_latency_because_it_is_measured_from_the_intended_time():
     # Block the generator's own loop for 300 ms: requests due meanwhile go out late.
     # Their latency must include that delay (it is measured from when they were due),
