@@ -111,6 +111,18 @@ def test_closed_loop_requests_time_out_at_their_own_deadline_and_the_users_carry
     assert r.errors["timeout"] == r.sent >= 2 * 3
 
 
+def test_open_loop_requests_still_out_at_the_hard_deadline_are_timeouts(monkeypatch):
+    # With the client's periodic sweep off, only the run's hard deadline can end the
+    # hanging requests (sent on idle connections, without a task): none may go uncounted.
+    from stack.load.fastclient import FastClient
+    monkeypatch.setattr(FastClient, "_sweep", lambda self: None)
+    with TestServer() as server:
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=40, duration_s=0.25, path="/hang",
+                     timeout_s=0.3, connections=20)
+    assert accounted(r)
+    assert r.errors["timeout"] == r.sent == 10 and r.pool_waits == 0
+
+
 def test_open_loop_latency_includes_the_wait_for_a_free_connection():
     # One connection, each request takes ~50 ms, one scheduled every 25 ms: the queue
     # grows and every wait is part of the latency, counted from the intended send time.

@@ -192,27 +192,46 @@ class FastClient:
 
     async def send(self, request) -> tuple[int, str | None, float]:
         deadline = self.loop.time() + self.timeout_s
-        conn = None
-        while self._idle:
-            candidate = self._idle.pop()          # most recently used: warmest connection
-            if not candidate.closed:
-                conn = candidate
-                break
-            self._release_slot()
+        conn = self._take_idle()
         if conn is None:
             conn = await self._acquire(deadline)
         try:
             status, replica, keep, done_at = await conn.send(request.raw, request.method == "HEAD", deadline)
         except BaseException:
-            conn.abort()                          # a half-read response makes it useless
-            self._release_slot()
+            self._lost(conn)
             raise
+        self._returned(conn, keep)
+        return status, replica, done_at
+
+    def send_now(self, request, sink) -> bool:
+        """Send on an idle connection at once, without a task or a Future: the outcome
+        goes to `sink` as (status, X-Replica, keep, perf_counter at completion) or an
+        exception. False, and nothing sent, when no connection is idle (then use send())."""
+        conn = self._take_idle()
+        if conn is None:
+            return False
+        conn.send(request.raw, request.method == "HEAD", self.loop.time() + self.timeout_s,
+                  _Pooled(self, conn, sink))
+        return True
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()               # most recently used: warmest connection
+            if not conn.closed:
+                return conn
+            self._release_slot()
+        return None
+
+    def _returned(self, conn: _Connection, keep: bool) -> None:
         if keep:
             self._give_back(conn)
         else:
             conn.abort()
             self._release_slot()
-        return status, replica, done_at
+
+    def _lost(self, conn: _Connection) -> None:
+        conn.abort()                              # a half-read response makes it useless
+        self._release_slot()
 
     async def warm(self, count: int, within_s: float = 2.0) -> int:
         """Open up to `count` idle connections now, before the clock starts; how many opened.
@@ -280,6 +299,12 @@ class FastClient:
             self._sweep()
         return conn
 
+    def expire_all(self) -> None:
+        """Time out every request still in flight now (the run's hard deadline)."""
+        for conn in list(self._connections):
+            if conn.waiter is not None and not conn.waiter.done():
+                conn.expire(self.timeout_s)
+
     def _sweep(self) -> None:
         """Expire requests past their deadline: one periodic check instead of a timer
         per request (which cost ~5 us each); deadlines are kept to within SWEEP_S."""
@@ -320,3 +345,25 @@ class FastClient:
         for waiter in self._waiters:
             waiter.cancel()
         self._waiters.clear()
+
+
+class _Pooled:
+    """What a connection reports to for send_now(): the pool's bookkeeping, then the caller's sink."""
+
+    __slots__ = ("client", "conn", "sink", "finished")
+
+    def __init__(self, client: FastClient, conn: _Connection, sink):
+        self.client, self.conn, self.sink, self.finished = client, conn, sink, False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, outcome) -> None:
+        self.finished = True
+        self.client._returned(self.conn, outcome[2])
+        self.sink.set_result(outcome)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.finished = True
+        self.client._lost(self.conn)
+        self.sink.set_exception(exc)
