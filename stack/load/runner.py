@@ -27,6 +27,9 @@ from .spec import LoadSpec
 _DONE = object()
 WARM_LATENCY_S = 0.005
 DRAIN_POLL_S = 0.005
+# The open loop's shortest nap: event loops wake at 1 ms granularity (asyncio's epoll
+# timeout; uvloop's timers spin until a sub-ms one is due), so a shorter one buys no precision.
+MIN_NAP_S = 0.001
 OnInterval = Callable[[IntervalSnapshot], object]
 
 _gc_users = 0
@@ -208,7 +211,7 @@ class LoadRun:
                 offset = arrivals.next_offset()
             last_sent = time.perf_counter()
             if offset is not None:   # (in short naps, so stop() is noticed even at low rates)
-                await asyncio.sleep(min(0.1, max(0.0, start + offset - time.perf_counter())))
+                await asyncio.sleep(min(0.1, max(MIN_NAP_S, start + offset - time.perf_counter())))
         deadline = time.perf_counter() + spec.timeout_s
         await self._drain(tasks, deadline)
         while rec.in_flight > 0 and time.perf_counter() < deadline:     # those sent without a task
@@ -264,7 +267,6 @@ class LoadRun:
             replicas=rec.replicas, requests=rec.requests, connections=spec.pool_size,
             pool_waits=rec.pool_waits, cpu=round(cpu, 3), generator_bottleneck=False, warnings=[],
             intervals=list(self._snapshots), error_examples=dict(rec.error_examples))
-        result.generator_bottleneck, result.warnings = judge(
-            spec, result, stopped=self._stopping, loop=asyncio.get_running_loop())
+        result.generator_bottleneck, result.warnings = judge(spec, result, stopped=self._stopping)
         result.warnings += [f"on_interval raised {e}; the run went on" for e in self._callback_errors]
         return result
