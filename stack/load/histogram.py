@@ -39,23 +39,28 @@ class LatencyHistogram:
         self._sum_us += us
 
     def record_many_us(self, values: list[int]) -> None:
-        """Record a batch of values, as record_us() would one by one.
+        """Record a batch of values, exactly as record_us() would one by one.
 
-        HdrHistogram's record_value() is pure Python (~1.5 us); values sharing a
-        bucket are counted here first, so a batch costs one call per bucket used.
+        HdrHistogram's record_value() is pure Python (~1.5 us a value): here each
+        value's slot in its counts array is computed by the library's own formula
+        (_counts_index_for), vectorised, and the slots are counted in one pass.
         """
         if not values:
             return
+        hdr = self.hdr
         v = np.asarray(values, dtype=np.int64)
         self.clamped += int(np.count_nonzero(v > self.highest_us))
         np.clip(v, 0, self.highest_us, out=v)
-        # HdrHistogram's bucketing: a value keeps its top `_top_bits` bits (frexp's exponent
-        # is the bit length; exact below 2**53), so this is each value's bucket floor.
-        shift = np.maximum(np.frexp(v)[1] - self._top_bits, self.hdr.unit_magnitude)
-        floors, counts = np.unique((v >> shift) << shift, return_counts=True)
-        record = self.hdr.record_value
-        for floor, count in zip(floors.tolist(), counts.tolist()):
-            record(floor, count)
+        # bucket = how far the value's bit length (frexp's exponent; exact below 2**53)
+        # reaches past the sub-bucket's bits; sub-bucket = the value's top bits.
+        unit, half = hdr.unit_magnitude, hdr.sub_bucket_half_count_magnitude
+        bucket = np.maximum(np.frexp(v)[1] - unit - (half + 1), 0)
+        index = ((bucket + 1) << half) + (v >> (bucket + unit)) - hdr.sub_bucket_half_count
+        counts = np.ctypeslib.as_array(hdr.counts)
+        counts += np.bincount(index, minlength=len(counts)).astype(counts.dtype)
+        hdr.total_count += len(v)
+        hdr.min_value = min(hdr.min_value, int(v.min()))
+        hdr.max_value = max(hdr.max_value, int(v.max()))
         self._sum_us += int(v.sum())
 
     def clear(self) -> None:
@@ -64,10 +69,6 @@ class LatencyHistogram:
         np.ctypeslib.as_array(self.hdr.counts)[:] = 0
         self.hdr.total_count, self.hdr.min_value, self.hdr.max_value = 0, sys.maxsize, 0
         self.clamped, self._sum_us, self._sum_exact = 0, 0, True
-
-    @property
-    def _top_bits(self) -> int:
-        return self.hdr.sub_bucket_half_count_magnitude + 1
 
     @property
     def count(self) -> int:
