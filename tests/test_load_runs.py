@@ -254,33 +254,29 @@ def test_run_load_works_inside_a_running_loop_and_async_api_in_it():
     assert blocking.ok == 10 and awaited.ok > 5
 
 
-def test_stop_ends_sending_early_and_counts_what_was_in_flight():
+def _stopped_after(seconds: float, **fields):
+    """A 10 s run stopped after `seconds`: its result and how long it took in all."""
     async def go(url):
-        run = start_load(url=url, mode="open", arrivals="uniform", rate=100, duration_s=10)
-        await asyncio.sleep(0.3)
+        run = start_load(url=url, duration_s=10, **fields)
+        await asyncio.sleep(seconds)
         run.stop()
         return await run
 
     with TestServer() as server:
         began = time.perf_counter()
         r = asyncio.run(go(server.url))
-        took = time.perf_counter() - began
+        return r, time.perf_counter() - began
+
+
+def test_stop_ends_sending_early_and_counts_what_was_in_flight():
+    r, took = _stopped_after(0.3, mode="open", arrivals="uniform", rate=100)
     assert took < 2 and accounted(r)
     assert 20 <= r.sent <= 60
     assert any("stopped early" in w for w in r.warnings)
 
 
 def test_stop_reaches_the_closed_loop_users_too():
-    async def go(url):
-        run = start_load(url=url, mode="closed", connections=4, duration_s=10, path="/sleep/5")
-        await asyncio.sleep(0.3)
-        run.stop()
-        return await run
-
-    with TestServer() as server:
-        began = time.perf_counter()
-        r = asyncio.run(go(server.url))
-        took = time.perf_counter() - began
+    r, took = _stopped_after(0.3, mode="closed", connections=4, path="/sleep/5")
     assert took < 2 and accounted(r) and r.responses > 0
     assert any("stopped early" in w for w in r.warnings)
 
