@@ -54,9 +54,9 @@ def run_load(spec: LoadSpec | None = None, on_interval: OnInterval | None = None
 
     Uses a fresh event loop: uvloop when it is installed (about a quarter less
     CPU per request, so the generator takes less from the server it measures).
-    If a loop is already running in this thread
-    (a Jupyter cell), the run goes to a helper thread with its own loop and
-    `on_interval` is called from that thread; prefer `await run_load_async(...)` there.
+    If a loop is already running in this thread (a Jupyter cell), the run goes
+    to a helper thread with its own loop and `on_interval` is called from that
+    thread; prefer `await run_load_async(...)` there.
     """
     spec = _spec(spec, fields)
 

@@ -25,11 +25,22 @@ class Recorder:
         self.errors = empty_errors()
         self.error_examples: dict[str, str] = {}
         self.status_codes: Counter = Counter()
-        self.sent = self.responses = self.ok = self.in_flight = self.pool_waits = 0
+        self.sent = self.responses = self.in_flight = self.pool_waits = 0
         # Reused at every snapshot (cleared, not made anew: a new one costs ~0.4 ms).
         self._window, self._one_replica, self._lag = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
         self._responses_at_window_end: int | None = None
         self._new_window()
+
+    # Derived, not counted on the hot path:
+    @property
+    def ok(self) -> int:
+        """Responses with a status below 400."""
+        return self.responses - self.errors["4xx"] - self.errors["5xx"]
+
+    @property
+    def w_done(self) -> int:
+        """Requests that ended in the current window, with a response or without."""
+        return self.w_responses + self.w_failures
 
     def mark_window_end(self) -> None:
         self._responses_at_window_end = self.responses
@@ -40,7 +51,7 @@ class Recorder:
 
     def _new_window(self) -> None:
         self.w_lag_us: list[int] = []
-        self.w_sent = self.w_done = self.w_responses = 0
+        self.w_sent = self.w_responses = self.w_failures = 0
         self.w_errors = empty_errors()
         self.w_latency_us: dict[str, list[int]] = {}        # replica -> latencies this window
         self.w_kind_us: dict[str, list[int]] = {label: [] for label in self.requests}
@@ -57,7 +68,6 @@ class Recorder:
         us = int(latency_s * 1_000_000)
         self.in_flight -= 1
         self.responses += 1
-        self.w_done += 1
         self.w_responses += 1
         self.status_codes[status] += 1
         replica = replica or NO_REPLICA
@@ -67,11 +77,8 @@ class Recorder:
         latencies.append(us)
         if self.per_kind:
             self.w_kind_us[label].append(us)
-        self.requests[label].count += 1
         if status >= 400:
             self._http_error(label, status, replica)
-        else:
-            self.ok += 1
 
     def _http_error(self, label: str, status: int, replica: str) -> None:
         error = "5xx" if status >= 500 else "4xx"
@@ -91,7 +98,7 @@ class Recorder:
     def failure(self, label: str, error: str, detail) -> None:
         """A request that got no response: connect, timeout or other."""
         self.in_flight -= 1
-        self.w_done += 1
+        self.w_failures += 1
         self.errors[error] += 1
         self.w_errors[error] += 1
         self.requests[label].errors[error] += 1
@@ -125,9 +132,12 @@ class Recorder:
             cpu=round(cpu, 3), replica_p99_ms=replica_p99)
         self.latency.merge(window)
         self.send_lag.merge(lag)
-        for label, latencies in self.w_kind_us.items():
-            self.requests[label].latency.record_many_us(latencies)
-        if not self.per_kind:
+        if self.per_kind:
+            for label, latencies in self.w_kind_us.items():
+                self.requests[label].count += len(latencies)
+                self.requests[label].latency.record_many_us(latencies)
+        else:
+            next(iter(self.requests.values())).count += self.w_responses
             for kind in self.requests.values():
                 kind.latency = self.latency
         self._new_window()
