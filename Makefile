@@ -36,6 +36,7 @@ test-docker: $(STAMP)            ## the Docker tier: its own dockerd, a debootst
 bench: $(STAMP)                  ## performance figures (not part of `make test`)
 	SCALELAB_WITH_WRK=1 bash stack/scripts/system-deps.sh
 	$(PY) tests/bench/bench_stack.py
+	$(PY) tests/bench/bench_load.py
 
 down:                            ## stop the stack the course started
 	$(PY) -m stack down

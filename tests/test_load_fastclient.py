@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -153,3 +154,98 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# -- the parser fed by hand: every split of the bytes, what follows a response ------------------
+
+class _Transport:
+    def __init__(self):
+        self.written, self.aborted = [], False
+
+    def write(self, data):
+        self.written.append(data)
+
+    def abort(self):
+        self.aborted = True
+
+
+def _feed(data: bytes, step: int, method="GET", close_at_end=False):
+    """A connection sent one request, then `data` arriving `step` bytes per read:
+    (status, replica, keep) or the exception, and whether the connection was aborted."""
+    from stack.load.fastclient import _Connection
+    loop = asyncio.new_event_loop()
+    try:
+        conn = _Connection(loop)
+        transport = _Transport()
+        conn.connection_made(transport)
+        waiter = conn.send(b"request", method == "HEAD", math.inf)
+        for i in range(0, len(data), step):
+            piece = data[i:i + step]
+            conn.read_buffer[:len(piece)] = piece
+            conn.buffer_updated(len(piece))
+        if close_at_end:
+            conn.connection_lost(None)
+        if not waiter.done():
+            return "pending", transport.aborted
+        if waiter.exception() is not None:
+            return type(waiter.exception()), transport.aborted
+        return waiter.result()[:3], transport.aborted
+    finally:
+        loop.close()
+
+
+FRAMINGS = [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Replica: app-1\r\n\r\nhello", (200, "app-1", True)),
+    (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-replica: app-2\r\n\r\n"
+     b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: t\r\n\r\n", (200, "app-2", True)),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 40\r\n\r\n", (304, None, True)),
+    (b"HTTP/1.1 100 Continue\r\nX-Replica: early\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+     (201, None, True)),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", (200, None, True)),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", (200, None, False)),
+]
+
+
+@pytest.mark.parametrize("data, outcome", FRAMINGS)
+@pytest.mark.parametrize("step", [1, 7, 4096])
+def test_every_framing_parses_the_same_however_the_bytes_are_split(data, outcome, step):
+    assert _feed(data, step) == (outcome, False)
+
+
+def test_close_delimited_body_ends_at_close_and_a_framed_one_cut_short_is_an_error():
+    until_close = b"HTTP/1.1 200 OK\r\nX-Replica: a\r\n\r\nsome body"
+    assert _feed(until_close, 3) == ("pending", False)
+    assert _feed(until_close, 3, close_at_end=True) == ((200, "a", False), False)
+    cut_chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
+    assert _feed(cut_chunked, 5, close_at_end=True) == (Disconnected, False)
+    cut_head = b"HTTP/1.1 200 OK\r\nContent-Le"
+    assert _feed(cut_head, 5, close_at_end=True) == (Disconnected, False)
+
+
+def test_bytes_beyond_the_response_keep_it_but_retire_the_connection():
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    another = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    assert _feed(response + another, 4096) == ((200, None, False), False)       # an unasked-for response
+    assert _feed(response + b"\x00garbage", 4096) == ((200, None, False), False)
+    # ... and bytes arriving after the response was handed over abort the connection
+    assert _feed(response + another, len(response)) == ((200, None, True), True)
+
+
+def test_head_response_is_complete_at_its_head_and_the_next_response_parses():
+    from stack.load.fastclient import _Connection
+    loop = asyncio.new_event_loop()
+    conn = _Connection(loop)
+    conn.connection_made(_Transport())
+    outcomes = []
+    for method, data in (("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nX-Replica: h\r\n\r\n"),
+                         ("GET", b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno")):
+        waiter = conn.send(b"request", method == "HEAD", math.inf)
+        conn.read_buffer[:len(data)] = data
+        conn.buffer_updated(len(data))
+        outcomes.append(waiter.result()[:3])
+    loop.close()
+    assert outcomes == [(200, "h", True), (404, None, True)]
+
+
+def test_not_http_is_a_bad_response_and_aborts():
+    assert _feed(b"SSH-2.0-OpenSSH_9.2\r\n", 4096) == (BadResponse, True)

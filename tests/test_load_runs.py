@@ -102,6 +102,27 @@ def test_requests_outstanding_at_the_hard_deadline_are_counted_as_timeouts():
     assert r.elapsed_s < 0.3 + 0.4 + 0.3
 
 
+def test_closed_loop_requests_time_out_at_their_own_deadline_and_the_users_carry_on():
+    # 2 users on /hang for 1 s with a 0.25 s timeout: each request is expired by the
+    # client's sweep, not only by the run's hard deadline, and the user sends again.
+    with TestServer() as server:
+        r = run_load(url=server.url, mode="closed", connections=2, duration_s=1.0, path="/hang", timeout_s=0.25)
+    assert accounted(r)
+    assert r.errors["timeout"] == r.sent >= 2 * 3
+
+
+def test_open_loop_requests_still_out_at_the_hard_deadline_are_timeouts(monkeypatch):
+    # With the client's periodic sweep off, only the run's hard deadline can end the
+    # hanging requests (sent on idle connections, without a task): none may go uncounted.
+    from stack.load.fastclient import FastClient
+    monkeypatch.setattr(FastClient, "_sweep", lambda self: None)
+    with TestServer() as server:
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=40, duration_s=0.25, path="/hang",
+                     timeout_s=0.3, connections=20)
+    assert accounted(r)
+    assert r.errors["timeout"] == r.sent == 10 and r.pool_waits == 0
+
+
 def test_open_loop_latency_includes_the_wait_for_a_free_connection():
     # One connection, each request takes ~50 ms, one scheduled every 25 ms: the queue
     # grows and every wait is part of the latency, counted from the intended send time.
@@ -233,19 +254,30 @@ def test_run_load_works_inside_a_running_loop_and_async_api_in_it():
     assert blocking.ok == 10 and awaited.ok > 5
 
 
-def test_stop_ends_sending_early_and_counts_what_was_in_flight():
+def _stopped_after(seconds: float, **fields):
+    """A 10 s run stopped after `seconds`: its result and how long it took in all."""
     async def go(url):
-        run = start_load(url=url, mode="open", arrivals="uniform", rate=100, duration_s=10)
-        await asyncio.sleep(0.3)
+        run = start_load(url=url, duration_s=10, **fields)
+        await asyncio.sleep(seconds)
         run.stop()
         return await run
 
     with TestServer() as server:
         began = time.perf_counter()
         r = asyncio.run(go(server.url))
-        took = time.perf_counter() - began
+        return r, time.perf_counter() - began
+
+
+def test_stop_ends_sending_early_and_counts_what_was_in_flight():
+    r, took = _stopped_after(0.3, mode="open", arrivals="uniform", rate=100)
     assert took < 2 and accounted(r)
     assert 20 <= r.sent <= 60
+    assert any("stopped early" in w for w in r.warnings)
+
+
+def test_stop_reaches_the_closed_loop_users_too():
+    r, took = _stopped_after(0.3, mode="closed", connections=4, path="/sleep/5")
+    assert took < 2 and accounted(r) and r.responses > 0
     assert any("stopped early" in w for w in r.warnings)
 
 

@@ -153,6 +153,38 @@ def test_histogram_merge_equals_recording_everything_in_one():
     assert a.count + b.count == 20_000 and a.summary() != whole.summary()
 
 
+def _recorded(values) -> LatencyHistogram:
+    h = LatencyHistogram(highest_us=1_000_000)
+    for v in values:
+        h.record_us(v)
+    return h
+
+
+def test_histogram_batch_records_exactly_what_one_by_one_does():
+    rng = random.Random(5)
+    edges = [-3, 0, 1, 2047, 2048, 2049, 4095, 4096, 1_000_000, 1_000_001, 5_000_000]   # bucket edges, clamping
+    values = edges + [int(rng.expovariate(1 / 20_000)) for _ in range(20_000)]
+    one_by_one, batch = _recorded(values), LatencyHistogram(highest_us=1_000_000)
+    batch.record_many_us(values)
+    assert batch.count == len(values) and batch.clamped == one_by_one.clamped == 2
+    assert batch.summary() == one_by_one.summary()
+    assert batch.encode() == one_by_one.encode()             # every bucket's count, not just percentiles
+    batch.clear()                                            # reused, as the recorder does
+    batch.record_many_us(values[:100])
+    assert batch.encode() == _recorded(values[:100]).encode()        # nothing left over
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 5_000])
+def test_histogram_percentiles_are_hdrhistograms_own(n):
+    rng = random.Random(n)
+    h = LatencyHistogram()
+    h.record_many_us([int(rng.expovariate(1 / 20_000)) for _ in range(n)])
+    percentiles = (0.0, 0.1, 25.0, 50.0, 90.0, 99.0, 99.9, 99.99, 100.0)
+    for histogram in (h, LatencyHistogram.decode(h.encode())):
+        reference = histogram.hdr.get_percentile_to_value_dict(list(percentiles))   # the library's loop
+        assert histogram.percentiles_ms(percentiles) == {p: reference[p] / 1000 for p in percentiles}
+
+
 def test_histogram_survives_encoding_and_clamps_instead_of_dropping():
     h = LatencyHistogram(highest_us=1_000_000)
     h.record_s(0.002)

@@ -11,7 +11,7 @@ from .spec import LoadSpec
 RATE_SHORTFALL = 0.9        # achieved below 90 % of offered counts as "well below"
 
 
-def judge(spec: LoadSpec, result: LoadResult, stopped: bool = False, loop=None) -> tuple[bool, list[str]]:
+def judge(spec: LoadSpec, result: LoadResult, stopped: bool = False) -> tuple[bool, list[str]]:
     """(generator_bottleneck, warnings) for `result`."""
     bottleneck, warnings = False, []
 
@@ -45,9 +45,6 @@ def judge(spec: LoadSpec, result: LoadResult, stopped: bool = False, loop=None) 
                 f"{result.pool_waits} requests ({share:.1%}) found all {result.connections} connections "
                 "busy and waited for one; the wait is in their latency, but the server saw at most "
                 f"{result.connections} requests at once. Raise `connections` to offer more concurrency.")
-        if loop is not None and type(loop).__module__.startswith("uvloop"):
-            warnings.append("This ran on uvloop, which busy-waits on sub-millisecond sleeps: "
-                            "the generator's CPU figure is inflated. Use the default asyncio loop.")
 
     if result.error_count:
         parts = ", ".join(f"{n} {kind}" for kind, n in result.errors.items() if n)

@@ -9,6 +9,7 @@ machine every microsecond the generator spends is taken from the server.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 
 from .clients import classify
@@ -17,14 +18,19 @@ from .mix import MixPlan
 from .recorder import Recorder
 
 
+STOP_POLL_S = 0.01            # how soon a stop() asked of the run reaches the users
+
+
 class ClosedUser:
     """One closed-loop client. Quacks like a Future for the connection it sends on:
     the connection calls set_result(...) or set_exception(...) when the request ends."""
 
+    __slots__ = ("client", "rec", "plan", "stop_at", "finished", "conn", "label", "began", "connecting")
+
     def __init__(self, client: FastClient, rec: Recorder, plan: MixPlan, stop_at: float,
-                 should_stop, finished: asyncio.Future):
+                 finished: asyncio.Future):
         self.client, self.rec, self.plan = client, rec, plan
-        self.stop_at, self.should_stop, self.finished = stop_at, should_stop, finished
+        self.stop_at, self.finished = stop_at, finished      # stop_at drops to -inf to stop early
         self.conn = None
         self.label = None          # the request in flight, if any
         self.began = 0.0
@@ -37,7 +43,6 @@ class ClosedUser:
     def set_result(self, outcome) -> None:
         status, replica, keep, done_at = outcome
         label, self.label = self.label, None
-        self.client.unwatch(self.conn)
         self.rec.response(label, status, replica, done_at - self.began)
         if not keep:
             self._drop()
@@ -45,7 +50,6 @@ class ClosedUser:
 
     def set_exception(self, exc: BaseException) -> None:
         label, self.label = self.label, None
-        self.client.unwatch(self.conn)
         self.rec.failure(label, classify(exc), exc)
         self._drop()
         # Not straight away: this may run inside the connection's own callbacks.
@@ -54,25 +58,22 @@ class ClosedUser:
     # -- driving --------------------------------------------------------------------------------
     def next(self) -> None:
         now = time.perf_counter()
-        if now >= self.stop_at or self.should_stop():
+        if now >= self.stop_at:
             self._drop()
             if not self.finished.done():
                 self.finished.set_result(None)
             return
-        if self.conn is None or self.conn.closed:
+        conn = self.conn
+        if conn is None or conn.closed:
             self._drop()
             self.connecting = self.client.loop.create_task(self._connect_then_send())
             return
-        self._send(now)
-
-    def _send(self, now: float) -> None:
         request = self.plan.next()
         self.label = request.label
         self.began = now
         self.rec.sent_one(None)
-        self.client.watch(self.conn, self.client.loop.time() + self.client.timeout_s)
         try:
-            self.conn.send(request.raw, request.method == "HEAD", self)
+            conn.send(request.raw, request.method == "HEAD", self._deadline(), self)
         except Exception as exc:  # noqa: BLE001 - e.g. the server closed it just now
             self.set_exception(exc)
 
@@ -82,7 +83,7 @@ class ClosedUser:
         request = self.plan.next()
         self.rec.sent_one(None)
         try:
-            self.conn = await self.client.open_connection(self.client.loop.time() + self.client.timeout_s)
+            self.conn = await self.client.open_connection(self._deadline())
         except asyncio.CancelledError:
             self.rec.failure(request.label, "timeout", "still connecting when the run's time was up")
             raise
@@ -94,15 +95,16 @@ class ClosedUser:
             self.connecting = None
         self.label = request.label
         self.began = now
-        self.client.watch(self.conn, self.client.loop.time() + self.client.timeout_s)
         try:
-            self.conn.send(request.raw, request.method == "HEAD", self)
+            self.conn.send(request.raw, request.method == "HEAD", self._deadline(), self)
         except Exception as exc:  # noqa: BLE001
             self.set_exception(exc)
 
+    def _deadline(self) -> float:
+        return self.client.loop.time() + self.client.timeout_s
+
     def _drop(self) -> None:
         if self.conn is not None:
-            self.client.unwatch(self.conn)
             self.conn.abort()
             self.conn = None
 
@@ -120,15 +122,23 @@ async def run_closed_users(clients: list[FastClient], rec: Recorder, plan: MixPl
                            stop_at: float, timeout_s: float, should_stop) -> None:
     """`connections` users until stop_at; then in-flight requests get until stop_at + timeout_s."""
     loop = asyncio.get_running_loop()
-    cancelled = False
+    users = [ClosedUser(clients[i % len(clients)], rec, plan, stop_at, loop.create_future())
+             for i in range(connections)]
 
-    def stopping() -> bool:
-        return cancelled or should_stop()
+    def stop_now() -> None:
+        for user in users:
+            user.stop_at = -math.inf
 
-    users = []
-    for i in range(connections):
-        user = ClosedUser(clients[i % len(clients)], rec, plan, stop_at, stopping, loop.create_future())
-        users.append(user)
+    def poll_stop() -> None:
+        # Polled, not asked per request: one call per request was measurable CPU.
+        nonlocal poller
+        if should_stop():
+            stop_now()
+        else:
+            poller = loop.call_later(STOP_POLL_S, poll_stop)
+
+    poller = loop.call_later(STOP_POLL_S, poll_stop)
+    for user in users:
         user.next()
     finished = [u.finished for u in users]
     pending: list = []
@@ -136,9 +146,11 @@ async def run_closed_users(clients: list[FastClient], rec: Recorder, plan: MixPl
         _, pending = await asyncio.wait(finished, timeout=max(0.0, stop_at + timeout_s - time.perf_counter()))
     except asyncio.CancelledError:
         # The caller gave up on the run: no user may send again from a response callback.
-        cancelled, pending = True, [f for f in finished if not f.done()]
+        stop_now()
+        pending = [f for f in finished if not f.done()]
         raise
     finally:
+        poller.cancel()
         if pending:
             for user in users:
                 user.abandon()

@@ -2,20 +2,21 @@
 
 Why not just aiohttp: on a 2-core machine the generator competes with the
 server it measures. aiohttp's ClientSession costs ~60 us of CPU per request
-here; this client ~20 us, because each request is pre-rendered bytes and the
-response parser only looks for what a load test needs (status, X-Replica,
-body length, keep-alive). It understands Content-Length, chunked and
-close-delimited bodies, HEAD/204/304 and 1xx, and "Connection: close".
-Plain http:// only; https goes through aiohttp (LoadSpec.client).
+here; this client a fraction of that: each request is pre-rendered bytes,
+written with one send, and the response is parsed by httptools (llhttp, in C;
+the body is skipped there, never copied into Python). Its framing covers
+Content-Length, chunked and close-delimited bodies, HEAD/204/304 and 1xx, and
+keep-alive or "Connection: close". Plain http:// only; https goes through
+aiohttp (LoadSpec.client).
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 
-MAX_HEAD = 64 * 1024
-_NONE, _LENGTH, _CHUNKED, _TRAILERS, _UNTIL_CLOSE = range(5)
+from httptools import HttpParserError, HttpResponseParser
 
 
 class ConnectFailed(ConnectionError):
@@ -34,33 +35,36 @@ READ_SIZE = 64 * 1024
 SWEEP_S = 0.05
 
 
-def _header(head: bytes, lower: bytes, marker: bytes) -> bytes | None:
-    """The value of the header `marker` ("\\r\\nname:") in `head`, or None."""
-    at = lower.find(marker)
-    if at < 0:
-        return None
-    start = at + len(marker)
-    end = head.find(b"\r\n", start)
-    return head[start:end if end >= 0 else len(head)].strip()
-
-
 class _Connection(asyncio.BufferedProtocol):
     """One keep-alive connection: one request at a time, response parsed as it arrives.
 
     A BufferedProtocol reads into a buffer allocated once: asyncio's plain
     Protocol allocates 256 KiB per recv, which glibc serves with mmap/munmap,
-    tripling the kernel time per request.
+    tripling the kernel time per request. The parser's callbacks (on_*) only
+    note what a load test needs: status, X-Replica, keep-alive, completeness.
     """
+
+    __slots__ = ("loop", "transport", "closed", "waiter", "head_only", "deadline", "read_buffer", "parser",
+                 "status", "replica", "keep", "framed", "complete", "surplus")
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.transport = None
         self.closed = False
-        self.buf = bytearray()
         self.waiter: asyncio.Future | None = None
         self.head_only = False
-        self.status = None
+        self.deadline = math.inf       # loop.time() by which the request in flight must be answered
         self.read_buffer = memoryview(bytearray(READ_SIZE))
+        self.parser = HttpResponseParser(self)
+        self._new_response()
+
+    def _new_response(self) -> None:
+        self.status = None          # set once the final (non-1xx) head is parsed
+        self.replica = None
+        self.keep = False
+        self.framed = False         # Content-Length or chunked: the body ends by itself, not at close
+        self.complete = False
+        self.surplus = False        # bytes beyond the response: this connection is not reused
 
     # -- asyncio callbacks --------------------------------------------------------------
     def connection_made(self, transport):
@@ -73,32 +77,65 @@ class _Connection(asyncio.BufferedProtocol):
         if self.waiter is None or self.waiter.done():
             self.abort()              # bytes nobody asked for: this connection cannot be trusted
             return
-        self.buf += self.read_buffer[:nbytes]
         try:
-            self._parse()
-        except (BadResponse, ValueError) as exc:
-            self._fail(exc if isinstance(exc, BadResponse) else BadResponse(str(exc)))
-            self.abort()
+            self.parser.feed_data(self.read_buffer[:nbytes])
+        except HttpParserError as exc:
+            if not self.complete:
+                self._fail(BadResponse(f"not a valid HTTP/1.x response: {exc}"))
+                self.abort()
+                return
+            self.surplus = True       # garbage after a complete response
+        if self.complete:
+            self._finish()
 
     def connection_lost(self, exc):
         self.closed = True
         self.transport = None
         if self.waiter is not None and not self.waiter.done():
-            if self.status is not None and self.mode == _UNTIL_CLOSE:
-                self._finish(keep=False)          # a close-delimited body ends here
+            if self.status is not None and not self.framed and not self.head_only:
+                self.complete = True              # a close-delimited body ends here
+                self._finish()
             else:
                 detail = f": {exc}" if exc else ""
                 self._fail(Disconnected(f"the server closed the connection before a full response{detail}"))
 
+    # -- httptools callbacks ------------------------------------------------------------
+    def on_message_begin(self):
+        if self.complete:
+            self.surplus = True
+
+    def on_header(self, name: bytes, value: bytes):
+        name = name.lower()
+        if name == b"x-replica":
+            self.replica = value.decode("latin-1")
+        elif name == b"content-length":
+            self.framed = True
+        elif name == b"transfer-encoding":
+            self.framed = b"chunked" in value.lower()
+
+    def on_headers_complete(self):
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:             # informational: the real response follows
+            self.replica, self.framed = None, False
+            return
+        # Read here: llhttp clears what keep-alive depends on once the message completes.
+        self.status, self.keep = status, self.parser.should_keep_alive()
+        if self.head_only:
+            self.complete = True            # a HEAD's head is the whole response
+
+    def on_message_complete(self):
+        if self.status is not None:
+            self.complete = True
+
     # -- used by the pool ---------------------------------------------------------------
-    def send(self, raw: bytes, head_only: bool, sink=None):
-        """Write one request. The outcome goes to `sink` (anything with a Future's
-        done/set_result/set_exception), or to a new Future, which is returned."""
+    def send(self, raw: bytes, head_only: bool, deadline: float, sink=None):
+        """Write one request, to be answered by `deadline` (loop time). The outcome goes to
+        `sink` (anything with a Future's done/set_result/set_exception), or to a new
+        Future, which is returned."""
         if self.transport is None:
             raise Disconnected("the server closed the connection before the request was sent")
         self.waiter = waiter = self.loop.create_future() if sink is None else sink
-        self.head_only = head_only
-        self.status = None
+        self.head_only, self.deadline = head_only, deadline
         self.transport.write(raw)
         return waiter
 
@@ -113,93 +150,20 @@ class _Connection(asyncio.BufferedProtocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- parsing --------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_exception(exc)
 
-    def _finish(self, keep: bool) -> None:
-        if self.buf:                # bytes after the response: do not reuse this connection
-            self.buf.clear()
-            keep = False
-        status, self.status = self.status, None
+    def _finish(self) -> None:
+        if self.head_only:
+            # llhttp cannot be told a response answers HEAD: it would wait for the
+            # body the head announced. A fresh parser for the next response.
+            self.parser = HttpResponseParser(self)
+        outcome = (self.status, self.replica, self.keep and not self.surplus and not self.closed,
+                   time.perf_counter())
+        self._new_response()
         # Last: a sink may send the next request on this connection from inside this call.
-        self.waiter.set_result((status, self.replica, keep and not self.closed, time.perf_counter()))
-
-    def _head(self, head: bytes) -> None:
-        if not head.startswith(b"HTTP/1.") or len(head) < 12:
-            raise BadResponse(f"not an HTTP/1.x status line: {head[:60]!r}")
-        self.status = status = int(head[9:12])
-        # find() on the lower-cased head is several times faster than splitting lines in Python.
-        lower = head.lower()
-        length = _header(head, lower, b"\r\ncontent-length:")
-        replica = _header(head, lower, b"\r\nx-replica:")
-        self.replica = replica.decode("latin-1") if replica is not None else None
-        connection = _header(lower, lower, b"\r\nconnection:") or b""
-        chunked = length is None and b"chunked" in (_header(lower, lower, b"\r\ntransfer-encoding:") or b"")
-        if head[5:8] == b"1.1":
-            self.keep = b"close" not in connection
-        else:
-            self.keep = b"keep-alive" in connection
-        if self.head_only or status in (204, 304) or 100 <= status < 200:
-            self.mode = _NONE
-        elif chunked:
-            self.mode, self.chunk_left = _CHUNKED, None
-        elif length is not None:
-            self.mode, self.remaining = _LENGTH, int(length)
-        else:
-            self.mode, self.keep = _UNTIL_CLOSE, False
-
-    def _parse(self) -> None:
-        buf = self.buf
-        while True:
-            if self.status is None:
-                end = buf.find(b"\r\n\r\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD:
-                        raise BadResponse("response head larger than 64 KiB")
-                    return
-                self._head(bytes(buf[:end]))
-                del buf[:end + 4]
-                if 100 <= self.status < 200:      # informational: the real response follows
-                    self.status = None
-                    continue
-            mode = self.mode
-            if mode == _NONE:
-                return self._finish(self.keep)
-            if mode == _LENGTH:
-                if len(buf) < self.remaining:
-                    self.remaining -= len(buf)    # the body is not kept, only counted
-                    buf.clear()
-                    return
-                del buf[:self.remaining]
-                return self._finish(self.keep)
-            if mode == _UNTIL_CLOSE:
-                buf.clear()
-                return
-            if mode == _CHUNKED:
-                if self.chunk_left is None:
-                    end = buf.find(b"\r\n")
-                    if end < 0:
-                        return
-                    size = int(bytes(buf[:end]).split(b";")[0].strip(), 16)
-                    del buf[:end + 2]
-                    if size == 0:
-                        self.mode = _TRAILERS
-                        continue
-                    self.chunk_left = size
-                if len(buf) < self.chunk_left + 2:
-                    return
-                del buf[:self.chunk_left + 2]
-                self.chunk_left = None
-                continue
-            # _TRAILERS: header lines until an empty one
-            end = buf.find(b"\r\n")
-            if end < 0:
-                return
-            del buf[:end + 2]
-            if end == 0:
-                return self._finish(self.keep)
+        self.waiter.set_result(outcome)
 
 
 def _time_out(waiter: asyncio.Future, timeout_s: float) -> None:
@@ -220,7 +184,7 @@ class FastClient:
         self.local_addr = (local_addr, 0) if local_addr else None
         self.loop = asyncio.get_running_loop()
         self.pool_waits = 0          # requests that found every connection busy
-        self._in_flight: dict[_Connection, float] = {}    # connection -> its request's deadline
+        self._connections: set[_Connection] = set()      # every one opened, until the sweep sees it closed
         self._sweeper: asyncio.TimerHandle | None = None
         self._idle: list[_Connection] = []
         self._open = 0               # connections open or being opened (<= limit)
@@ -228,32 +192,46 @@ class FastClient:
 
     async def send(self, request) -> tuple[int, str | None, float]:
         deadline = self.loop.time() + self.timeout_s
-        conn = None
-        while self._idle:
-            candidate = self._idle.pop()          # most recently used: warmest connection
-            if not candidate.closed:
-                conn = candidate
-                break
-            self._release_slot()
+        conn = self._take_idle()
         if conn is None:
             conn = await self._acquire(deadline)
-        if self._sweeper is None:
-            self._sweep()
-        self._in_flight[conn] = deadline
         try:
-            status, replica, keep, done_at = await conn.send(request.raw, request.method == "HEAD")
+            status, replica, keep, done_at = await conn.send(request.raw, request.method == "HEAD", deadline)
         except BaseException:
-            conn.abort()                          # a half-read response makes it useless
-            self._release_slot()
+            self._lost(conn)
             raise
-        finally:
-            del self._in_flight[conn]
+        self._returned(conn, keep)
+        return status, replica, done_at
+
+    def send_now(self, request, sink) -> bool:
+        """Send on an idle connection at once, without a task or a Future: the outcome
+        goes to `sink` as (status, X-Replica, keep, perf_counter at completion) or an
+        exception. False, and nothing sent, when no connection is idle (then use send())."""
+        conn = self._take_idle()
+        if conn is None:
+            return False
+        conn.send(request.raw, request.method == "HEAD", self.loop.time() + self.timeout_s,
+                  _Pooled(self, conn, sink))
+        return True
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()               # most recently used: warmest connection
+            if not conn.closed:
+                return conn
+            self._release_slot()
+        return None
+
+    def _returned(self, conn: _Connection, keep: bool) -> None:
         if keep:
             self._give_back(conn)
         else:
             conn.abort()
             self._release_slot()
-        return status, replica, done_at
+
+    def _lost(self, conn: _Connection) -> None:
+        conn.abort()                              # a half-read response makes it useless
+        self._release_slot()
 
     async def warm(self, count: int, within_s: float = 2.0) -> int:
         """Open up to `count` idle connections now, before the clock starts; how many opened.
@@ -310,34 +288,31 @@ class FastClient:
                 self.loop.create_connection(lambda: _Connection(self.loop), self.host, self.port,
                                             local_addr=self.local_addr),
                 max(0.0, deadline - self.loop.time()))
-            return conn
         except asyncio.TimeoutError:          # not the builtin TimeoutError before Python 3.11
             raise TimeoutError(f"could not connect within {self.timeout_s:g} s") from None
         except OSError as exc:
             if isinstance(exc, TimeoutError):
                 raise
             raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
-
-    def watch(self, conn: _Connection, deadline: float) -> None:
-        """Expire `conn`'s request at `deadline` (for requests sent outside send())."""
+        self._connections.add(conn)
         if self._sweeper is None:
             self._sweep()
-        self._in_flight[conn] = deadline
-
-    def unwatch(self, conn: _Connection) -> None:
-        self._in_flight.pop(conn, None)
+        return conn
 
     def expire_all(self) -> None:
         """Time out every request still in flight now (the run's hard deadline)."""
-        for conn in list(self._in_flight):
-            conn.expire(self.timeout_s)
+        for conn in list(self._connections):
+            if conn.waiter is not None and not conn.waiter.done():
+                conn.expire(self.timeout_s)
 
     def _sweep(self) -> None:
         """Expire requests past their deadline: one periodic check instead of a timer
         per request (which cost ~5 us each); deadlines are kept to within SWEEP_S."""
         now = self.loop.time()
-        for conn, deadline in list(self._in_flight.items()):
-            if deadline <= now:
+        for conn in list(self._connections):
+            if conn.closed:
+                self._connections.discard(conn)
+            elif conn.deadline <= now and conn.waiter is not None and not conn.waiter.done():
                 conn.expire(self.timeout_s)
         self._sweeper = self.loop.call_later(min(SWEEP_S, self.timeout_s / 4), self._sweep)
 
@@ -370,3 +345,25 @@ class FastClient:
         for waiter in self._waiters:
             waiter.cancel()
         self._waiters.clear()
+
+
+class _Pooled:
+    """What a connection reports to for send_now(): the pool's bookkeeping, then the caller's sink."""
+
+    __slots__ = ("client", "conn", "sink", "finished")
+
+    def __init__(self, client: FastClient, conn: _Connection, sink):
+        self.client, self.conn, self.sink, self.finished = client, conn, sink, False
+
+    def done(self) -> bool:
+        return self.finished
+
+    def set_result(self, outcome) -> None:
+        self.finished = True
+        self.client._returned(self.conn, outcome[2])
+        self.sink.set_result(outcome)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.finished = True
+        self.client._lost(self.conn)
+        self.sink.set_exception(exc)

@@ -6,11 +6,25 @@ counted in `clamped`, never dropped. Percentiles come from HdrHistogram.
 """
 from __future__ import annotations
 
+import sys
+
+import numpy as np
 from hdrh.histogram import HdrHistogram
 
 DEFAULT_HIGHEST_US = 3_600_000_000   # one hour: no realistic request goes past it
 SIGNIFICANT_DIGITS = 3
 SUMMARY_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+
+
+def _slots(hdr: HdrHistogram, values: np.ndarray) -> np.ndarray:
+    """Each value's index in `hdr`'s counts array: HdrHistogram's _counts_index_for, vectorised.
+
+    The bucket is how far the value's bit length (frexp's exponent; exact below
+    2**53) reaches past the sub-bucket's bits; the sub-bucket is its top bits.
+    """
+    unit, half = hdr.unit_magnitude, hdr.sub_bucket_half_count_magnitude
+    bucket = np.maximum(np.frexp(values)[1] - unit - (half + 1), 0)
+    return ((bucket + 1) << half) + (values >> (bucket + unit)) - hdr.sub_bucket_half_count
 
 
 class LatencyHistogram:
@@ -34,6 +48,40 @@ class LatencyHistogram:
             self.clamped += 1
         self.hdr.record_value(us)
         self._sum_us += us
+
+    def record_many_us(self, values: list[int]) -> None:
+        """Record a batch of values, exactly as record_us() would one by one.
+
+        HdrHistogram's record_value() is pure Python (~1.5 us a value): here each
+        value's slot in its counts array is computed by the library's own formula
+        (_counts_index_for), vectorised, and the slots are counted in one pass.
+        """
+        if not values:
+            return
+        hdr = self.hdr
+        v = np.asarray(values, dtype=np.int64)
+        self.clamped += int(np.count_nonzero(v > self.highest_us))
+        np.clip(v, 0, self.highest_us, out=v)
+        added = np.bincount(_slots(hdr, v))        # as long as the highest slot used
+        np.ctypeslib.as_array(hdr.counts)[:len(added)] += added.astype(np.uint64)
+        hdr.total_count += len(v)
+        hdr.min_value = min(hdr.min_value, int(v.min()))
+        hdr.max_value = max(hdr.max_value, int(v.max()))
+        self._sum_us += int(v.sum())
+
+    def _counts(self) -> np.ndarray:
+        """HdrHistogram's counts array as numpy, up to the slot of the highest value
+        recorded (the rest is zeros: skipping it saves most of the work)."""
+        hdr = self.hdr
+        used = int(_slots(hdr, np.array([hdr.max_value]))[0]) + 1 if hdr.total_count else 0
+        return np.ctypeslib.as_array(hdr.counts)[:min(used, hdr.encoder.payload.counts_len)]
+
+    def clear(self) -> None:
+        """Empty it for reuse, as HdrHistogram's reset() does but without its Python loop:
+        a new histogram costs ~0.4 ms, and a run needs several per interval."""
+        self._counts()[:] = 0
+        self.hdr.total_count, self.hdr.min_value, self.hdr.max_value = 0, sys.maxsize, 0
+        self.clamped, self._sum_us, self._sum_exact = 0, 0, True
 
     @property
     def count(self) -> int:
@@ -61,8 +109,18 @@ class LatencyHistogram:
         """{percentile: milliseconds}; None for every percentile when nothing was recorded."""
         if not self.count:
             return {p: None for p in percentiles}
-        values = self.hdr.get_percentile_to_value_dict(list(percentiles))
-        return {p: values[p] / 1000 for p in percentiles}
+        # HdrHistogram's own rule (the first bucket whose running count reaches the
+        # target, reported as the bucket's highest value; its lowest for p0), with
+        # the running count in numpy: its Python loop took ~1.5 ms a call.
+        hdr = self.hdr
+        running = np.cumsum(self._counts())
+        out = {}
+        for p in percentiles:
+            index = int(np.searchsorted(running, np.uint64(hdr.get_target_count_at_percentile(p))))
+            value = hdr.get_value_from_index(index)
+            value = hdr.get_highest_equivalent_value(value) if p else hdr.get_lowest_equivalent_value(value)
+            out[p] = value / 1000
+        return out
 
     def percentile_ms(self, percentile: float) -> float | None:
         return self.percentiles_ms((percentile,))[percentile]

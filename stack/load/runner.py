@@ -18,6 +18,7 @@ from .bottleneck import judge
 from .clients import classify, make_clients
 from .closedloop import run_closed_users
 from .mix import MixPlan, Prepared
+from .openloop import Scheduled
 from .recorder import Recorder
 from .result import IntervalSnapshot, LoadResult
 from .schedule import Arrivals
@@ -25,6 +26,10 @@ from .spec import LoadSpec
 
 _DONE = object()
 WARM_LATENCY_S = 0.005
+DRAIN_POLL_S = 0.005
+# The open loop's shortest nap: event loops wake at 1 ms granularity (asyncio's epoll
+# timeout; uvloop's timers spin until a sub-ms one is due), so a shorter one buys no precision.
+MIN_NAP_S = 0.001
 OnInterval = Callable[[IntervalSnapshot], object]
 
 _gc_users = 0
@@ -187,12 +192,8 @@ class LoadRun:
         from then; returns the last send time."""
         spec, loop = self.spec, asyncio.get_running_loop()
         arrivals = Arrivals(spec.arrivals, spec.rate, spec.duration_s, spec.seed)
-        exchange, n_clients = self._exchange, len(clients)
+        exchange, n_clients, fast = self._exchange, len(clients), spec.client_kind == "fast"
         tasks: set[asyncio.Task] = set()
-
-        async def one(index: int, intended: float) -> None:
-            rec.sent_one(time.perf_counter() - intended)
-            await exchange(rec, clients[index % n_clients], plan.next(), intended)
 
         i, last_sent, offset = 0, start, arrivals.next_offset()
         while offset is not None and not self._stopping:
@@ -200,16 +201,23 @@ class LoadRun:
             # batch instead of one sleeping task per request.
             now = time.perf_counter()
             while offset is not None and start + offset <= now:
-                task = loop.create_task(one(i, start + offset))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                intended, client, request = start + offset, clients[i % n_clients], plan.next()
+                rec.sent_one(time.perf_counter() - intended)
+                if not (fast and client.send_now(request, Scheduled(rec, request.label, intended))):
+                    task = loop.create_task(exchange(rec, client, request, intended))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
                 i += 1
                 offset = arrivals.next_offset()
             last_sent = time.perf_counter()
             if offset is not None:   # (in short naps, so stop() is noticed even at low rates)
-                await asyncio.sleep(min(0.1, max(0.0, start + offset - time.perf_counter())))
-        await asyncio.sleep(0)                  # let the last batch start
-        await self._drain(tasks, time.perf_counter() + spec.timeout_s)
+                await asyncio.sleep(min(0.1, max(MIN_NAP_S, start + offset - time.perf_counter())))
+        deadline = time.perf_counter() + spec.timeout_s
+        await self._drain(tasks, deadline)
+        while rec.in_flight > 0 and time.perf_counter() < deadline:     # those sent without a task
+            await asyncio.sleep(DRAIN_POLL_S)
+        for client in clients if fast else ():
+            client.expire_all()
         return last_sent
 
     async def _closed_loop(self, rec: Recorder, plan: MixPlan, clients: list, start: float) -> float:
@@ -259,7 +267,6 @@ class LoadRun:
             replicas=rec.replicas, requests=rec.requests, connections=spec.pool_size,
             pool_waits=rec.pool_waits, cpu=round(cpu, 3), generator_bottleneck=False, warnings=[],
             intervals=list(self._snapshots), error_examples=dict(rec.error_examples))
-        result.generator_bottleneck, result.warnings = judge(
-            spec, result, stopped=self._stopping, loop=asyncio.get_running_loop())
+        result.generator_bottleneck, result.warnings = judge(spec, result, stopped=self._stopping)
         result.warnings += [f"on_interval raised {e}; the run went on" for e in self._callback_errors]
         return result
