@@ -128,3 +128,27 @@ def test_a_cache_someone_else_planted_is_refused(tmp_path):
         else:
             os.environ["SCALELAB_CACHE"] = before
         shutil.rmtree(link.parent, ignore_errors=True)
+
+
+def test_a_lost_standby_is_rebuilt_from_the_running_primary_not_the_template(own_cache):
+    """The template is a valid base only for a primary that is itself a fresh copy: a standby made
+    again later must be a base backup of the primary as it is now (with everything written since)."""
+    root = reachable_tmp_dir("scalelab-tpl-d-")
+    try:
+        with running_stack(root / "state", BASE, replicas=1) as s:
+            ctx = s.context()
+            with clients.connect(ctx, "postgres-primary") as conn:
+                conn.execute("UPDATE users SET name = 'written-before-the-loss' WHERE id = 11")
+            s.down()
+            shutil.rmtree(postgres.data_dir(ctx, "replica"))
+            s.up()
+            # pg_basebackup leaves a backup_label, which recovery renames; a template copy has none.
+            assert (postgres.data_dir(ctx, "replica") / "backup_label.old").exists()
+            with clients.connect(ctx, "postgres-replica") as conn:
+                assert conn.execute("SELECT name FROM users WHERE id = 11").fetchone()[0] == "written-before-the-loss"
+            deadline = time.monotonic() + 10
+            while not postgres._streaming(ctx):
+                assert time.monotonic() < deadline, "the rebuilt standby does not stream"
+                time.sleep(0.1)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -9,6 +9,7 @@ reload; max_connections needs a restart.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -88,12 +89,21 @@ def fresh(ctx: Context, role: str) -> bool:
     return not (data_dir(ctx, role) / "PG_VERSION").exists()
 
 
-def _new_from_template(ctx: Context, role: str, name: str, schema: str, initdb_args: tuple = ()) -> Path:
-    data = data_dir(ctx, role)
-    shutil.rmtree(data, ignore_errors=True)    # a copy interrupted before PG_VERSION was written
-    cache.take_copy(pg_template.template(ctx, name, schema, initdb_args), data, keep=SPARES[name])
-    pg_template.set_passwords(ctx, data)
-    return data
+def _complete(data: Path, fill) -> None:
+    """`fill(staging)` makes a whole data directory, then it becomes `data`: an interrupted copy or
+    password change never leaves a directory that `fresh()` would take for a finished one."""
+    staging = data.with_name(data.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(data, ignore_errors=True)
+    fill(staging)
+    os.rename(staging, data)
+
+
+def _new_from_template(ctx: Context, role: str, name: str, schema: str, initdb_args: tuple = ()) -> None:
+    def fill(staging: Path) -> None:
+        cache.take_copy(pg_template.template(ctx, name, schema, initdb_args), staging, keep=SPARES[name])
+        pg_template.set_passwords(ctx, staging)
+    _complete(data_dir(ctx, role), fill)
 
 
 def _start(ctx: Context, role: str) -> ProcessRecord:
@@ -127,18 +137,19 @@ def start_replica(ctx: Context, primary_is_fresh_copy: bool = False) -> ProcessR
     """The standby. Its first data directory is a base backup of the running primary, or, when the
     primary is itself a fresh copy of the template (a first `up`), a copy of the same template
     (see stack/local/pg_template.py: no primary needs to run yet)."""
-    data = data_dir(ctx, "replica")
-    if fresh(ctx, "replica"):
-        shutil.rmtree(data, ignore_errors=True)
+    def fill(staging: Path) -> None:
         if primary_is_fresh_copy:
-            cache.take_copy(pg_template.template(ctx, "primary", SCHEMA), data, keep=SPARES["primary"])
+            cache.take_copy(pg_template.template(ctx, "primary", SCHEMA), staging, keep=SPARES["primary"])
         else:
             env = {"PGPASSWORD": ctx.secrets["postgres_password"], "PATH": "/usr/bin:/bin"}
             pg_template.run_tool(ctx, "postgres-replica", [ctx.bins.pg("pg_basebackup"), "--no-sync", "-h", HOST,
-                                                           "-p", ctx.ports.primary, "-U", "postgres", "-D", data,
+                                                           "-p", ctx.ports.primary, "-U", "postgres", "-D", staging,
                                                            "-X", "stream", "-c", "fast"], env=env)
-        (data / "standby.signal").touch()
-        ctx.run_as.own(data / "standby.signal")
+        (staging / "standby.signal").touch()
+        ctx.run_as.own(staging / "standby.signal")
+
+    if fresh(ctx, "replica"):
+        _complete(data_dir(ctx, "replica"), fill)
     record = _start(ctx, "replica")
     if primary_is_fresh_copy:
         # A standby answers reads before it streams: say "streaming" only once the server does.
