@@ -313,8 +313,10 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def wait_until(check, what: str, timeout: float, record: ProcessRecord | None = None,
-               log_path: Path | None = None, interval: float = 0.01):
-    """Poll `check()` until it returns a truthy value; fail clearly with the log's tail."""
+               log_path: Path | None = None, interval: float = 0.01, max_interval: float = 0.05):
+    """Poll `check()` until it returns a truthy value; fail clearly with the log's tail.
+    The pause grows from `interval` to `max_interval`: a cold `up` polls a dozen starting servers
+    at once, and polling each every 10 ms took CPU the 2 cores needed for the starting itself."""
     deadline = time.monotonic() + timeout
     last_error = None
     while time.monotonic() < deadline:
@@ -327,6 +329,7 @@ def wait_until(check, what: str, timeout: float, record: ProcessRecord | None = 
         if record is not None and not record.alive():
             raise ServiceFailedError(f"{what} exited while starting.{_log_tail(log_path)}")
         time.sleep(interval)
+        interval = min(max_interval, interval * 1.5)
     reason = f" Last probe error: {last_error}." if last_error else ""
     raise ServiceFailedError(f"{what} not ready after {timeout:g} s.{reason}{_log_tail(log_path)}")
 
