@@ -469,8 +469,10 @@ class _Run:
                                                                            sql.Literal(str(value))))
 
     def _view(self) -> list[str]:
-        running = self.services.containers()
-        return sorted(f"{name}={c['Id']}" for name, c in running.items() if name == "nginx" or name.startswith("app-"))
+        """The running nginx and app tasks, from the manager's task list: it sees every node's
+        tasks (a container listing shows only this engine's), so a task Swarm moved to another
+        node (a drained node, a failed one) changes the view and the next up() reloads nginx."""
+        return sorted(f"{short}={t['ID']}" for short in ("nginx", "app") for t in self.services.running_tasks(short))
 
     def reload_nginx(self, drain: float) -> None:
         """nginx resolves `tasks.app` (one address per healthy task) only when it loads its config:
