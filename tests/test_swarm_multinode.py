@@ -16,6 +16,7 @@ Then the stack is deployed with SwarmStack.up(); the app's four tasks spread ove
 nodes; a worker is drained (`docker node update --availability drain`) under a light GET load
 through nginx: its tasks move, no GET fails (nginx's `proxy_next_upstream error timeout` with a
 2 s connect timeout retries a GET on the next task), and the applied topology is unchanged.
+A TTL change reaches the tasks on every node (a rotation of the app's seed config there).
 Figures go to $SCALELAB_SWARM_MULTINODE_TIMINGS (JSON) if set, and are printed.
 """
 from __future__ import annotations
@@ -34,9 +35,10 @@ if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
 
 import stack_checks as checks  # noqa: E402
 from conftest import Trickle, request  # noqa: E402
+from stack import clients  # noqa: E402
 from stack.docker.engine import connect  # noqa: E402
 from stack.ports import Ports, port_is_free  # noqa: E402
-from stack.swarm.backend import SwarmStack  # noqa: E402
+from stack.swarm.backend import ROTATED_APP_CONFIG, SwarmStack  # noqa: E402
 from stack.swarm.services import SwarmServices  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
@@ -222,6 +224,31 @@ def test_draining_a_worker_under_load_moves_its_tasks_and_fails_no_get(engine, s
     active = subprocess.run(["docker", "node", "update", "--availability", "active", node_id],
                             capture_output=True, text=True)
     assert active.returncode == 0, active.stderr
+
+
+def test_a_ttl_change_reaches_the_tasks_on_every_node(engine, stack, nodes):
+    """Tasks on the workers are out of the manager engine's reach (no exec there): a live config
+    push becomes a rotation of the app's seed config secret, a rolling update."""
+    assert len(placement(engine, stack, nodes)) >= 2, placement(engine, stack, nodes)
+    cache = clients.redis_client(stack.context())
+    with Trickle(PORTS.nginx) as load:
+        started = time.monotonic()
+        done = stack.apply(ttl_s=2)
+        TIMINGS["ttl_rotation_s"] = round(time.monotonic() - started, 2)
+        time.sleep(0.5)
+    # The backend reloads nginx each time the rolling update changes the tasks: without that,
+    # nginx knew none of the new tasks once the old ones stopped (1,130 of 4,972 GETs got a 502).
+    TIMINGS["ttl_rotation_get_outcomes"] = {str(k): v for k, v in load.outcomes.items()}
+    TIMINGS["app_tasks_per_node_after_rotation"] = dict(placement(engine, stack, nodes))
+    assert done == [ROTATED_APP_CONFIG], done
+    assert load.outcomes[200] > 50 and load.failures == {}, load.outcomes
+    for _ in range(12):               # requests spread over the tasks: each must use the new TTL
+        cache.delete("user:300")
+        assert request(PORTS.nginx, "GET", "/users/300")[0] == 200
+        assert 0 < cache.ttl("user:300") <= 2
+    stack.apply(ttl_s=300)
+    assert stack.applied() == Topology(base_port=BASE)
+    checks.requests_reach_every_replica(PORTS)
 
 
 def test_down_and_teardown_leave_nothing(engine, stack, nodes):
