@@ -21,7 +21,7 @@ from stack.topology import Topology
 from stack.pytest_env import reachable_tmp_dir, shifted_port  # noqa: F401 - tests import them from here
 
 
-DOCKER_TIER = ("test_docker_stack.py", "test_swarm_stack.py")
+DOCKER_TIER = ("test_docker_stack.py", "test_swarm_stack.py", "test_swarm_multinode.py")
 
 
 def pytest_ignore_collect(collection_path, config):

@@ -53,3 +53,13 @@ def test_passwords_are_swarm_secrets_never_configs():
     assert not any(s in text for s in secrets)
     assert model["services"]["app"]["secrets"][0]["target"] == "/run/scalelab/app/config.json"
     assert model["networks"]["default"]["driver"] == "overlay"
+
+
+def test_only_the_app_spreads_over_nodes_the_rest_stays_on_a_manager():
+    """Host-mode ports listen on the node running the task, and a volume lives on one node: every
+    published or stateful service is placed on a manager (the engine the backend talks to)."""
+    services = swarm_model(Topology())["services"]
+    assert "placement" not in services["app"]["deploy"]
+    for name, svc in services.items():
+        if name != "app":
+            assert svc["deploy"]["placement"] == {"constraints": ["node.role == manager"]}, name

@@ -5,6 +5,9 @@
 #   bash stack/scripts/docker-tier.sh start      # install + start the tier's engine + base image; prints DOCKER_HOST
 #   bash stack/scripts/docker-tier.sh base-image # (engine running) make the offline Debian base image
 #   bash stack/scripts/docker-tier.sh stop       # stop the engine, remove the networks and rules it made
+#   bash stack/scripts/docker-tier.sh nodes-up N [IMAGE...]  # (engine running) N worker engines in network
+#                                                # namespaces, one swarm with the tier's engine as manager
+#   bash stack/scripts/docker-tier.sh nodes-down # stop them, leave that swarm, remove namespaces and links
 #
 # 1. installs Debian's docker.io, docker-compose and debootstrap (apt) when missing;
 # 2. starts its own dockerd: own socket, data root, exec root and pid file, so it never touches
@@ -16,7 +19,9 @@
 #    when it exists), then builds the stack's four images on it;
 # 4. runs tests/test_docker*.py and tests/test_swarm*.py with SCALELAB_DOCKER_TESTS=1: they
 #    FAIL (never skip) when the engine is unusable. The Swarm tests put the engine in Swarm
-#    mode (SwarmStack.up) and leave it again (down). Then the lesson notebooks in
+#    mode (SwarmStack.up) and leave it again (down); tests/test_swarm_multinode.py makes it the
+#    manager of two worker engines in network namespaces (nodes-up) and removes them (nodes-down).
+#    Then the lesson notebooks in
 #    $DOCKER_LESSONS, unchanged, with nbval on the docker backend (SCALELAB_BACKEND=docker);
 # 5. always (trap): removes the containers, stops dockerd by its pid, and removes the bridges,
 #    iptables rules and chains, and mounts that appeared while it ran.
@@ -90,6 +95,35 @@ snapshot() {   # what exists before our engine: only what appears later is remov
     sysctl -n net.ipv4.ip_forward > "$SNAP/ip_forward" 2>/dev/null || true
 }
 
+# launch_dockerd DATA_ROOT EXEC_ROOT SOCK PIDFILE LOG [--netns NAME --hostname NAME] [FLAGS...]:
+# one dockerd in the background, stdin closed (it outlives this script; stopped by its pid).
+# With --netns it runs in that network namespace (nsenter: the host's mount namespace and
+# cgroups stay, which dockerd needs; `ip netns exec` remounts /sys and hides the cgroups)
+# and its own UTS namespace, so `docker node ls` tells the nodes apart. Echoes the pid.
+launch_dockerd() {
+    local data=$1 exec_root=$2 sock=$3 pidfile=$4 log=$5; shift 5
+    local wrap=()
+    if [ "${1:-}" = --netns ]; then
+        wrap=(nsenter "--net=/run/netns/$2" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$4")
+        shift 4
+    fi
+    "${wrap[@]}" /usr/sbin/dockerd --data-root "$data" --exec-root "$exec_root" \
+        -H "unix://$sock" --pidfile "$pidfile" --log-level warn "$@" >> "$log" 2>&1 < /dev/null &
+    echo $!
+}
+
+wait_dockerd() {   # wait_dockerd SOCK PID LOG: until the engine answers; dies with its log if it does not
+    local sock=$1 pid=$2 log=$3
+    for _ in $(seq 1 200); do
+        DOCKER_HOST=unix://$sock "$DOCKER" version >/dev/null 2>&1 && { echo "engine answers on $sock"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "--- last lines of $log" >&2
+    tail -n 20 "$log" >&2 || true
+    die "dockerd did not start (see above): Docker cannot run here, so the Docker tier fails"
+}
+
 start_engine() {
     [ "$(id -u)" = 0 ] || die "needs root to run dockerd (rootless Docker is another setup)"
     if pid=$(engine_pid); then
@@ -101,25 +135,15 @@ start_engine() {
         # Swarm's ingress routing mesh (published service ports) is made of iptables rules:
         # iptables on, still no docker0 (the stacks use their own networks).
         [ "${SCALELAB_DOCKER_IPTABLES:-1}" = 1 ] && net_flags=(--iptables=true --ip-forward=false --bridge=none)
-        # In the background, stdin closed: it outlives this script (`start`); stopped by its pid.
-        /usr/sbin/dockerd --data-root "$DOCKER_ROOT/data" --exec-root "$RUN_ROOT/exec" \
-            -H "unix://$SOCK" --pidfile "$PIDFILE" --log-level warn "${net_flags[@]}" \
-            >> "$LOG" 2>&1 < /dev/null &
-        pid=$!
+        pid=$(launch_dockerd "$DOCKER_ROOT/data" "$RUN_ROOT/exec" "$SOCK" "$PIDFILE" "$LOG" "${net_flags[@]}")
         echo "started dockerd (pid $pid), log $LOG"
     fi
-    for _ in $(seq 1 200); do
-        "$DOCKER" version >/dev/null 2>&1 && { echo "engine answers on $SOCK"; return 0; }
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "--- last lines of $LOG" >&2
-    tail -n 20 "$LOG" >&2 || true
-    die "dockerd did not start (see above): Docker cannot run here, so the Docker tier fails"
+    wait_dockerd "$SOCK" "$pid" "$LOG"
 }
 
 stop_engine() {
     local pid
+    nodes_down    # worker engines a test left (tests/test_swarm_multinode.py removes its own)
     if pid=$(engine_pid); then
         # A swarm a failed run left: its services would outlive the containers removed below.
         "$DOCKER" swarm leave --force >/dev/null 2>&1 && echo "left the swarm a test had left behind"
@@ -188,6 +212,112 @@ cleanup_network() {   # remove only what appeared since the snapshot and looks l
     rm -rf "$SNAP"
 }
 
+# -- 2b. more nodes: a swarm of engines on this machine (tests/test_swarm_multinode.py) -------------
+# The tier's engine (host network namespace) is the manager: host-mode published ports then listen
+# in the host's namespace, so 127.0.0.1:PORT reaches them with no proxy, and its images are there.
+# Each worker is a dockerd in its own network namespace (two engines in one namespace would both
+# claim docker_gwbridge and the same iptables chains), with its own data root, exec root, socket
+# and pid file, on a veth pair to a bridge on the host that carries Swarm's control (2377),
+# gossip (7946) and VXLAN (4789) traffic. The workers run without iptables rules; whatever they
+# make lives in their namespace and goes with it.
+NODES_RUN=$RUN_ROOT/nodes
+NODES_ROOT=$DOCKER_ROOT/nodes
+NODES_NET=${SCALELAB_SWARM_NODES_NET:-192.168.231}     # a /24, manager .1, worker i .(10+i)
+NODES_BRIDGE=scalelab-br0
+NODE_PREFIX=scalelab-w                                  # netns and host-side veth of worker i
+
+nodes_up() {   # nodes_up N [IMAGE...]: N workers joined to a swarm the tier's engine manages
+    local n=${1:?usage: nodes-up N [IMAGE...]}; shift
+    local pid i; pid=$(engine_pid) || die "the tier's engine is not running (docker-tier.sh start)"
+    [ "$("$DOCKER" info --format '{{.Swarm.LocalNodeState}}')" = inactive ] \
+        || die "the tier's engine is already in a swarm: cannot make it the manager of a new one"
+    ip -o addr show | grep -q " $NODES_NET\." && die "$NODES_NET.0/24 is in use on this host (SCALELAB_SWARM_NODES_NET=...)"
+    nodes_down >/dev/null 2>&1 || true         # what a killed run left
+    mkdir -p "$NODES_RUN" "$NODES_ROOT"
+    ip link add "$NODES_BRIDGE" type bridge
+    ip addr add "$NODES_NET.1/24" dev "$NODES_BRIDGE"
+    ip link set "$NODES_BRIDGE" up
+    local pids=()
+    for i in $(seq 1 "$n"); do
+        local name=$NODE_PREFIX$i run=$NODES_RUN/w$i root=$NODES_ROOT/w$i
+        mkdir -p "$run" "$root"
+        ip netns add "$name"
+        ip link add "$name" type veth peer name eth0 netns "$name"
+        ip link set "$name" master "$NODES_BRIDGE" up
+        ip -n "$name" addr add "$NODES_NET.$((10 + i))/24" dev eth0
+        ip -n "$name" link set eth0 up
+        ip -n "$name" link set lo up
+        pids+=("$(launch_dockerd "$root/data" "$run/exec" "$run/docker.sock" "$run/dockerd.pid" "$root/dockerd.log" \
+                  --netns "$name" --hostname "worker$i" \
+                  --iptables=false --ip6tables=false --ip-forward=false --bridge=none)")
+    done
+    for i in $(seq 1 "$n"); do
+        wait_dockerd "$NODES_RUN/w$i/docker.sock" "${pids[$((i - 1))]}" "$NODES_ROOT/w$i/dockerd.log" >/dev/null
+    done
+    echo "started $n worker engine(s) in network namespaces ${NODE_PREFIX}1..$NODE_PREFIX$n (pids ${pids[*]})"
+    "$DOCKER" swarm init --advertise-addr "$NODES_NET.1" --listen-addr "$NODES_NET.1:2377" >/dev/null
+    touch "$NODES_RUN/manager-in-swarm"
+    local token; token=$("$DOCKER" swarm join-token -q worker)
+    for i in $(seq 1 "$n"); do
+        DOCKER_HOST=unix://$NODES_RUN/w$i/docker.sock "$DOCKER" swarm join --token "$token" \
+            --advertise-addr "$NODES_NET.$((10 + i))" "$NODES_NET.1:2377" >/dev/null &
+    done
+    wait_all "swarm join"
+    # No registry: the images leave the manager with `docker save` and enter each worker with `docker load`.
+    if [ $# -gt 0 ]; then
+        "$DOCKER" save "$@" > "$NODES_ROOT/images.tar"
+        for i in $(seq 1 "$n"); do
+            DOCKER_HOST=unix://$NODES_RUN/w$i/docker.sock "$DOCKER" load -q -i "$NODES_ROOT/images.tar" >/dev/null &
+        done
+        wait_all "docker load"
+        rm -f "$NODES_ROOT/images.tar"
+        echo "loaded $* into every worker"
+    fi
+    for _ in $(seq 1 300); do
+        [ "$("$DOCKER" node ls --format '{{.Status}}' | grep -c '^Ready$')" = $((n + 1)) ] && break
+        sleep 0.1
+    done
+    "$DOCKER" node ls
+}
+
+wait_all() {   # wait_all WHAT: wait for every background job; die if one failed
+    local failed=0 job
+    for job in $(jobs -p); do wait "$job" || failed=1; done
+    [ $failed = 0 ] || die "$1 failed on a worker"
+}
+
+nodes_down() {   # stop the workers (by pid), leave the swarm nodes_up made, remove namespaces, links, mounts
+    local f pid
+    for f in "$NODES_RUN"/w*/dockerd.pid; do
+        [ -f "$f" ] || continue
+        pid=$(cat "$f")
+        if [ -n "$pid" ] && [ -d "/proc/$pid" ] && grep -q dockerd "/proc/$pid/cmdline" 2>/dev/null; then
+            kill -TERM "$pid"
+            for _ in $(seq 1 150); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+            [ -d "/proc/$pid" ] && kill -KILL "$pid"
+            echo "stopped worker dockerd (pid $pid)"
+        fi
+    done
+    if [ -f "$NODES_RUN/manager-in-swarm" ] && engine_pid >/dev/null; then
+        "$DOCKER" swarm leave --force >/dev/null 2>&1 && echo "the tier's engine left the swarm it managed"
+    fi
+    # The workers' helpers (containerd, shims) name their exec roots: stop any left, by pid.
+    for pid in $(pgrep -f -- "$NODES_RUN/" 2>/dev/null || true); do
+        kill -TERM "$pid" 2>/dev/null && echo "stopped leftover worker helper (pid $pid)"
+    done
+    awk -v a="$NODES_RUN" -v b="$NODES_ROOT" 'index($2, a) == 1 || index($2, b) == 1 {print $2}' /proc/mounts \
+        | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    local ns
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$NODE_PREFIX[0-9]+\$" || true); do
+        ip netns delete "$ns" && echo "removed network namespace $ns"
+    done
+    for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 \
+                  | grep -E "^($NODE_PREFIX[0-9]+|$NODES_BRIDGE)\$" || true); do
+        ip link delete "$link" 2>/dev/null && echo "removed link $link"
+    done
+    rm -rf "$NODES_RUN" "$NODES_ROOT"
+}
+
 # -- 3. images ---------------------------------------------------------------------------
 base_image() {
     if "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -249,13 +379,14 @@ run_tier() {
     SCALELAB_DOCKER_TESTS=1 SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
         SCALELAB_DOCKER_TIMINGS="$ROOT/test-artifacts/docker-timings.json" \
         SCALELAB_SWARM_TIMINGS="$ROOT/test-artifacts/swarm-timings.json" \
+        SCALELAB_SWARM_MULTINODE_TIMINGS="$ROOT/test-artifacts/swarm-multinode-timings.json" \
         .venv/bin/pytest tests/test_docker*.py tests/test_swarm*.py "$@"
     phase "lessons on docker (nbval)"
     # The same lesson notebooks, unchanged, on the compose backend: SCALELAB_BACKEND=docker makes
     # every stack.get_stack() in them a DockerStack (own state dir and ports: stack.pytest_env).
     SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=docker SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
         .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS}
-    for kind in docker swarm; do
+    for kind in docker swarm swarm-multinode; do
         if [ -f "test-artifacts/$kind-timings.json" ]; then
             echo "== $kind stack timings (s): $(tr -d ' \n' < "test-artifacts/$kind-timings.json")"
         fi
@@ -267,5 +398,7 @@ case "${1:-run}" in
     start) install_packages; start_engine; base_image; echo "export DOCKER_HOST=$DOCKER_HOST" ;;
     base-image) base_image ;;
     stop) stop_engine ;;
-    *) die "usage: $0 [run [PYTEST ARGS]] | start | base-image | stop" ;;
+    nodes-up) shift; nodes_up "$@" ;;
+    nodes-down) nodes_down ;;
+    *) die "usage: $0 [run [PYTEST ARGS]] | start | base-image | stop | nodes-up N [IMAGE...] | nodes-down" ;;
 esac

@@ -17,7 +17,9 @@ How each plan action becomes a Swarm operation:
     reload_postgres    ALTER SYSTEM SET + pg_reload_conf(), until pg_settings shows it
     restart_postgres   ALTER SYSTEM SET, then a forced service update (a new task, same volume)
     set_redis          CONFIG SET;  reload_pgbouncer: SET on PgBouncer's admin console
-    push_app_config    the new config file written into each task, then POST /_admin/config
+    push_app_config    the new config file written into each task, then POST /_admin/config;
+                       with app tasks on other nodes (out of this engine's reach): the app's
+                       seed config secret rotated in by a service update (a rolling update)
     set_cpu_quota      a service update of resources.limits (Swarm replaces the tasks)
 
 Only services are published (nginx, PostgreSQL, PgBouncer, Redis), on 0.0.0.0: Swarm cannot
@@ -51,7 +53,7 @@ from ..rollback import RollbackReport
 from ..quota import Support, engine_support
 from ..topology import Topology
 from .services import SwarmServices
-from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, swarm_model, upstream_conf
+from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, secret_names, swarm_model, upstream_conf
 
 Progress = Callable[[str], None]
 APP_UID = 10001                   # the app image's `scalelab` user
@@ -396,6 +398,13 @@ class _Run:
                 clients.pgbouncer_set(self.access, key, value)
             clients.wait_pgbouncer_config(self.access, action.expect)
         elif kind == PUSH_APP_CONFIG:
+            if self._app_tasks_elsewhere():
+                # A task on another node is out of this engine's reach (exec and file copies are
+                # per engine): the new config goes in as the app's seed secret, a rolling update.
+                self._redeploy(("app",))
+                self.reload_nginx(0)
+                note(ROTATED_APP_CONFIG)
+                return
             self.push_app_config(action.expect, every=True)
         elif kind == SET_CPU_QUOTA:
             self._redeploy(("app",))
@@ -450,10 +459,23 @@ class _Run:
         """A service update from the stack file (rotated configs, new limits), until every task is new."""
         self.services.deploy(self._stack_file(shorts))
         for short in shorts:
-            self.services.wait_converged(short)
+            if short == "app" and "nginx" in self.services.services():
+                self._follow_app_update()
+            else:
+                self.services.wait_converged(short)
             if short == "app":
                 self.push_app_config(None, every=False)
         self.services.prune_unused()
+
+    def _follow_app_update(self, timeout: float = 120) -> None:
+        """Until the app's rolling update is done, reload nginx each time its tasks change: nginx
+        resolves tasks.app only on a reload, and without one it would know none of the new tasks
+        once the last old one stopped (every GET a 502 until the end of the update)."""
+        deadline = time.monotonic() + timeout
+        while not self.services._converged("app", deadline, timeout):
+            if self._view() != self.nginx_view:
+                self.reload_nginx(0)
+            time.sleep(0.2)
 
     # -- live settings -----------------------------------------------------------------------------------
     def _alter_system(self, server: str) -> None:
@@ -469,8 +491,10 @@ class _Run:
                                                                            sql.Literal(str(value))))
 
     def _view(self) -> list[str]:
-        running = self.services.containers()
-        return sorted(f"{name}={c['Id']}" for name, c in running.items() if name == "nginx" or name.startswith("app-"))
+        """The running nginx and app tasks, from the manager's task list: it sees every node's
+        tasks (a container listing shows only this engine's), so a task Swarm moved to another
+        node (a drained node, a failed one) changes the view and the next up() reloads nginx."""
+        return sorted(f"{short}={t['ID']}" for short in ("nginx", "app") for t in self.services.running_tasks(short))
 
     def reload_nginx(self, drain: float) -> None:
         """nginx resolves `tasks.app` (one address per healthy task) only when it loads its config:
@@ -500,17 +524,35 @@ class _Run:
                                  f"{ {k: reported.get(k) for k in expect} }")
         run_parallel([lambda n=n, c=c: push(n, c) for n, c in apps.items()])
 
+    def _app_tasks_elsewhere(self) -> bool:
+        """Whether an app task runs on another node than this engine's (a multi-node swarm)."""
+        here = self.stack.client.info()["Swarm"].get("NodeID")
+        return any(t["NodeID"] != here for t in self.services.running_tasks("app"))
+
+    def _seed_is_current(self, present: dict) -> bool:
+        """Whether the app service's seed config secret holds this topology's app config."""
+        wanted = secret_names(self.topology, self.stack.state.secrets())["app_config"]
+        refs = present["app"]["Spec"]["TaskTemplate"]["ContainerSpec"].get("Secrets") or []
+        return any(r["SecretName"] == self.services.full_name(wanted) for r in refs)   # stack-prefixed
+
     def converge(self, note) -> None:
         """After the plan: a task Swarm started by itself (a crash healed, a fresh deploy whose nginx
         started before the app's tasks were healthy) starts from the deployed seed config and is
-        unknown to nginx. Push the config, and reload nginx when its view is not what runs."""
+        unknown to nginx. Push the config, and reload nginx when its view is not what runs.
+        A task on another node cannot be pushed to: there, a stale seed is rotated (a rolling update)."""
         present = self.services.services()
         if "app" in present:
+            if self._app_tasks_elsewhere() and not self._seed_is_current(present):
+                self._redeploy(("app",))
+                note(ROTATED_APP_CONFIG)
             self.push_app_config(None, every=False)
         if "nginx" in present and self._view() != self.nginx_view:
             self.reload_nginx(0)
             note("reloaded nginx: it now resolves every running app task")
 
+
+ROTATED_APP_CONFIG = ("rotated app config (ttl, pools, concurrency, read target) into the app service: "
+                      "tasks on other nodes, a rolling update")
 
 # Inside an app task: ask the replica to re-read its config file (the token is in that file).
 _POST_CONFIG = ("import json, sys, urllib.request as u; c = json.load(open(sys.argv[1])); "

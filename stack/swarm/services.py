@@ -1,8 +1,9 @@
 """One Swarm stack's services and tasks through the docker SDK: deploy, scale, update, wait, exec.
 
 Used by stack.swarm.backend (which decides what to do, from stack.plan), so every
-function here is one engine call or a wait on one. Tasks run on this engine's node
-(a single-node swarm): their containers are reached with the same client.
+function here is one engine call or a wait on one. Services and tasks are read from the
+manager, which sees every node; containers (containers(), exec, put_file) only on this
+engine's node: on a multi-node swarm the app tasks of other nodes are not listed there.
 """
 from __future__ import annotations
 

@@ -21,7 +21,11 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
   entry point and the servers the course's clients read are published, and each one asks
   for a password (SCRAM, requirepass) or serves only the app's HTTP API.
 * Images are not built by `docker stack deploy`: build them first
-  (`python -m stack.docker build`), on every node of a multi-node swarm.
+  (`python -m stack.docker build`), on every node of a multi-node swarm (or
+  `docker save` / `docker load` them there).
+* Every service but the app is placed on a manager (`node.role == manager`): its
+  host-mode port must be on the node the clients reach, and its volume stays on one
+  node. On a multi-node swarm only the app's tasks spread over the nodes.
 """
 from __future__ import annotations
 
@@ -218,6 +222,11 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     # DNS answers with the tasks' own addresses: a virtual IP needs the kernel's IPVS, which
     # some kernels lack (this machine's has no CONFIG_IP_VS: VIPs and the ingress mesh time out).
     deploy["endpoint_mode"] = "dnsrr"
+    if name != "app":
+        # On the manager, the engine the backend talks to: a host-mode published port listens on the
+        # node that runs the task, and the course's clients reach 127.0.0.1; a data volume is local
+        # to one node, so PostgreSQL must not move. Only the app's tasks spread over the nodes.
+        deploy["placement"] = {"constraints": ["node.role == manager"]}
     deploy["restart_policy"] = dict(RESTART_POLICY)
     svc["deploy"] = deploy
     return svc
