@@ -35,42 +35,20 @@ from conftest import Trickle, request  # noqa: E402
 from stack.docker import DockerStack  # noqa: E402
 from stack.docker.compose import compose_model, to_yaml  # noqa: E402
 from stack.docker.config import project_files  # noqa: E402
-from stack.docker.engine import connect  # noqa: E402
+from docker_tier import Timings, engine, free_base  # noqa: E402,F401 - engine: a fixture
 from stack import clients  # noqa: E402
 from stack.ports import port_is_free  # noqa: E402
 from stack.ports import Ports  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS: dict = {}
+TIMINGS = Timings()
+timed = TIMINGS.timed
 LIMIT_UP_S, LIMIT_CHANGE_S = 15.0, 5.0
-
-
-def free_base(start: int = int(os.environ.get("SCALELAB_DOCKER_TEST_BASE", "26400")), span: int = 32) -> int:
-    """The first block of `span` free ports from `start` (this machine is shared)."""
-    for base in range(start, 60000, 64):
-        if all(port_is_free(p) for p in range(base, base + span)):
-            return base
-    raise RuntimeError("no free block of ports")
 
 
 BASE = free_base()
 PORTS = Ports(BASE)
-
-
-def timed(name: str, fn, *args, **kwargs):
-    started = time.monotonic()
-    result = fn(*args, **kwargs)
-    TIMINGS.setdefault(name, []).append(round(time.monotonic() - started, 3))
-    return result
-
-
-@pytest.fixture(scope="module")
-def engine():
-    try:
-        return connect()
-    except Exception as exc:   # noqa: BLE001 - the reason is the test's outcome
-        pytest.fail(f"SCALELAB_DOCKER_TESTS=1 but Docker is unusable: {exc}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +58,7 @@ def stack(engine, state_dir):
     timed("up_cold_s", s.up, Topology(base_port=BASE), progress=print)
     yield s
     s.down(purge=True)
-    path = os.environ.get("SCALELAB_DOCKER_TIMINGS")
-    if path:
-        Path(path).write_text(json.dumps(TIMINGS, indent=2))
-    print("docker timings:", json.dumps(TIMINGS))
+    TIMINGS.save("SCALELAB_DOCKER_TIMINGS", "docker")
 
 
 def containers(stack) -> dict:

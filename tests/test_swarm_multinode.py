@@ -36,7 +36,7 @@ if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
 import stack_checks as checks  # noqa: E402
 from conftest import Trickle, request  # noqa: E402
 from stack import clients  # noqa: E402
-from stack.docker.engine import connect  # noqa: E402
+from docker_tier import FIRST_BASE, engine, free_base  # noqa: E402,F401 - engine: a fixture
 from stack.ports import Ports, port_is_free  # noqa: E402
 from stack.swarm.backend import ROTATED_APP_CONFIG, SwarmStack  # noqa: E402
 from stack.swarm.services import SwarmServices  # noqa: E402
@@ -49,13 +49,6 @@ NODE_PREFIX, BRIDGE = "scalelab-w", "scalelab-br0"     # as in docker-tier.sh
 TIMINGS: dict = {}
 LIMIT_UP_S = 60.0          # the single-node target is 30 s; here four engines share two busy cores
 LIMIT_DRAIN_S = 60.0
-
-
-def free_base(start: int = int(os.environ.get("SCALELAB_DOCKER_TEST_BASE", "26400")) + 512, span: int = 32) -> int:
-    for base in range(start, 60000, 64):
-        if all(port_is_free(p) and port_is_free(p, "0.0.0.0") for p in range(base, base + span)):
-            return base
-    raise RuntimeError("no free block of ports")
 
 
 BASE = 0
@@ -92,14 +85,6 @@ def teardown_nodes() -> str:
 
 
 @pytest.fixture(scope="module")
-def engine():
-    try:
-        return connect()
-    except Exception as exc:   # noqa: BLE001 - the reason is the test's outcome
-        pytest.fail(f"SCALELAB_DOCKER_TESTS=1 but Docker is unusable: {exc}", pytrace=False)
-
-
-@pytest.fixture(scope="module")
 def nodes(engine, state_dir):
     """Three engines in one swarm, the tier's engine managing; removed whatever happens."""
     if os.geteuid() != 0:
@@ -129,7 +114,7 @@ def nodes(engine, state_dir):
 @pytest.fixture(scope="module")
 def stack(nodes, state_dir):
     global BASE, PORTS
-    BASE = free_base()
+    BASE = free_base(FIRST_BASE + 512)
     PORTS = Ports(BASE)
     s = SwarmStack(state_dir)
     started = time.monotonic()

@@ -24,22 +24,16 @@ if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
 import stack_checks as checks  # noqa: E402
 from conftest import Trickle, request  # noqa: E402
 from stack import clients, get_stack  # noqa: E402
-from stack.docker.engine import connect  # noqa: E402
+from docker_tier import FIRST_BASE, Timings, engine, free_base  # noqa: E402,F401 - engine: a fixture
 from stack.errors import TopologyError  # noqa: E402
 from stack.ports import Ports, port_is_free  # noqa: E402
 from stack.swarm.backend import SwarmStack  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMINGS: dict = {}
+TIMINGS = Timings()
+timed = TIMINGS.timed
 LIMIT_UP_S, LIMIT_SCALE_S = 30.0, 10.0
-
-
-def free_base(start: int = int(os.environ.get("SCALELAB_DOCKER_TEST_BASE", "26400")) + 256, span: int = 32) -> int:
-    for base in range(start, 60000, 64):
-        if all(port_is_free(p) and port_is_free(p, "0.0.0.0") for p in range(base, base + span)):
-            return base
-    raise RuntimeError("no free block of ports")
 
 
 # Chosen when the stack starts, not at collection: the compose tests run first and free theirs.
@@ -47,35 +41,17 @@ BASE = 0
 PORTS = Ports(26400)
 
 
-def timed(name: str, fn, *args, **kwargs):
-    started = time.monotonic()
-    result = fn(*args, **kwargs)
-    TIMINGS.setdefault(name, []).append(round(time.monotonic() - started, 3))
-    return result
-
-
-@pytest.fixture(scope="module")
-def engine():
-    try:
-        return connect()
-    except Exception as exc:   # noqa: BLE001 - the reason is the test's outcome
-        pytest.fail(f"SCALELAB_DOCKER_TESTS=1 but Docker is unusable: {exc}", pytrace=False)
-
-
 @pytest.fixture(scope="module")
 def stack(engine, state_dir):
     global BASE, PORTS
-    BASE = free_base()
+    BASE = free_base(FIRST_BASE + 256)
     PORTS = Ports(BASE)
     s = SwarmStack(state_dir)
     s.build(progress=print)           # from built images: the up below is what the learner waits for
     timed("up_cold_s", s.up, Topology(base_port=BASE), progress=print)
     yield s
     s.down(purge=True)
-    path = os.environ.get("SCALELAB_SWARM_TIMINGS")
-    if path:
-        Path(path).write_text(json.dumps(TIMINGS, indent=2))
-    print("swarm timings:", json.dumps(TIMINGS))
+    TIMINGS.save("SCALELAB_SWARM_TIMINGS", "swarm")
 
 
 def containers(stack) -> dict:
