@@ -14,6 +14,7 @@ including the password change, from the primary.
 """
 from __future__ import annotations
 
+import functools
 import secrets as secrets_mod
 import subprocess
 from pathlib import Path
@@ -67,11 +68,16 @@ def _statements(schema: str) -> list[str]:
     return [s for s in schema.split(";\n") if s.strip()]
 
 
+@functools.lru_cache(maxsize=None)
+def _version(postgres: Path) -> str:
+    """Asked once per binary: every new server (primary, standby, each shard) needs its template's key."""
+    return subprocess.run([str(postgres), "--version"], capture_output=True, text=True).stdout.strip()
+
+
 def _key(ctx: Context, schema: str, initdb_args: tuple) -> str:
     postgres = ctx.bins.pg("postgres")
-    version = subprocess.run([str(postgres), "--version"], capture_output=True, text=True).stdout.strip()
-    return cache.key_of(FORMAT, version, postgres.stat().st_size, schema, initdb_args, render.render_hba(),
-                        ctx.run_as.uid)
+    return cache.key_of(FORMAT, _version(postgres), postgres.stat().st_size, schema, initdb_args,
+                        render.render_hba(), ctx.run_as.uid)
 
 
 def template(ctx: Context, name: str, schema: str, initdb_args: tuple = ()) -> Path:
