@@ -20,3 +20,32 @@ def test_stats_delta_is_per_transaction_in_milliseconds():
     assert pooling.stats_delta(before, after) == {"transactions": 200, "xact_ms": 70.0, "wait_ms": 50.0,
                                                   "server_ms": 20.0}
     assert pooling.stats_delta(after, after)["wait_ms"] == 0.0
+
+
+def test_a_poller_reads_until_the_block_ends_and_shares_what_it_opened():
+    import contextlib
+    import time
+
+    from stack.course.poller import Poller
+
+    class Counting(Poller):
+        opened_times = 0
+
+        @contextlib.contextmanager
+        def opened(self):
+            Counting.opened_times += 1
+            yield "conn"
+
+        def poll(self, shared):
+            self.seen = getattr(self, "seen", []) + [shared]
+
+    with Counting(0.01) as poller:
+        time.sleep(0.1)
+    count = len(poller.seen)
+    time.sleep(0.05)
+    assert count >= 2 and len(poller.seen) == count, "polls while the block runs, none after it"
+    assert set(poller.seen) == {"conn"} and Counting.opened_times == 1
+    readings = []
+    with Poller(0.01, lambda: readings.append(1)):
+        time.sleep(0.05)
+    assert readings

@@ -52,3 +52,11 @@ def test_a_prediction_changed_after_the_experiment_started_is_flagged():
 def test_a_prediction_must_be_a_number_or_numbers(value):
     with pytest.raises(PredictionError, match="is not allowed: a number, or a dict of numbers"):
         record("x", value)
+
+
+def test_a_check_quotes_the_committed_number_and_nothing_when_none_was_committed():
+    assert predictions.as_predicted("p99", " (you predicted {:.0f} ms)") == ""
+    record("p99", 40, unit="ms")
+    assert predictions.as_predicted("p99", " (you predicted {:.0f} ms)") == " (you predicted 40 ms)"
+    record("p99", ...)                       # a placeholder again: the old number is not quoted
+    assert predictions.as_predicted("p99", " (you predicted {:.0f} ms)") == ""

@@ -19,7 +19,6 @@ import random
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd

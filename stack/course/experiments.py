@@ -11,7 +11,6 @@ import json
 import threading
 import time
 import urllib.request
-from dataclasses import dataclass
 
 import pandas as pd
 

@@ -17,6 +17,7 @@ from psycopg_pool import ConnectionPool
 
 from .. import clients
 from ..load import LoadSpec, run_load
+from .poller import Poller
 from .predictions import experiment
 
 
@@ -25,38 +26,31 @@ def little_pool_size(rate_rps: float, query_ms: float) -> float:
     return rate_rps * query_ms / 1000
 
 
+BACKENDS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND datname = 'scalelab'")
+
+
 def backends(stack, server: str = "primary") -> int:
     """Client backends of the app database, as the server counts them."""
     with clients.connect(stack, server, user="postgres", dbname="postgres") as conn:
-        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                            "AND datname = 'scalelab'").fetchone()[0]
+        return conn.execute(BACKENDS_SQL).fetchone()[0]
 
 
-class PeakBackends:
+class PeakBackends(Poller):
     """Samples a server's client backends every `every_s` in a thread; .peak after stop()."""
 
     def __init__(self, stack, server: str, every_s: float = 0.1):
-        self.stack, self.server, self.every_s = stack, server, every_s
+        super().__init__(every_s)
+        self.stack, self.server = stack, server
         self.peak, self.readings = 0, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        with clients.connect(self.stack, self.server, user="postgres", dbname="postgres") as conn:
-            while not self._stop.is_set():
-                n = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                                 "AND datname = 'scalelab'").fetchone()[0]
-                self.readings.append((time.time(), n))
-                self.peak = max(self.peak, n)
-                self._stop.wait(self.every_s)
+    def opened(self):
+        return clients.connect(self.stack, self.server, user="postgres", dbname="postgres")
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def poll(self, conn):
+        n = conn.execute(BACKENDS_SQL).fetchone()[0]
+        self.readings.append((time.time(), n))
+        self.peak = max(self.peak, n)
 
 
 # -- 1. what a connection costs ----------------------------------------------------------
@@ -195,26 +189,18 @@ def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_m
     (client and server connections) and the primary's own count of backends."""
     dsn = clients.dsn(stack, "pgbouncer", user="app")
     readings = []
-    stop = threading.Event()
+    began = time.time()
 
     def watch():
-        start = time.time()
-        while not stop.is_set():
-            rows = [r for r in clients.pgbouncer_admin(stack, "SHOW POOLS") if r.get("database") == "scalelab"]
-            pools = {k: sum(int(r.get(k) or 0) for r in rows) for k in ("cl_active", "cl_waiting", "sv_active",
-                                                                      "sv_idle")}
-            readings.append({"t": time.time() - start, **pools, "primary_backends": backends(stack, "primary")})
-            stop.wait(0.1)
+        rows = [r for r in clients.pgbouncer_admin(stack, "SHOW POOLS") if r.get("database") == "scalelab"]
+        pools = {k: sum(int(r.get(k) or 0) for r in rows) for k in ("cl_active", "cl_waiting", "sv_active",
+                                                                  "sv_idle")}
+        readings.append({"t": time.time() - began, **pools, "primary_backends": backends(stack, "primary")})
 
     stats_before = bouncer_stats(stack)
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    try:
+    with Poller(0.1, watch):
         queries = asyncio.run(_bouncer_clients(dsn, clients_n, seconds, query_ms)) if not _in_loop() else \
             _run_in_thread(lambda: asyncio.run(_bouncer_clients(dsn, clients_n, seconds, query_ms)))
-    finally:
-        stop.set()
-        thread.join()
     frame = pd.DataFrame(readings).set_index("t")
     frame.attrs["queries"] = queries
     frame.attrs["stats"] = stats_delta(stats_before, bouncer_stats(stack))

@@ -109,6 +109,13 @@ def prediction(name: str) -> Prediction:
     return Prediction(name, entry["value"], entry.get("unit", ""), entry["at"])
 
 
+def as_predicted(name: str, template: str) -> str:
+    """`template` filled with the number the learner committed for `name` (" (you predicted {:.0f} ms)"),
+    or "" when they committed none: a check's verdict shows the gap to the guess."""
+    guess = prediction(name).value
+    return template.format(guess) if isinstance(guess, float) else ""
+
+
 def _fmt(value, unit: str) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k}: {_num(v)}" for k, v in value.items()) + (f" ({unit})" if unit else "")

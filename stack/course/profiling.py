@@ -28,6 +28,7 @@ from .. import clients
 from ..load import LoadSpec, run_load
 from ..scenarios import FIX_STEPS, REPORT_MS
 from . import readings, servers
+from .poller import Poller
 from .experiments import experiment, parse_server_timing
 
 LAYERS = ("queue", "db", "cache", "app")
@@ -172,38 +173,28 @@ def layer_table(before: dict, after: dict, flames: dict | None = None) -> pd.Dat
     return pd.DataFrame(rows).set_index("replica")
 
 
-class Probe:
+class Probe(Poller):
     """Sampled requests through nginx during the load, keeping each Server-Timing header."""
+    join_timeout_s = 15
 
     def __init__(self, url: str, every_s: float = 0.05):
-        self.url, self.every_s, self.rows = url, every_s, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(every_s)
+        self.url, self.rows, self._sent = url, [], 0
 
-    def _run(self):
+    def poll(self, _):
         paths = [("GET report", f"/work?kind=db&ms={REPORT_MS}"), ("GET /users/{id}", "/users/{i}")]
-        i = 0
-        while not self._stop.is_set():
-            label, path = paths[i % 2]
-            i += 1
-            start = time.perf_counter()
-            try:
-                with urllib.request.urlopen(self.url + path.format(i=1 + i % 500), timeout=10) as resp:
-                    resp.read()
-                    timing = parse_server_timing(resp.headers.get("Server-Timing", ""))
-                    self.rows.append({"request": label, "replica": resp.headers.get("X-Replica"),
-                                      "client_ms": (time.perf_counter() - start) * 1000, **timing})
-            except OSError:
-                pass
-            self._stop.wait(self.every_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(15)
+        label, path = paths[self._sent % 2]
+        self._sent += 1
+        i = self._sent
+        start = time.perf_counter()
+        try:
+            with urllib.request.urlopen(self.url + path.format(i=1 + i % 500), timeout=10) as resp:
+                resp.read()
+                timing = parse_server_timing(resp.headers.get("Server-Timing", ""))
+                self.rows.append({"request": label, "replica": resp.headers.get("X-Replica"),
+                                  "client_ms": (time.perf_counter() - start) * 1000, **timing})
+        except OSError:
+            pass
 
 
 def profile_replicas(stack, names, seconds: float, interval_ms: float = 1.0) -> dict:

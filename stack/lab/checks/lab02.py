@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from ...course.predictions import prediction
+from ...course.predictions import as_predicted
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
 
@@ -127,9 +127,7 @@ def check_capacity_plan():
         return inconclusive()
     p99, errors = measured
     seen = f"{n} replicas: p99 {p99:.1f} ms at {p['target_rps']} req/s (Poisson arrivals), {errors} errors"
-    guess = prediction("plan_p99_ms").value
-    if isinstance(guess, float):
-        seen += f" (you predicted {guess:.0f} ms)"
+    seen += as_predicted("plan_p99_ms", " (you predicted {:.0f} ms)")
     if errors or p99 > p["p99_ms"]:
         return Verdict(False, f"p99 <= {p['p99_ms']} ms, no errors", f"p99 {p99:.1f} ms, {errors} errors",
                        f"{seen}: the target is missed.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from ...course.predictions import prediction
+from ...course.predictions import as_predicted
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
 
@@ -356,9 +356,7 @@ def check_half_to_app1():
             f"{topology.balancer.weight_list(topology.app.replicas)}: the replicas counted "
             + ", ".join(f"{n} {s:.0%}" for n, s in shares.items()) + f" of {total} requests "
             f"({g['rate']} req/s, Poisson)")
-    guess = prediction(PREDICTION).value
-    if isinstance(guess, float):
-        seen += f" (you predicted {guess:.0f}% for {g['replica']})"
+    seen += as_predicted(PREDICTION, f" (you predicted {{:.0f}}% for {g['replica']})")
     if len(counted) != g["replicas"] or any(s < 0.05 for s in shares.values()):
         return Verdict(False, f"{g['replicas']} replicas, each serving some traffic", shares,
                        f"{seen}: the goal keeps all {g['replicas']} replicas in service.",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ...clients import lsn_to_int
-from ...course.predictions import prediction
+from ...course.predictions import as_predicted
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
 
@@ -178,9 +178,7 @@ def check_consistent_reads():
     seen = (f"12 PUT-then-GET pairs through the app: {s['anomaly_rate']:.0%} of reads missed the write, "
             f"{s['read_on_replica']:.0%} answered by the replica (its own word), writes took "
             f"{s['write_ms_p50']:.0f} ms (p50)")
-    guess = prediction("consistent_write_ms").value
-    if isinstance(guess, float):
-        seen += f" (you predicted {guess:.0f} ms)"
+    seen += as_predicted("consistent_write_ms", " (you predicted {:.0f} ms)")
     if s["read_on_replica"] < 0.9:
         return Verdict(False, "reads answered by the replica", f"{s['read_on_replica']:.0%}", seen + ".",
                        hint="Reading everything from the primary is consistent, and gives up the replica: keep "

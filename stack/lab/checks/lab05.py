@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from ...course.predictions import prediction
+from ...course.predictions import as_predicted
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
 
@@ -227,9 +227,7 @@ def check_fits_connections():
             f"{f['write_rps']} writes/s: {_errors(steady)}, p99 {p99:.0f} ms; app backends at the peak (the servers' "
             f"pg_stat_activity): primary {peaks['primary']}, replica {peaks['replica']} (at most {allowed} leaves "
             f"{f['free_slots']} of the {f['max_connections'] - f['reserved']} free)")
-    guess = prediction("rush_peak_backends").value
-    if isinstance(guess, float):
-        seen += f"; you predicted {guess:.0f} on the replica"
+    seen += as_predicted("rush_peak_backends", "; you predicted {:.0f} on the replica")
     full = [server for server, peak in peaks.items() if peak > allowed]
     if full:
         server = full[0]

@@ -165,10 +165,8 @@ def check_ring_on_stack(cls):
     moved = sum(1 for s, ids in held.items() for i in ids if before.get(i) != s)
     total = sum(len(ids) for ids in held.values())
     seen = f"resharded {n} -> {n + 1} servers: {moved} of {total} users moved ({moved / max(1, total):.1%})"
-    from ...course.predictions import prediction
-    guess = prediction("ring_moved_share").value
-    if isinstance(guess, float):
-        seen += f" (you predicted {guess:.1%})"
+    from ...course.predictions import as_predicted
+    seen += as_predicted("ring_moved_share", " (you predicted {:.1%})")
     if wrong:
         user, found, said = wrong[0]
         return Verdict(False, f"every user where HashRing({n + 1}, 64) says", f"{len(wrong)} users elsewhere",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 
-from ...course.predictions import prediction
+from ...course.predictions import as_predicted
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
 
@@ -298,9 +298,7 @@ def check_ttl_budget():
     per_s, result = _measure_lookups(stack)
     seen = (f"TTL {ttl} s (as Redis reports it): PostgreSQL ran {per_s:.1f} user lookups/s under "
             f"{b['rate']} reads/s over {b['users']} users")
-    guess = prediction("ttl_budget_lookups").value
-    if isinstance(guess, float):
-        seen += f" (you predicted {guess:.0f})"
+    seen += as_predicted("ttl_budget_lookups", " (you predicted {:.0f})")
     if result.error_count:
         return Verdict(False, "no errors", result.error_count, f"{seen}; {result.error_count} requests failed.")
     if per_s > b["max_lookups_per_s"] * ALLOWANCE:

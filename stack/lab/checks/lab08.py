@@ -6,7 +6,7 @@ check before the learner has named it.
 """
 from __future__ import annotations
 
-from ...course.predictions import prediction
+from ...course.predictions import as_predicted
 from ...scenarios import CAUSES, RATE, SCENARIOS
 from ..registry import Verdict, check_definition
 from ._cases import first_mismatch
@@ -284,9 +284,7 @@ def check_fixed_stack():
     p99, errors = result.latency_ms()["p99_ms"], result.error_count
     seen = (f"{TARGET['rate']} req/s of the mystery workload: p99 {p99:.0f} ms, {errors} errors, "
             f"{result.throughput_rps:.0f} req/s served; changed: {'; '.join(changed) or 'nothing'}")
-    guess = prediction("fixed_p99_ms").value
-    if isinstance(guess, float):
-        seen += f" (you predicted p99 {guess:.0f} ms)"
+    seen += as_predicted("fixed_p99_ms", " (you predicted p99 {:.0f} ms)")
     if errors or p99 > TARGET["p99_ms"]:
         return Verdict(False, f"p99 <= {TARGET['p99_ms']} ms, no errors", f"p99 {p99:.0f} ms, {errors} errors",
                        f"{seen}: the target is missed.",
