@@ -262,6 +262,21 @@ def test_postmaster_killed_alone_is_healed_by_the_first_up(orphaned):
             "heal_s": round(took, 3), "load": {}, "last_failure_s": 0, "writes_lost": 0}
 
 
+def test_a_servers_dynamic_shared_memory_lives_in_its_data_directory(orphaned):
+    """A killed server leaves its dynamic shared memory behind; in /dev/shm a purge or a rebuilt
+    standby would leak it for good (a day of tests left 146 pairs, 153 MB). In pg_dynshmem it goes
+    with the data directory, and the next start there removes it."""
+    pid = orphaned.status()["services"]["postgres-primary"]["pid"]
+    with clients.connect(orphaned, "postgres-primary", user="postgres", dbname="postgres") as conn:
+        assert conn.execute("SHOW dynamic_shared_memory_type").fetchone()[0] == "mmap"
+    mapped = [line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+              if len(line.split()) >= 6]
+    data = postgres.data_dir(orphaned.context(), "primary")
+    assert not [m for m in mapped if m.startswith("/dev/shm/PostgreSQL.")], mapped
+    assert [m for m in mapped if m.startswith(str(data / "pg_dynshmem") + "/")], \
+        f"the postmaster maps no segment in {data / 'pg_dynshmem'}"
+
+
 def test_status_shows_the_dead_service_as_exited_with_its_last_log_lines(orphaned):
     stack.fault.kill("redis", stack=orphaned)
     out = cli(orphaned.state.path, "status").stdout

@@ -18,6 +18,10 @@ _COMMON = {
     # Per-statement counters (calls, time) the lessons ask the server for: how many reads
     # reached the database, and which statements cost the most (lessons 7 and 8).
     "shared_preload_libraries": "pg_stat_statements",
+    # Dynamic shared memory as files in the data directory (pg_dynshmem), not in /dev/shm: a server
+    # killed by a fault leaves its segments behind, and a data directory removed after that (purge,
+    # a lost standby rebuilt) would leak them in /dev/shm for good (~1 MB each, measured here).
+    "dynamic_shared_memory_type": "mmap",
 }
 
 
