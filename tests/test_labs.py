@@ -63,6 +63,8 @@ def test_starter_is_rejected_by_every_check(lab, tmp_path):
     for name in lab_checks(lab):
         assert recorded[name]["attempts"] >= 1, f"{name} was never checked"
         assert recorded[name]["passed"] is False, f"{name} accepted the starter code"
+        # Rejected on the evidence: a check too busy to measure ("inconclusive") proves nothing.
+        assert recorded[name]["last"] == "fail", f"{name} did not reject the starter: {recorded[name]}"
 
 
 @pytest.mark.parametrize("lab", LABS)
@@ -348,13 +350,15 @@ def test_measured_capacity_rejects_a_number_or_a_constant_and_accepts_the_formul
     assert right.passed, right
 
 
+# The live checks' verdicts on other stacks than the lab's two: the untouched starting stack is
+# measured by test_starter_is_rejected_by_every_check (the starter notebook checks it as it is), and
+# the solution's stack by test_solution_passes_every_check; the cases below are the plausible wrong
+# shapes in between (measuring those two again here cost about a minute of every `make test`).
 @pytest.mark.stack
 @pytest.mark.parametrize("shape,passes", [
-    (dict(replicas=4, concurrency=4), False),     # the starting stack, untouched
     (dict(replicas=3, concurrency=4), False),     # 600 req/s, but on 3 replicas
     (dict(replicas=2, concurrency=4), False),     # 2 replicas, slots not raised: 400 req/s
     (dict(replicas=2, concurrency=8), False),     # overshoots: 800 req/s
-    (dict(replicas=2, concurrency=6), True),
 ])
 def test_target_capacity_verdict_depends_on_the_live_stack(own_progress, shape, passes):
     start("lab01", progress=None)
@@ -366,9 +370,7 @@ def test_target_capacity_verdict_depends_on_the_live_stack(own_progress, shape, 
 @pytest.mark.stack
 @pytest.mark.parametrize("shape,passes", [
     (dict(replicas=2, concurrency=4), False),     # too small: p99 misses the target, measured
-    (dict(replicas=4, concurrency=4), False),     # meets it, but 3 would too: over-provisioned
     (dict(replicas=3, concurrency=5), False),     # changed the slots instead of planning replicas
-    (dict(replicas=3, concurrency=4), True),
 ])
 def test_capacity_plan_verdict_depends_on_the_live_stack(own_progress, shape, passes):
     start("lab02", progress=None)
@@ -381,12 +383,10 @@ def test_capacity_plan_verdict_depends_on_the_live_stack(own_progress, shape, pa
 
 @pytest.mark.stack
 @pytest.mark.parametrize("shape,passes", [
-    (dict(), False),                                                    # the starting stack: 25%
     (dict(strategy="round_robin", weights=(2, 1, 1, 1)), False),         # 40%
     (dict(strategy="least_conn", weights=(3, 1, 1, 1)), False),          # weights bend at light load: ~37%
     (dict(strategy="ip_hash"), False),                                  # one client: one replica takes all
     (dict(replicas=2, strategy="round_robin"), False),                  # 50%, but two replicas out of service
-    (dict(strategy="round_robin", weights=(3, 1, 1, 1)), True),
 ])
 def test_half_to_app1_verdict_depends_on_the_live_stack(own_progress, shape, passes):
     start("lab03", progress=None)
@@ -428,8 +428,6 @@ def test_solve_applies_the_solution_state_and_counts_as_skipped(own_progress):
     (0, False),      # caching off: every read is a lookup (300/s)
     (1, False),      # ~75 lookups/s: over the budget
     (60, False),     # within the budget, but data up to 60 s stale
-    (300, False),    # the starting stack, untouched
-    (4, True),       # ~23 lookups/s, at most 4 s stale
 ])
 def test_ttl_budget_verdict_depends_on_the_live_stack(own_progress, ttl, passes):
     start("lab07", progress=None)
@@ -555,12 +553,10 @@ def test_grown_with_jump_verdict_depends_on_the_live_servers(own_progress, shape
 
 @pytest.mark.stack
 @pytest.mark.parametrize("shape,passes", [
-    ({}, False),                                              # the mystery, untouched: p99 over 1 s
     (dict(ttl_s=300, strategy="least_conn"), False),          # two plausible changes, the bottleneck stays
     # Everything back to the defaults (but the replica count: scaling up could meet a port a
     # client connection holds when the test port block sits in the ephemeral range).
     (dict(read_pool=40, strategy="least_conn", ttl_s=300, pool_size=20), False),
-    (dict(read_pool=40), True),                               # the one change the evidence names
 ])
 def test_fixed_stack_verdict_depends_on_the_live_stack(own_progress, shape, passes):
     start("lab08", progress=None)
@@ -590,7 +586,6 @@ def test_a_diagnosis_counts_only_before_the_fix(own_progress):
     ({"pgbouncer.enabled": True}, False),                               # writes fit, read pools of 40 fill the replica
     ({"read_pool": 2, "pgbouncer.enabled": True}, False),               # fits, but too small for the load
     ({"read_pool": 8, "max_connections": 400}, False),                  # raised the limit instead
-    ({"read_pool": 8, "pgbouncer.enabled": True}, True),
 ])
 def test_fits_connections_verdict_depends_on_the_live_stack(own_progress, shape, passes):
     start("lab05", progress=None)
