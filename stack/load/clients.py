@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import time
-
-import aiohttp
 
 from .fastclient import ConnectFailed, FastClient
 from .spec import LoadSpec
@@ -21,7 +20,10 @@ def classify(exc: BaseException) -> str:
     """The error class of a request that got no response: connect, timeout or other."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):   # aiohttp's subclass them
         return "timeout"
-    if isinstance(exc, (ConnectFailed, aiohttp.ClientConnectorError)):
+    if isinstance(exc, ConnectFailed):
+        return "connect"
+    aiohttp = sys.modules.get("aiohttp")     # imported only by a run that uses it (0.2 s of every import)
+    if aiohttp is not None and isinstance(exc, aiohttp.ClientConnectorError):
         return "connect"
     return "other"
 
@@ -30,6 +32,7 @@ class AiohttpClient:
     """aiohttp's ClientSession with a bounded TCPConnector (one per source address)."""
 
     def __init__(self, limit: int, timeout_s: float, local_addr: str | None = None):
+        import aiohttp
         self.limit = limit
         self.pool_waits = 0
         self._busy = 0
