@@ -54,11 +54,27 @@ def main(argv: list[str] | None = None) -> int:
     fault = sub.add_parser("fault", help="inject a fault: kill (SIGKILL), pause (SIGSTOP) or resume a service")
     fault.add_argument("action", choices=("kill", "pause", "resume"))
     fault.add_argument("service")
+    url = sub.add_parser("url", help="the URL psql, redis-cli or curl takes for a service, e.g. "
+                                     "psql \"$(python -m stack url primary)\"")
+    url.add_argument("service", nargs="?", help="primary, standby, pgbouncer, shard-N, redis, nginx, app-N "
+                                                "(none: every service with the command that opens it)")
+    url.add_argument("--user", choices=("postgres", "app"), default="postgres", help="PostgreSQL role")
+    url.add_argument("--db", default="scalelab", help="database (PgBouncer's console: pgbouncer)")
+    psql = sub.add_parser("psql", help="psql connected to a PostgreSQL server of the stack; "
+                                       "arguments after -- go to psql (python -m stack psql -- -c 'SELECT 1')")
+    psql.add_argument("server", nargs="?", default="primary", help="primary (default), standby, pgbouncer, shard-N")
+    psql.add_argument("--user", choices=("postgres", "app"), default="postgres")
+    psql.add_argument("--db", default="scalelab")
     try:
         from .load.cli import register as register_load
         register_load(sub)
     except ImportError:
         pass
+    argv = sys.argv[1:] if argv is None else list(argv)
+    passed_on = []          # `psql ... -- ARGS`: ARGS are psql's own, not ours
+    if "psql" in argv and "--" in argv[argv.index("psql"):]:
+        cut = argv.index("--", argv.index("psql"))
+        argv, passed_on = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
     stack = get_stack(args.state_dir, args.backend)
     say = lambda message: print(message, flush=True)  # noqa: E731
@@ -89,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             print(stack.logs(args.service, args.lines))
         elif args.command == "fault":
             print(getattr(stack, args.action)(args.service))
+        elif args.command == "url":
+            from .standard_clients import print_urls
+            print_urls(stack, args.service, user=args.user, dbname=args.db)
+        elif args.command == "psql":
+            from .standard_clients import exec_psql
+            return exec_psql(stack, args.server, passed_on, user=args.user, dbname=args.db)
         else:
             return args.handler(args)
     except StackError as exc:

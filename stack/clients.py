@@ -22,6 +22,7 @@ from typing import Callable
 import psycopg
 import redis
 from psycopg.conninfo import make_conninfo
+from urllib.parse import quote
 
 from .errors import ServiceFailedError, StackError
 from .ports import HOST, Ports
@@ -185,6 +186,29 @@ def set_redis_config(target, values: dict) -> None:
         wait_in_force("redis", lambda: {k: conn.config_get(k).get(k) for k in values}, values)
     finally:
         conn.close()
+
+
+# -- any service, for the field's own clients (psql, redis-cli, curl) -----------------------------------
+def uri(target, service: str, *, user: str = "postgres", dbname: str = DATABASE) -> str:
+    """The URL a standard client takes for `service`: postgresql://... for a PostgreSQL server or
+    PgBouncer (psql, pgcli, any libpq program), redis://... for Redis (redis-cli -u), http://...
+    for nginx and each app replica (curl)."""
+    ctx = access(target)
+    if service == "redis":
+        return redis_url(ctx)
+    if service == "nginx":
+        return f"http://{HOST}:{ctx.ports.nginx}/"
+    if service.startswith("app-") and service[4:].isdigit():
+        return app_url(ctx, int(service[4:]))
+    try:
+        server = server_service(service)
+    except StackError:
+        raise StackError(f"service={service!r} is not allowed: 'nginx', 'redis', 'app-N', 'primary', 'standby', "
+                         f"'pgbouncer' or 'shard-N' (or a service name from `python -m stack status`)") from None
+    if user not in ("postgres", "app"):
+        raise StackError(f"user={user!r} is not allowed: 'postgres' or 'app'")
+    password = ctx.secrets["postgres_password" if user == "postgres" else "app_password"]
+    return f"postgresql://{user}:{quote(password, safe='')}@{HOST}:{_port(ctx, server)}/{quote(dbname, safe='')}"
 
 
 # -- the app replicas ----------------------------------------------------------------------------------

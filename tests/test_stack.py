@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 
 import psutil
@@ -195,6 +196,34 @@ def test_cli_scale_set_logs_and_errors(stack):
     assert cli(stack, "logs", "postgres-primary").returncode == 0
     assert cli(stack, "set", "strategy=least_conn", "cache.ttl_s=300", "replicas=4").returncode == 0
     assert stack.applied() == Topology(base_port=BASE)
+
+
+def test_the_fields_own_clients_reach_every_service_by_the_cli_url(stack):
+    """psql (the real client, the one `python -m stack psql` runs), redis-py from the redis:// URL
+    and an HTTP GET of the nginx URL: what a learner pastes after `python -m stack url`."""
+    from stack.standard_clients import psql_path
+    psql = psql_path()
+    assert psql is not None, "no psql: the PostgreSQL wheel brings one"
+    for server, in_recovery in (("primary", "f"), ("standby", "t")):
+        url = cli(stack, "url", server).stdout.strip()
+        done = subprocess.run([str(psql), url, "-Atc", "SELECT pg_is_in_recovery(), count(*) FROM users"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stdout.startswith(f"{in_recovery}|"), (server, done.stderr)
+    done = cli(stack, "psql", "pgbouncer", "--db", "pgbouncer", "--", "-Atc", "SHOW VERSION")
+    assert done.returncode == 0 and "PgBouncer" in done.stdout, done.stderr
+    done = cli(stack, "psql", "--user", "app", "--", "-Atc", "SELECT current_user")
+    assert done.stdout.strip() == "app", done.stderr
+    import redis
+    assert redis.Redis.from_url(cli(stack, "url", "redis").stdout.strip()).ping()
+    with urllib.request.urlopen(cli(stack, "url", "nginx").stdout.strip() + "users/1", timeout=5) as resp:
+        assert resp.status == 200 and resp.headers["X-Replica"].startswith("app-")
+    listing = cli(stack, "url").stdout
+    assert 'psql "postgresql://' in listing and 'redis-cli -u "redis://' in listing and "curl -i" in listing
+    for bad, says in ((("url", "nope"), "service='nope' is not allowed"),
+                      (("url", "shard-1"), "service='shard-1' is not part of this topology"),
+                      (("psql", "redis"), "server='redis' is not allowed")):
+        done = cli(stack, *bad)
+        assert done.returncode == 2 and says in done.stderr, (bad, done.stderr)
 
 
 def test_every_listening_socket_is_on_loopback(stack):
