@@ -137,3 +137,15 @@ def test_finished_run_stays_dimmed_under_the_next(stack):
     assert len(traces["app-1 (A)"].x) >= 2 and len(traces["app-1"].x) >= 2
     # Both runs are drawn from x = 0, so they line up.
     assert traces["app-1 (A)"].x[0] < 1.0 and traces["app-1"].x[0] < 1.0
+
+
+def test_reaction_times_print_one_readable_line_per_change_and_stay_dicts():
+    from stack.live.dashboard import ReactionTimes
+    one = ReactionTimes([{"control": "replicas", "value": 3, "apply_s": 0.8479, "reaction_s": 1.2654, "error": None}])
+    assert str(one) == "replicas -> 3: applied in 0.85 s, on the plots 1.27 s after the move"
+    assert one[0]["reaction_s"] == 1.2654                      # still the numbers, for asserts
+    two = ReactionTimes([*one, {"control": "replicas", "value": 0, "apply_s": None, "reaction_s": None,
+                                "error": "app.replicas=0 is not allowed"}])
+    assert str(two) == ("\n  replicas -> 3: applied in 0.85 s, on the plots 1.27 s after the move"
+                        "\n  replicas -> 0: refused (app.replicas=0 is not allowed)")
+    assert repr(ReactionTimes()) == "no control was changed"

@@ -53,6 +53,30 @@ class ChangeRecord:
         return None if self.plotted_at is None else self.plotted_at - self.requested_at
 
 
+class ReactionTimes(list):
+    """The dashboard's changes as dicts (control, value, apply_s, reaction_s, error), printed as one
+    readable line per change instead of a list of dicts with 16-digit floats."""
+
+    def __str__(self) -> str:
+        if not self:
+            return "no control was changed"
+        lines = []
+        for c in self:
+            what = f"{c['control']} -> {c['value']!r}: "
+            if c["error"]:
+                lines.append(what + f"refused ({c['error']})")
+            elif c["reaction_s"] is None:
+                lines.append(what + ("applying" if c["apply_s"] is None else f"applied in {c['apply_s']:.2f} s, "
+                                     "not on the plots yet"))
+            else:
+                lines.append(what + f"applied in {c['apply_s']:.2f} s, on the plots {c['reaction_s']:.2f} s "
+                                    "after the move")
+        # One change fits after print("reaction:", ...); several go one per indented line below it.
+        return lines[0] if len(lines) == 1 else "".join("\n  " + line for line in lines)
+
+    __repr__ = __str__
+
+
 @dataclass
 class Run:
     label: str
@@ -290,10 +314,10 @@ class Dashboard:
             if self._dirty is not None:
                 self._dirty.set()
 
-    def reaction_times(self) -> list[dict]:
+    def reaction_times(self) -> ReactionTimes:
         """Per change: what, how long stack.apply took, how long until the plots showed it."""
-        return [{"control": c.control, "value": c.value, "apply_s": c.apply_s, "reaction_s": c.reaction_s,
-                 "error": c.error} for c in self.changes]
+        return ReactionTimes({"control": c.control, "value": c.value, "apply_s": c.apply_s,
+                              "reaction_s": c.reaction_s, "error": c.error} for c in self.changes)
 
 
 def dashboard(stack=None, controls=("replicas", "strategy"), panels=("throughput", "share"), load=None,
