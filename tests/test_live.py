@@ -149,3 +149,25 @@ def test_reaction_times_print_one_readable_line_per_change_and_stay_dicts():
     assert str(two) == ("\n  replicas -> 3: applied in 0.85 s, on the plots 1.27 s after the move"
                         "\n  replicas -> 0: refused (app.replicas=0 is not allowed)")
     assert repr(ReactionTimes()) == "no control was changed"
+
+
+def test_a_share_point_holds_at_least_a_hundred_requests_and_no_replica_before_it_ran():
+    from stack.live.dashboard import Run
+    from stack.live.panels import share
+    from stack.sample.model import CacheSample, PostgresSample, ReplicaSample, Sample
+
+    def sample(t, interval_s, rps):
+        reps = {n: ReplicaSample(n, r, 0.0, 0, 0.0, 0.0, 0.0, 0, 0, 4) for n, r in rps.items()}
+        return Sample(t, interval_s, reps, sum(rps.values()), CacheSample(), PostgresSample(), None)
+
+    # 0.25 s samples of 120 req/s (30 requests each), split 3:1 and 1:3 in turn: even over time.
+    run = Run("r", 100.0, [sample(100.0 + 0.25 * i, 0.25, {"app-1": 90.0, "app-2": 30.0} if i % 2 else
+                                  {"app-1": 30.0, "app-2": 90.0}) for i in range(1, 9)])
+    lines = {s.name: s.y for s in share(run)}
+    assert lines["app-1"][0] == 75.0                    # the first point has nothing before it
+    assert all(y == 50.0 for y in lines["app-1"][3:]), lines       # four samples make 100+ requests
+    # Busy samples (100+ requests each) are shown as they are, and a new replica starts as a gap.
+    busy = Run("r", 0.0, [sample(0.5, 0.5, {"app-1": 300.0}),
+                          sample(1.0, 0.5, {"app-1": 100.0, "app-2": 300.0})])
+    lines = {s.name: s.y for s in share(busy)}
+    assert lines == {"app-1": [100.0, 25.0], "app-2": [None, 75.0]}, lines

@@ -161,7 +161,7 @@ class WeightsControl(Control):
         while len(self._sliders) < len(weights):
             s = widgets.IntSlider(min=0, max=self.MAX_WEIGHT, orientation="vertical", continuous_update=False,
                                   description=f"app-{len(self._sliders) + 1}",
-                                  layout=widgets.Layout(height="110px", width="52px"))
+                                  layout=widgets.Layout(height="150px", width="52px"))   # room for its label and readout
             s.observe(self._slider_moved, "value")
             self._sliders.append(s)
         del self._sliders[len(weights):]
