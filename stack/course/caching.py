@@ -537,9 +537,11 @@ def redis_down(stack, rate: float = 200, seconds: float = 4.0) -> pd.DataFrame:
     db_after = servers.user_reads(stack)
     frame = result.intervals_dataframe()
     lat = result.latency_ms()
-    frame.attrs["total"] = {"sent": result.sent, "ok": result.ok, "errors": result.error_count,
-                            "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"], "killed_at_s": seconds / 3,
-                            "cache_errors": app_after["errors"] - before.app["errors"],
-                            "db_lookups": sum(db_after.values()) - sum(before.db.values())}
+    # A Series: read like a dict (total["errors"]), shown as a table with rounded numbers.
+    frame.attrs["total"] = pd.Series({
+        "sent": result.sent, "ok": result.ok, "errors": result.error_count, "p50_ms": round(lat["p50_ms"], 2),
+        "p99_ms": round(lat["p99_ms"], 2), "killed_at_s": round(seconds / 3, 2),
+        "cache_errors": app_after["errors"] - before.app["errors"],
+        "db_lookups": sum(db_after.values()) - sum(before.db.values())}, dtype=object, name="the whole run")
     stack.up(progress=None)           # the reconciler starts Redis again (empty: no persistence)
     return frame

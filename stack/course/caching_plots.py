@@ -62,5 +62,6 @@ def outage(frame) -> go.Figure:
     fig.add_vline(x=frame.attrs["total"]["killed_at_s"], line_dash="dash", annotation_text="Redis killed")
     fig.update_layout(barmode="stack", xaxis_title="seconds into the run")
     fig.update_yaxes(title_text="per 0.5 s", secondary_y=False)
-    fig.update_yaxes(title_text="p99 ms", secondary_y=True, tickmode="auto", showgrid=False)  # not synced ticks
+    fig.update_yaxes(title_text="p99 ms", secondary_y=True, tickmode="auto", showgrid=False,  # own ticks
+                     rangemode="tozero")
     return _style(fig, "Redis killed under load: the app answers from PostgreSQL")
