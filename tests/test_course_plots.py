@@ -53,3 +53,25 @@ def test_percentile_curves_one_line_per_mode():
     fig = plots.percentile_curves(table)
     assert [t.name for t in fig.data] == ["open loop", "closed loop"]
     assert list(fig.data[0].x) == ["50", "99"]
+
+
+def test_labels_of_lines_on_log_axes_sit_at_the_line(tmp_path, monkeypatch):
+    """Plotly's add_vline(annotation_text=) put a label at 10**value on a log axis: a predicted pool
+    of 6 stretched the axis to a million, and a prediction of 40 ms to 1e40."""
+    import math
+
+    from stack.course import pooling_plots
+    monkeypatch.setenv("SCALELAB_PROGRESS", str(tmp_path / "progress.json"))
+    sweep = pd.DataFrame({"read_pool": [2, 4, 8, 16], "little_per_replica": 5.0, "ok_rps": [77, 153, 197, 197],
+                          "served_rps": [119, 153, 197, 197], "p99_ms": [2053, 918, 73, 61]}).set_index("read_pool")
+    predict("enough_pool", 6)
+    fig = pooling_plots.pool_sweep(sweep, predicted="enough_pool")
+    labels = {a.text: a.x for a in fig.layout.annotations if a.text in ("Little's law", "your prediction")}
+    assert labels == {"Little's law": math.log10(5.0), "your prediction": math.log10(6)}, labels
+    assert all(a.text != "new text" for a in fig.layout.annotations)
+    assert sorted(s.x0 for s in fig.layout.shapes) == [5.0, 5.0, 6, 6]      # shapes take data values
+    costs = pd.DataFrame({"queries_per_s": [5000.0, 300.0], "p50_ms": [0.2, 3.0]}, index=["pool", "new"])
+    predict("pool_queries_per_s", 4000)
+    fig = pooling_plots.connection_costs(costs, predicted="pool_queries_per_s")
+    [label] = [a for a in fig.layout.annotations if a.text == "your prediction"]
+    assert label.y == math.log10(4000) and label.yref == "y"

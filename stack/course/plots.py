@@ -1,6 +1,8 @@
 """Plotly figures for the lessons' experiments: each takes the DataFrame its experiment returned."""
 from __future__ import annotations
 
+import math
+
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -19,23 +21,44 @@ def _style(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
 PREDICTION_COLOR = "#ff7f0e"
 
 
+def reference_line(fig: go.Figure, axis: str, value: float, text: str | None = None, color: str = "#555",
+                   dash: str = "dash", row=None, col=None) -> go.Figure:
+    """A dashed line at `value` on the x (axis="x": vertical) or y axis, labelled `text`.
+
+    Plotly's own add_vline(annotation_text=...) places the label at `value` as if the axis were
+    linear; on a log axis that is 10**value (a prediction of 40 ms stretched the chart to 1e40).
+    Set the axis type before calling this."""
+    where = {} if row is None else {"row": row, "col": col}
+    (fig.add_vline(x=value, line_dash=dash, line_color=color, **where) if axis == "x" else
+     fig.add_hline(y=value, line_dash=dash, line_color=color, **where))
+    if text:
+        sub = fig.get_subplot(row, col) if row is not None else None
+        xaxis, yaxis = (sub.xaxis, sub.yaxis) if sub is not None else (fig.layout.xaxis, fig.layout.yaxis)
+        ref = lambda ax: ax.plotly_name.replace("axis", "")     # noqa: E731 - "xaxis2" -> "x2"
+        line_axis = xaxis if axis == "x" else yaxis
+        at = math.log10(value) if line_axis.type == "log" and value > 0 else value
+        if axis == "x":
+            fig.add_annotation(x=at, xref=ref(xaxis), y=1, yref=f"{ref(yaxis)} domain", text=text, showarrow=False,
+                               xanchor="left", yanchor="top", font=dict(color=color, size=11))
+        else:
+            fig.add_annotation(y=at, yref=ref(yaxis), x=1, xref=f"{ref(xaxis)} domain", text=text, showarrow=False,
+                               xanchor="right", yanchor="bottom", font=dict(color=color, size=11))
+    return fig
+
+
 def with_prediction(fig: go.Figure, name: str, axis: str = "y", row=None, col=None) -> go.Figure:
     """Overlay the learner's committed prediction `name`: a dashed line for one number (on the
-    y axis, or the x axis with axis="x"), diamonds at each setting for a mapping. Nothing if none."""
+    y axis, or the x axis with axis="x"), diamonds at each setting for a mapping. Nothing if none.
+    On a log axis, set the axis type first (see reference_line)."""
     value = prediction(name).value
     if value is None:
         return fig
-    where = {} if row is None else {"row": row, "col": col}
     if isinstance(value, dict):
+        where = {} if row is None else {"row": row, "col": col}
         fig.add_scatter(x=list(value), y=list(value.values()), mode="markers", name="your prediction",
                         marker=dict(symbol="diamond", size=12, color=PREDICTION_COLOR), **where)
-    elif axis == "x":
-        fig.add_vline(x=value, line_dash="dash", line_color=PREDICTION_COLOR,
-                      annotation_text="your prediction", **where)
-    else:
-        fig.add_hline(y=value, line_dash="dash", line_color=PREDICTION_COLOR,
-                      annotation_text="your prediction", **where)
-    return fig
+        return fig
+    return reference_line(fig, axis, value, "your prediction", PREDICTION_COLOR, row=row, col=col)
 
 
 def request_layers(trace) -> go.Figure:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .plots import _style, with_prediction
+from .plots import _style, reference_line, with_prediction
 
 WAY_COLORS = ("#d62728", "#2ca02c", "#ff7f0e")
 
@@ -19,10 +19,10 @@ def connection_costs(table, predicted: str | None = None) -> go.Figure:
                 text=[f"{v:.0f}" for v in table["queries_per_s"]], textposition="outside", row=1, col=1)
     fig.add_bar(x=x, y=table["p50_ms"], marker_color=colors, name="p50", showlegend=False,
                 text=[f"{v:.1f} ms" for v in table["p50_ms"]], textposition="outside", row=1, col=2)
-    if predicted:
-        with_prediction(fig, predicted, row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=2)
+    if predicted:
+        with_prediction(fig, predicted, row=1, col=1)
     return _style(fig, "The same one-row query, 8 clients: what getting a connection costs", 420)
 
 
@@ -67,11 +67,10 @@ def pool_sweep(table, predicted: str | None = None) -> go.Figure:
                     line=dict(dash="dot", color="#999"), row=1, col=1)
     fig.add_scatter(x=x, y=table["p99_ms"], mode="lines+markers", name="p99", row=1, col=2)
     little = float(table["little_per_replica"].iloc[0])
+    fig.update_yaxes(type="log", row=1, col=2)
     for col in (1, 2):
-        fig.add_vline(x=little, line_dash="dash", line_color="#2ca02c", row=1, col=col,
-                      annotation_text="Little's law" if col == 1 else None)
         fig.update_xaxes(title_text="read pool per replica", type="log", tickvals=x, row=1, col=col)
+        reference_line(fig, "x", little, "Little's law" if col == 1 else None, "#2ca02c", row=1, col=col)
         if predicted:
             with_prediction(fig, predicted, axis="x", row=1, col=col)
-    fig.update_yaxes(type="log", row=1, col=2)
     return _style(fig, "Pool size under a fixed load: too small queues, then enough is enough")
