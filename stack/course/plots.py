@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -15,7 +16,40 @@ LAYER_COLORS = {"cache": "#d62728", "db": "#1f77b4", "queue": "#9467bd", "app": 
 def _style(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
     fig.update_layout(title=title, height=height, template="plotly_white", margin=dict(l=60, r=30, t=60, b=50),
                       legend=dict(orientation="h", y=-0.2))
+    _readable_log_ticks(fig)
     return fig
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 ticks covering low..high (both > 0): a log axis labelled 50, 100, 200, 500, 1000 ..."""
+    ticks, k = [], math.floor(math.log10(low))
+    while True:
+        for m in (1, 2, 5):
+            v = m * 10 ** k
+            if v > high * 1.0001:
+                return ticks or [low]
+            if v >= low / 1.0001:
+                ticks.append(float(v))
+        k += 1
+
+
+def _values(data) -> list:
+    return [] if data is None else list(data)
+
+
+def _readable_log_ticks(fig: go.Figure) -> None:
+    """Plotly labels a log axis spanning a decade or two with lone digits (2, 3, ... 9) between the
+    powers of ten; label 1-2-5 values in the data's range instead."""
+    for name in [k for k in fig.layout.to_plotly_json() if k.startswith(("xaxis", "yaxis"))]:
+        axis = fig.layout[name]
+        if axis.type != "log" or axis.tickvals is not None:
+            continue
+        letter, ref = name[0], name.replace("axis", "")
+        values = [v for t in fig.data if (getattr(t, f"{letter}axis", None) or letter) == ref
+                  for v in _values(getattr(t, letter, None)) if isinstance(v, numbers.Real) and v > 0]
+        if values:
+            ticks = log_ticks(min(values), max(values))
+            axis.update(tickvals=ticks, ticktext=[f"{v:,g}" for v in ticks])
 
 
 PREDICTION_COLOR = "#ff7f0e"
