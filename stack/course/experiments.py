@@ -77,7 +77,7 @@ def _trace_once(stack, user_id: int) -> pd.DataFrame:
         round_trip = (time.perf_counter() - start) * 1000
         db = body.get("db") or {}
         rows.append({"request": attempt, "replica": replica, "source": body["source"],
-                     "db_server": ("standby" if db["standby"] else "primary") if db else None,
+                     "db_server": ("standby" if db["standby"] else "primary") if db else "(none: cache hit)",
                      "db_port": db.get("port"), **timing,
                      "client_ms": round_trip, "outside_app_ms": round_trip - timing.get("total", 0.0)})
     return pd.DataFrame(rows).set_index("request")
