@@ -37,20 +37,18 @@ from typing import Callable
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from .. import clients
-from ..errors import StackError, UnknownServiceError
-from ..fault import Faults
+from ..errors import StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
                     SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, restore_plan, services_for,
                     stop_rank)
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
-from ..quota import Support, engine_support
 from ..topology import Topology
 from .compose import compose_model, container_spec, host_port, refuse_shards, to_yaml
 from .config import project_files
 from .containers import Containers
-from .engine import connect
+from .engine_stack import EngineStack, quiet
 from .images import ensure_images
 from .runtime import write_runtime
 from .state import DockerState
@@ -62,10 +60,6 @@ BACKEND_HEADER = """\
 # the containers are created from it with the docker SDK). Inspect with
 #   docker compose -p {project} -f {path} ps|logs
 """
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def project_name(topology: Topology) -> str:
@@ -81,20 +75,11 @@ def _index(service: str) -> int:
     return int(service.split("-")[1])
 
 
-class DockerStack(Faults):
+class DockerStack(EngineStack):
     backend = "docker"
 
     def __init__(self, state_dir: str | Path | None = None, client=None):
-        self.state = DockerState(state_dir)
-        self._client = client
-
-    # -- the engine ----------------------------------------------------------------------
-    @property
-    def client(self):
-        """The docker SDK client; EngineUnavailableError (says what to do) when no engine answers."""
-        if self._client is None:
-            self._client = connect()
-        return self._client
+        super().__init__(DockerState(state_dir), client)
 
     def _containers(self, project: str) -> Containers:
         return Containers(self.client, project)
@@ -102,15 +87,10 @@ class DockerStack(Faults):
     def _list(self, project: str) -> dict[str, dict]:
         return self._containers(project).listing()
 
+    def _service_containers(self, saved: dict) -> dict[str, dict]:
+        return self._list(saved["project"]) if saved.get("project") else {}
+
     # -- reading what runs ------------------------------------------------------------------
-    def cpu_quota_support(self) -> Support:
-        """Whether `app.cpu_quota` works here: the engine enforces it (a CFS quota per container)."""
-        return engine_support(self.client)
-
-    def applied(self) -> Topology | None:
-        """The topology the stack was last brought to, if any."""
-        return Topology.from_state(self.state.load())
-
     def status(self) -> dict:
         saved = self.state.load()
         topology = Topology.from_state(saved)
@@ -153,41 +133,7 @@ class DockerStack(Faults):
             result["error"] = error
         return result
 
-    def logs(self, service: str, lines: int = 50) -> str:
-        saved = self.state.load()
-        listing = self._list(saved["project"]) if saved.get("project") else {}
-        if service not in listing:
-            raise StackError(f"no log for service {service!r}: known services are "
-                             f"{', '.join(sorted(listing)) or 'none yet'}")
-        raw = self.client.api.logs(listing[service]["Id"], tail=lines, timestamps=False)
-        return raw.decode(errors="replace").rstrip("\n")
-
-    def context(self, topology: Topology | None = None) -> clients.StackAccess:
-        """Ports and secrets for talking to the running stack (stack.clients)."""
-        topology = topology or self.applied() or Topology.from_env()
-        return clients.StackAccess(topology, self.state.secrets())
-
-    def build(self, progress: Progress | None = None, force: bool = False) -> dict[str, str]:
-        """Build the images that are missing for the current sources (all with force=True)."""
-        return ensure_images(self.client, progress or _quiet, force=force)
-
     # -- changing it ------------------------------------------------------------------------
-    def apply(self, progress: Progress | None = None, **changes) -> list[str]:
-        """Change some fields of the running topology (see Topology.with_changes)."""
-        current = self.applied() or Topology.from_env()
-        # A topology change keeps the images the stack runs; up() is what picks up new sources.
-        return self._up(current.with_changes(**changes), progress, check_images=False)
-
-    def up(self, topology: Topology | None = None, progress: Progress | None = None) -> list[str]:
-        """Bring the stack to `topology` (default: what last ran, else the defaults).
-
-        Returns what was done, one line per action; an empty list means it already matched.
-        Images are rebuilt first if their sources changed (containers on an old image are
-        then recreated). Every check that can refuse runs before the first change; if a
-        change fails, what this call changed is put back (stack.rollback).
-        """
-        return self._up(topology, progress, check_images=True)
-
     def _images(self, saved: dict, check: bool, say) -> dict[str, str]:
         refs = saved.get("images")
         if not check and refs:
@@ -200,7 +146,7 @@ class DockerStack(Faults):
         return ensure_images(self.client, say)
 
     def _up(self, topology: Topology | None, progress: Progress | None, check_images: bool) -> list[str]:
-        say = progress or _quiet
+        say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
         refuse_shards(topology)
@@ -320,30 +266,10 @@ class DockerStack(Faults):
             report.failed.append(("reading the stack to roll back", exc))
         return report
 
-    # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
-    def _fault(self, action: str, service: str) -> str:
-        saved = self.state.load()
-        topology = Topology.from_state(saved)
-        known = services_for(topology) if topology and saved.get("up") else []
-        # Validated against the saved topology first: a bad name never reaches the engine.
-        if not isinstance(service, str) or service not in known:
-            raise UnknownServiceError(service, sorted(known))
-        c = self._list(saved["project"]).get(service)
-        if c is None or c["State"] not in ("running", "paused"):
-            raise StackError(f"service {service!r} is not running ({c['State'] if c else 'no container'}): "
-                             f"nothing to {action}. up() starts it.")
-        if action == "kill":
-            self.client.api.kill(c["Id"], signal="SIGKILL")
-        elif action == "pause" and c["State"] == "running":
-            self.client.api.pause(c["Id"])
-        elif action == "resume" and c["State"] == "paused":
-            self.client.api.unpause(c["Id"])
-        return f"{action} {service} (container {c['Id'][:12]})"
-
     def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
         """Stop and remove every container and the network. `purge=True` also deletes the data
         volumes and the state directory (secrets included)."""
-        say = progress or _quiet
+        say = progress or quiet
         if not self.state.path.exists():
             return []
         done: list[str] = []

@@ -35,6 +35,7 @@ from ..topology import Topology
 CONF_DIR = "/etc/scalelab"
 RUN_DIR = "/run/scalelab"
 PGDATA = "/var/lib/postgresql/data"
+NGINX_ACCESS_LOG = "/var/log/nginx/access.log"
 
 
 # -- nginx -------------------------------------------------------------------------------
@@ -55,7 +56,7 @@ http {{
     log_format scalelab '{LOG_FORMAT}';
     # A file inside the container, buffered: at thousands of requests per second a log
     # line each through `docker logs` would cost more CPU than nginx itself.
-    access_log /var/log/nginx/access.log scalelab buffer=32k flush=1s;
+    access_log {NGINX_ACCESS_LOG} scalelab buffer=32k flush=1s;
     include {CONF_DIR}/nginx/upstream.conf;
 
 {server_block(str(INTERNAL_PORTS['nginx']))}

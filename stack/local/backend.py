@@ -140,6 +140,11 @@ class LocalStack(Faults):
             raise StackError(f"no log for service {service!r}: known services are {', '.join(known) or 'none yet'}")
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
+    def access_log(self) -> str:
+        """nginx's access log (stack.render.nginx.LOG_FORMAT), from the state directory."""
+        path = self.state.path / "nginx" / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def context(self, topology: Topology | None = None) -> Context:
         """A Context for talking to the running stack (clients, DSNs); needs no lock."""
         topology = topology or self.applied() or Topology.from_env()

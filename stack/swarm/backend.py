@@ -39,18 +39,16 @@ from psycopg import sql
 from .. import clients
 from ..docker.compose import to_yaml
 from ..docker.config import postgres_settings, project_files
-from ..docker.engine import connect
+from ..docker.engine_stack import EngineStack, quiet
 from ..docker.images import ensure_images
 from ..docker.runtime import write_runtime
 from ..docker.state import DockerState
-from ..errors import PortInUseError, StackError, UnknownServiceError
-from ..fault import Faults
+from ..errors import PortInUseError, StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
                     SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, services_for)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
-from ..quota import Support, engine_support
 from ..topology import Topology
 from .services import SwarmServices
 from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, secret_names, swarm_model, upstream_conf
@@ -58,10 +56,6 @@ from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, secret_names, swarm
 Progress = Callable[[str], None]
 APP_UID = 10001                   # the app image's `scalelab` user
 HEADER = "# The stack this SwarmStack deployed (stack.swarm.stackfile), for `docker stack deploy -c`.\n"
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def stack_name(topology: Topology) -> str:
@@ -77,21 +71,17 @@ def _short(service: str) -> str:
     return "app" if service.startswith("app-") else service
 
 
-class SwarmStack(Faults):
+class SwarmStack(EngineStack):
     backend = "swarm"
 
     def __init__(self, state_dir: str | Path | None = None, client=None):
-        self.state = DockerState(state_dir or default_state_dir())
-        self._client = client
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = connect()
-        return self._client
+        super().__init__(DockerState(state_dir or default_state_dir()), client)
 
     def _services(self, name: str) -> SwarmServices:
         return SwarmServices(self.client, name)
+
+    def _service_containers(self, saved: dict) -> dict[str, dict]:
+        return self._services(saved["stack"]).containers() if saved.get("stack") else {}
 
     # -- the swarm ----------------------------------------------------------------------------
     def _ensure_swarm(self, say) -> bool:
@@ -108,18 +98,7 @@ class SwarmStack(Faults):
         return True
 
     # -- reading what runs --------------------------------------------------------------------
-    def cpu_quota_support(self) -> Support:
-        """Whether `app.cpu_quota` works here: the engine enforces it (a CFS quota per container)."""
-        return engine_support(self.client)
-
-    def applied(self) -> Topology | None:
-        return Topology.from_state(self.state.load())
-
-    def context(self, topology: Topology | None = None) -> clients.StackAccess:
-        topology = topology or self.applied() or Topology.from_env()
-        return clients.StackAccess(topology, self.state.secrets())
-
-    def _running(self, name: str, images: dict | None = None) -> set[str]:
+    def _running_services(self, name: str, images: dict | None = None) -> set[str]:
         """The plan's view: infra services with a running task, app-1..app-k for k running app
         tasks. A service on another image than `images` counts as not running (redeployed)."""
         services = self._services(name)
@@ -166,29 +145,9 @@ class SwarmStack(Faults):
             result["error"] = error
         return result
 
-    def logs(self, service: str, lines: int = 50) -> str:
-        saved = self.state.load()
-        listing = self._services(saved["stack"]).containers() if saved.get("stack") else {}
-        if service not in listing:
-            raise StackError(f"no log for service {service!r}: known services are "
-                             f"{', '.join(sorted(listing)) or 'none yet'}")
-        return self.client.api.logs(listing[service]["Id"], tail=lines).decode(errors="replace").rstrip("\n")
-
-    def build(self, progress: Progress | None = None, force: bool = False) -> dict[str, str]:
-        return ensure_images(self.client, progress or _quiet, force=force)
-
     # -- changing it ------------------------------------------------------------------------------
-    def apply(self, progress: Progress | None = None, **changes) -> list[str]:
-        current = self.applied() or Topology.from_env()
-        return self._up(current.with_changes(**changes), progress, check_images=False)
-
-    def up(self, topology: Topology | None = None, progress: Progress | None = None) -> list[str]:
-        """Bring the stack to `topology` (default: what last ran, else the defaults); returns what
-        was done, one line per action ([] when it already matched)."""
-        return self._up(topology, progress, check_images=True)
-
     def _up(self, topology: Topology | None, progress: Progress | None, check_images: bool) -> list[str]:
-        say = progress or _quiet
+        say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
         self.client
@@ -200,7 +159,7 @@ class SwarmStack(Faults):
             name = saved.get("stack") or stack_name(new)
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
-            running = self._running(name, refs)
+            running = self._running_services(name, refs)
             if running and old and old.base_port != new.base_port:
                 raise StackError(f"base_port={new.base_port} differs from the running stack's "
                                  f"{old.base_port}: run down() first, then up() on the new port")
@@ -227,7 +186,7 @@ class SwarmStack(Faults):
                 report = RollbackReport()
                 if old is not None and live is not None:
                     back = _Run(self, name, new, old, refs)
-                    for action in plan(new, old, self._running(name, refs)):
+                    for action in plan(new, old, self._running_services(name, refs)):
                         report.attempt(str(action), lambda a=action: back.execute(a, say))
                 report.attach(exc)
                 raise
@@ -235,28 +194,10 @@ class SwarmStack(Faults):
                              "up": True, "swarm_created": created, "nginx_view": run.nginx_view})
             return done
 
-    # -- faults ---------------------------------------------------------------------------------
-    def _fault(self, action: str, service: str) -> str:
-        saved = self.state.load()
-        topology = Topology.from_state(saved)
-        known = services_for(topology) if topology and saved.get("up") else []
-        if not isinstance(service, str) or service not in known:
-            raise UnknownServiceError(service, sorted(known))
-        c = self._services(saved["stack"]).containers().get(service)
-        if c is None:
-            raise StackError(f"service {service!r} has no running task: nothing to {action}. up() starts it.")
-        if action == "kill":        # Swarm starts a new task in its place by itself
-            self.client.api.kill(c["Id"], signal="SIGKILL")
-        elif action == "pause" and c["State"] == "running":
-            self.client.api.pause(c["Id"])
-        elif action == "resume" and c["State"] == "paused":
-            self.client.api.unpause(c["Id"])
-        return f"{action} {service} (container {c['Id'][:12]})"
-
     def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
         """Remove the stack's services, network, configs and secrets; `purge=True` also the data
         volumes and the state directory. A swarm that up() initialised is left again."""
-        say = progress or _quiet
+        say = progress or quiet
         if not self.state.path.exists():
             return []
         done: list[str] = []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from docker.errors import APIError, NotFound
 
+from ..docker.engine import exec_in
 from ..errors import ServiceFailedError, StackError
 
 NAMESPACE = "com.docker.stack.namespace"
@@ -164,13 +165,7 @@ class SwarmServices:
 
     # -- inside a task's container ----------------------------------------------------------------
     def exec(self, container_id: str, cmd: list[str]) -> str:
-        result = self.client.api.exec_create(container_id, cmd)
-        output = self.client.api.exec_start(result["Id"]).decode(errors="replace")
-        code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
-        if code != 0:
-            raise StackError(f"`{' '.join(cmd)}` in container {container_id[:12]} failed (exit {code}): "
-                             f"{output.strip()}")
-        return output
+        return exec_in(self.client, container_id, cmd)
 
     def put_file(self, container_id: str, path: str, text: str, uid: int) -> None:
         """Write one file into a running container (its directory must exist)."""
