@@ -351,9 +351,9 @@ ensure_venv() {
 
 # -- the tier ----------------------------------------------------------------------------
 # Lessons run on the docker backend by the tier (SCALELAB_DOCKER_LESSONS overrides the list).
-# Lesson 6 needs shard servers, which the compose and swarm stacks do not have (refuse_shards);
-# lessons 7 and 8 have not been run on containers yet.
-DOCKER_LESSONS="lessons/01_*.ipynb lessons/02_*.ipynb lessons/03_*.ipynb lessons/04_*.ipynb lessons/05_*.ipynb"
+# Lesson 6 needs shard servers, which the compose and swarm stacks do not have (refuse_shards).
+DOCKER_LESSONS="lessons/01_*.ipynb lessons/02_*.ipynb lessons/03_*.ipynb lessons/04_*.ipynb lessons/05_*.ipynb
+                lessons/07_*.ipynb lessons/08_*.ipynb"
 
 run_tier() {
     finish() {
