@@ -22,8 +22,10 @@ How each plan action becomes a Swarm operation:
                        seed config secret rotated in by a service update (a rolling update)
     set_cpu_quota      a service update of resources.limits (Swarm replaces the tasks)
 
-Only services are published (nginx, PostgreSQL, PgBouncer, Redis), on 0.0.0.0: Swarm cannot
-publish on 127.0.0.1 only. App replicas are reached through nginx, or inside their task.
+nginx, PostgreSQL, PgBouncer and Redis are published at their fixed ports, on 0.0.0.0: Swarm cannot
+publish on 127.0.0.1 only. Each app task is published (host mode) on a port its engine picks,
+also on every interface; context() and status() report each one (the course asks one replica
+for its /metrics), and traffic goes through nginx.
 """
 from __future__ import annotations
 
@@ -83,6 +85,20 @@ class SwarmStack(EngineStack):
     def _service_containers(self, saved: dict) -> dict[str, dict]:
         return self._services(saved["stack"]).containers() if saved.get("stack") else {}
 
+    def _app_ports(self, saved: dict) -> dict[int, int]:
+        """{slot: host port} of the app tasks on this engine's node (the engine picked each port)."""
+        if not saved.get("stack") or not saved.get("up"):
+            return {}
+        here = self.client.info()["Swarm"].get("NodeID")
+        return self._services(saved["stack"]).published_ports("app", here)
+
+    def context(self, topology: Topology | None = None) -> clients.StackAccess:
+        """Ports and secrets for talking to the running stack; each app task at the port the engine
+        reports for it (asked on every call: a task Swarm replaced has another port)."""
+        saved = self.state.load()
+        topology = topology or Topology.from_state(saved) or Topology.from_env()
+        return clients.StackAccess(topology, self.state.secrets(), app_ports=self._app_ports(saved))
+
     # -- the swarm ----------------------------------------------------------------------------
     def _ensure_swarm(self, say) -> bool:
         """Join nothing, create at most: init a one-node swarm when this engine is in none.
@@ -127,6 +143,7 @@ class SwarmStack(EngineStack):
             except StackError as exc:
                 error = str(exc)
         wanted = services_for(topology) if topology and saved.get("up") else []
+        app_ports = self._app_ports(saved) if name and not error else {}
         services = {}
         for service in sorted(set(listing) | set(wanted)):
             c = listing.get(service)
@@ -136,7 +153,7 @@ class SwarmStack(EngineStack):
             services[service] = {
                 "state": c["State"] if c else ("unknown" if error else "missing"), "health": health,
                 "pid": None, "container": c["Id"][:12] if c else None,
-                "address": f"{HOST}:{ports.of(service)}" if ports and service in PUBLISHED else None}
+                "address": _address(service, ports, app_ports)}
         result = {"backend": self.backend, "state_dir": str(self.state.path), "stack": name,
                   "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                   "running": any(s["state"] == "running" for s in services.values()),
@@ -257,6 +274,14 @@ class SwarmStack(EngineStack):
             except Exception:   # noqa: BLE001 - Swarm removes an overlay network itself once unused
                 pass
         return done
+
+
+def _address(service: str, ports: Ports | None, app_ports: dict[int, int]) -> str | None:
+    if ports and service in PUBLISHED:
+        return f"{HOST}:{ports.of(service)}"
+    if service.startswith("app-") and int(service.split("-")[1]) in app_ports:
+        return f"{HOST}:{app_ports[int(service.split('-')[1])]}"
+    return None
 
 
 def _wait_ports_released(ports: dict, timeout_s: float = 15.0) -> list[str]:

@@ -43,6 +43,16 @@ class SwarmServices:
     def running_tasks(self, short: str) -> list[dict]:
         return [t for t in self.tasks(short) if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
 
+    def published_ports(self, short: str, node_id: str) -> dict[int, int]:
+        """{task slot: host port} of the running tasks of `short` on node `node_id` (the engine
+        reports the port it picked for each task's host-mode published port)."""
+        found = {}
+        for task in self.running_tasks(short):
+            ports = (task["Status"].get("PortStatus") or {}).get("Ports") or []
+            if task.get("NodeID") == node_id and ports:
+                found[task["Slot"]] = ports[0]["PublishedPort"]
+        return found
+
     @staticmethod
     def container_id(task: dict) -> str | None:
         return (task["Status"].get("ContainerStatus") or {}).get("ContainerID")

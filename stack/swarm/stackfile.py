@@ -18,8 +18,10 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
   `endpoint_mode: dnsrr`, because the ingress routing mesh and virtual IPs are IPVS, which
   not every kernel has (this machine's has no CONFIG_IP_VS). So a published service's
   update stops the old task before the new one binds the port (stop-first). Only the
-  entry point and the servers the course's clients read are published, and each one asks
-  for a password (SCRAM, requirepass) or serves only the app's HTTP API.
+  entry point, the servers the course's clients read and the app's tasks are published,
+  and each one asks for a password (SCRAM, requirepass) or serves only the app's HTTP API
+  (admin calls need the token). An app task has no fixed port (one service, N tasks): its
+  engine picks one per task, which the backend reads from the task's status.
 * Images are not built by `docker stack deploy`: build them first
   (`python -m stack.docker build`), on every node of a multi-node swarm (or
   `docker save` / `docker load` them there).
@@ -218,6 +220,10 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     if name in PUBLISHED:
         svc["ports"] = [{"target": INTERNAL_PORTS["postgres" if name.startswith("postgres") else name],
                          "published": ports.of(name), "protocol": "tcp", "mode": "host"}]
+    else:
+        # Each app task on a port of its node that the engine picks (host mode, no published port):
+        # the course asks one replica for its /metrics or a profile; the engine reports the port.
+        svc["ports"] = [{"target": INTERNAL_PORTS["app"], "protocol": "tcp", "mode": "host"}]
     svc["networks"] = ["default"]
     # DNS answers with the tasks' own addresses: a virtual IP needs the kernel's IPVS, which
     # some kernels lack (this machine's has no CONFIG_IP_VS: VIPs and the ingress mesh time out).
