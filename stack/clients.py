@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from .errors import ServiceFailedError, StackError
 from .ports import HOST, Ports
+from .render.addressing import IN_NETWORK
 from .render.pgbouncer import DATABASE
 from .shardmap import MAX_SHARDS
 
@@ -188,6 +189,12 @@ def set_redis_config(target, values: dict) -> None:
 
 
 # -- the app replicas ----------------------------------------------------------------------------------
+def peer_address(target, service: str) -> tuple[str, int]:
+    """Where a service of the stack reaches `service` (host, port): e.g. a postgres_fdw server on
+    the primary naming a shard. Loopback ports for processes, the service name on a container network."""
+    return access(target).addressing.of(service)
+
+
 def app_port(target, index: int) -> int:
     """The host port of replica app-`index`: its fixed offset, or (Swarm: the engine picks one per
     task) the port the stack's context reports for it."""
@@ -272,6 +279,8 @@ def probe(target, service: str) -> Callable[[], bool]:
 class StackAccess:
     """What a stack's context() gives when it has no processes of its own to describe
     (containers, services): the topology, its ports, the generated secrets."""
+
+    addressing = IN_NETWORK             # one service reaches another by its name, on the network
 
     def __init__(self, topology, secrets: dict, app_ports: dict[int, int] | None = None):
         self.topology, self.secrets = topology, secrets

@@ -36,16 +36,19 @@ from typing import Callable
 
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from .. import clients
+from .. import clients, resharding
 from ..errors import StackError
 from ..files import run_parallel
-from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
-                    SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, restore_plan, services_for,
-                    stop_rank)
+from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESHARD,
+                    RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
+                    restore_plan, services_for, shard_routing, stop_rank)
+from ..render.addressing import IN_NETWORK
+from ..render.app import shard_config
+from ..shardmap import ShardMap
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
 from ..topology import Topology
-from .compose import compose_model, container_spec, host_port, refuse_shards, to_yaml
+from .compose import compose_model, container_spec, host_port, to_yaml
 from .config import project_files
 from .containers import Containers
 from .engine_stack import EngineStack, quiet
@@ -128,7 +131,7 @@ class DockerStack(EngineStack):
                   "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                   "running": any(s["state"] == "running" for s in services.values()),
                   "topology": topology.to_dict() if topology else None, "services": services,
-                  "project": project}
+                  "project": project, "resharding": resharding.last_report(self.state.path)}
         if error:
             result["error"] = error
         return result
@@ -149,7 +152,6 @@ class DockerStack(EngineStack):
         say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
-        refuse_shards(topology)
         self.client   # connect first: a clear error (what to do) when no engine answers
         with self.state.locked():
             saved = self.state.load()
@@ -190,11 +192,12 @@ class DockerStack(EngineStack):
     def _volumes(self, project: str) -> list:
         return self.client.volumes.list(filters={"label": f"scalelab.project={project}"})
 
-    def _write_files(self, project: str, topology: Topology, refs: dict) -> dict:
-        """Render every file for `topology`; returns the compose model."""
+    def _write_files(self, project: str, topology: Topology, refs: dict, shards="topology") -> dict:
+        """Render every file for `topology` (`shards`: the app config's routing, when not the
+        topology's); returns the compose model."""
         self.state.ensure()
         self.state.write_files(self.state.project_dir, project_files(topology))
-        write_runtime(self.state.run_dir, topology, self.state.secrets())
+        write_runtime(self.state.run_dir, topology, self.state.secrets(), shards=shards)
         model = compose_model(topology, standalone=False, images=refs, project=project)
         path = self.state.project_dir / "compose.yml"
         header = BACKEND_HEADER.format(project=project, path=path)
@@ -230,7 +233,12 @@ class DockerStack(EngineStack):
     def _reconcile(self, project: str, old: Topology | None, new: Topology, refs: dict,
                    existing: dict, note) -> None:
         """Execute stack.plan's actions with containers; each is done when the server reports it."""
-        model = self._write_files(project, new, refs)
+        move = reshard_action(old, new)
+        # While users move, replicas (new ones too) route by the map the move starts from.
+        before = ShardMap.from_dict(move.expect["from"]) if move else None
+        routing = (shard_config(new, self.state.secrets(), IN_NETWORK, before) if before else None) if move \
+            else "topology"
+        model = self._write_files(project, new, refs, shards=routing)
         network = self._ensure_network(project)
         self._ensure_volumes(project, model)
         specs = self._specs(project, new, model, network)
@@ -365,9 +373,28 @@ class _Run:
                     raise StackError(f"{service}: the engine reports cpu_quota={reported}, expected {quota}")
         elif kind == RELOAD_NGINX:
             self._reload_nginx(action.drain_s)
+        elif kind == RESHARD:
+            note(self._reshard(action))
+            return
         else:
             raise StackError(f"action={kind!r} is not allowed here: the Docker backend executes {', '.join(KINDS)}")
         note(describe(action, self.topology))
+
+    def _reshard(self, action: Action) -> str:
+        """Move users between shard maps (stack.resharding), pushing each phase's routing to every replica."""
+        before, after = (ShardMap.from_dict(action.expect[k]) for k in ("from", "to"))
+        secrets = self.stack.state.secrets()
+
+        def push(read, write) -> None:
+            routing = shard_config(self.topology, secrets, IN_NETWORK, read, write) if read else None
+            write_runtime(self.stack.state.run_dir, self.topology, secrets, shards=routing)
+            expect = {"shards": shard_routing(read, write)}
+            apps = [s for s, c in self.containers.listing().items() if s.startswith("app-") and c["State"] == "running"]
+            run_parallel([lambda s=s: clients.push_app_config(self.access, _index(s), expect) for s in apps])
+
+        report = resharding.execute(self.access, before, after, push)
+        resharding.save_report(self.stack.state.path, report)
+        return describe(action, self.topology) + resharding.figures(report)
 
     def _start(self, services, note) -> None:
         """Create what is missing (recreate what is outdated), all at once, nginx last: it

@@ -103,8 +103,7 @@ class LocalStack(Faults):
         return self.state.path / "resharding.json"
 
     def _last_reshard(self) -> dict | None:
-        path = self.state.path / "resharding-last.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return resharding.last_report(self.state.path)
 
     def _refuse_while_resharding(self, wanted: Topology | None) -> None:
         """A move runs (in this process or another): a change of the shard map is refused at once."""
@@ -372,11 +371,8 @@ class LocalStack(Faults):
             report = resharding.execute(ctx, before, after, push)
         finally:
             self._reshard_marker.unlink(missing_ok=True)
-        write_atomic(self.state.path / "resharding-last.json", json.dumps(report))
-        figures = (f": {report['rows_moved']} of {report.get('rows_total', 0)} rows moved in "
-                   f"{report['duration_s']:.2f} s" + (f" ({report['rows_per_s']:,} rows/s copying)"
-                                                     if report.get("rows_per_s") else "")) if after else ""
-        return describe(action, ctx.topology) + figures
+        resharding.save_report(self.state.path, report)
+        return describe(action, ctx.topology) + resharding.figures(report)
 
     # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
     FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}

@@ -53,7 +53,8 @@ from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
 from .services import SwarmServices
-from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, secret_names, swarm_model, upstream_conf
+from .stackfile import (APP_CONFIG, PUBLISHED, refuse_shards, runtime_texts, secret_names, swarm_model,
+                        upstream_conf)
 
 Progress = Callable[[str], None]
 APP_UID = 10001                   # the app image's `scalelab` user
@@ -167,12 +168,14 @@ class SwarmStack(EngineStack):
         say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
+        refuse_shards(topology)      # before the engine is asked anything
         self.client
         with self.state.locked():
             saved = self.state.load()
             old = Topology.from_state(saved)
             new = topology or old or Topology.from_env()
             upstream_conf(new)     # refuses per-replica weights with the reason, before any change
+            refuse_shards(new)
             name = saved.get("stack") or stack_name(new)
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)

@@ -36,10 +36,10 @@ import json
 import re
 from pathlib import Path
 
-from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name, refuse_shards
+from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name
 from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
                              render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql)
-from ..errors import TopologyError
+from ..errors import StackError, TopologyError
 from ..ports import Ports
 from ..render.addressing import INTERNAL_PORTS
 from ..render.nginx import render_upstream_conf
@@ -236,6 +236,14 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     deploy["restart_policy"] = dict(RESTART_POLICY)
     svc["deploy"] = deploy
     return svc
+
+
+def refuse_shards(topology: Topology | None) -> None:
+    """Shard servers run on the local and Docker backends, not yet on Swarm: say so before anything changes."""
+    if topology is not None and topology.postgres.shards:
+        raise StackError(f"postgres.shards={topology.postgres.shards} is not available on the Swarm backend yet: "
+                         f"shard servers run on the local and docker backends (SCALELAB_BACKEND=local or docker); "
+                         f"no swarm stack file renders them. Nothing was changed.")
 
 
 def swarm_model(topology: Topology | None = None, images: dict | None = None, secrets: dict | None = None,
