@@ -131,10 +131,14 @@ def every_row_at_home(stack, shard_map, total: int | None = None) -> dict:
 
 
 def requests_route_by_the_map(ports, shard_map, user_ids=(1, 42, 777, 9999)) -> None:
-    """Reads through nginx land on each user's home server, which the app names (X-Shard)."""
+    """Writes and reads through nginx land on each user's home server, which the app names (X-Shard).
+    The write invalidates the user's cached copy, so the read after it is answered by a server."""
     for user_id in user_ids:
+        home = f"shard-{shard_map.home(user_id)}"
+        status, headers, body = request(ports.nginx, "PUT", f"/users/{user_id}", {"name": f"routed-{user_id}"})
+        assert status == 200 and headers["x-shard"] == home, (user_id, status, headers)
         status, headers, body = request(ports.nginx, "GET", f"/users/{user_id}")
-        assert status == 200 and body["id"] == user_id
-        assert headers["x-shard"] == f"shard-{shard_map.home(user_id)}", (user_id, headers)
+        assert status == 200 and body["id"] == user_id and body["name"] == f"routed-{user_id}"
+        assert headers["x-shard"] == home, (user_id, headers)
     status, headers, body = request(ports.nginx, "GET", "/users?region=eu")
     assert status == 200 and headers["x-shard"] == f"all({shard_map.count})", headers
