@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -51,7 +50,7 @@ from ..topology import Topology
 from .compose import compose_model, container_spec, host_port, to_yaml
 from .config import project_files
 from .containers import Containers
-from .engine_stack import EngineStack, quiet
+from .engine_stack import EngineStack, quiet, recorder, refuse_other_base_port
 from .images import ensure_images
 from .runtime import write_runtime
 from .state import DockerState
@@ -160,9 +159,7 @@ class DockerStack(EngineStack):
             project = saved.get("project") or project_name(new)
             existing = self._list(project)
             running = {s for s, c in existing.items() if c["State"] in ("running", "paused")}
-            if running and old and old.base_port != new.base_port:
-                raise StackError(f"base_port={new.base_port} differs from the running stack's "
-                                 f"{old.base_port}: run down() first, then up() on the new port")
+            refuse_other_base_port(old, new, running)
             refuse_ports_in_use(new, running)
             if not self.state.has_secrets() and self._volumes(project):
                 raise StackError(
@@ -171,12 +168,7 @@ class DockerStack(EngineStack):
                     f"project's data: DockerStack(...).down(purge=True), or "
                     f"`docker volume rm {project}_primary-data {project}_replica-data`.")
             refs = self._images(saved, check_images, say)
-            started = time.monotonic()
-            done: list[str] = []
-
-            def note(message: str) -> None:
-                done.append(message)
-                say(f"[{time.monotonic() - started:5.2f}s] {message}")
+            done, note = recorder(say)
 
             live = old if (old is not None and running) else None
             try:
@@ -274,41 +266,29 @@ class DockerStack(EngineStack):
             report.failed.append(("reading the stack to roll back", exc))
         return report
 
-    def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
-        """Stop and remove every container and the network. `purge=True` also deletes the data
-        volumes and the state directory (secrets included)."""
-        say = progress or quiet
-        if not self.state.path.exists():
+    def _take_down(self, saved: dict, purge: bool, say) -> list[str]:
+        """Stop and remove every container and the network (purge: the data volumes too)."""
+        project = saved.get("project")
+        if not project:
             return []
         done: list[str] = []
-        with self.state.locked():
-            saved = self.state.load()
-            project = saved.get("project")
-            if project:
-                existing = self._list(project)
-                containers = self._containers(project)
-                for rank in sorted({stop_rank(s) for s in existing}):
-                    batch = [s for s in existing if stop_rank(s) == rank]
-                    run_parallel([lambda s=s: containers.stop_remove(existing[s]) for s in batch])
-                    for service in sorted(batch):
-                        done.append(f"stopped {service}")
-                        say(f"stopped {service}")
-                for net in self.client.networks.list(filters={"label": f"scalelab.project={project}"}):
-                    net.remove()
-                    if existing:
-                        say(f"removed network {net.name}")
-                if purge:
-                    for volume in self._volumes(project):
-                        volume.remove(force=True)
-                        done.append(f"deleted volume {volume.name}")
-            if saved:
-                self.state.save({**saved, "up": False})
+        existing = self._list(project)
+        containers = self._containers(project)
+        for rank in sorted({stop_rank(s) for s in existing}):
+            batch = [s for s in existing if stop_rank(s) == rank]
+            run_parallel([lambda s=s: containers.stop_remove(existing[s]) for s in batch])
+            for service in sorted(batch):
+                done.append(f"stopped {service}")
+                say(f"stopped {service}")
+        for net in self.client.networks.list(filters={"label": f"scalelab.project={project}"}):
+            net.remove()
+            if existing:
+                say(f"removed network {net.name}")
         if purge:
-            import shutil
-            shutil.rmtree(self.state.path, ignore_errors=True)
-            done.append(f"deleted {self.state.path}")
+            for volume in self._volumes(project):
+                volume.remove(force=True)
+                done.append(f"deleted volume {volume.name}")
         return done
-
 
 
 class _Run:

@@ -7,6 +7,8 @@ and `_up(topology, progress, check_images)`, which executes stack.plan.
 """
 from __future__ import annotations
 
+import shutil
+import time
 from typing import Callable
 
 from .. import clients
@@ -25,6 +27,23 @@ Progress = Callable[[str], None]
 
 def quiet(_message: str) -> None:
     pass
+
+
+def recorder(say: Progress) -> tuple[list[str], Progress]:
+    """(done, note): note(message) keeps the line in `done` and says it with the seconds since now."""
+    started = time.monotonic()
+    done: list[str] = []
+
+    def note(message: str) -> None:
+        done.append(message)
+        say(f"[{time.monotonic() - started:5.2f}s] {message}")
+    return done, note
+
+
+def refuse_other_base_port(old: Topology | None, new: Topology, running) -> None:
+    if running and old and old.base_port != new.base_port:
+        raise StackError(f"base_port={new.base_port} differs from the running stack's "
+                         f"{old.base_port}: run down() first, then up() on the new port")
 
 
 class EngineStack(Faults):
@@ -96,6 +115,27 @@ class EngineStack(Faults):
         (stack.rollback), or the error says what could not be.
         """
         return self._up(topology, progress, check_images=True)
+
+    def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
+        """Remove what runs (`_take_down`); the data volumes stay. `purge=True` also deletes the data
+        volumes and the state directory (secrets included). Returns what was done."""
+        say = progress or quiet
+        if not self.state.path.exists():
+            return []
+        with self.state.locked():
+            saved = self.state.load()
+            done = self._take_down(saved, purge, say)
+            if saved:
+                self.state.save({**saved, **self.DOWN_STATE})
+        if purge:
+            shutil.rmtree(self.state.path, ignore_errors=True)
+            done.append(f"deleted {self.state.path}")
+        return done
+
+    DOWN_STATE = {"up": False}      # what the state file says once down() is done
+
+    def _take_down(self, saved: dict, purge: bool, say: Progress) -> list[str]:
+        raise NotImplementedError
 
     # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------------
     def _running(self, saved: dict, service: str, action: str) -> dict:

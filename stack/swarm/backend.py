@@ -41,7 +41,7 @@ from psycopg import sql
 from .. import clients
 from ..docker.compose import to_yaml
 from ..docker.config import postgres_settings, project_files
-from ..docker.engine_stack import EngineStack, quiet
+from ..docker.engine_stack import EngineStack, quiet, recorder, refuse_other_base_port
 from ..docker.images import ensure_images
 from ..docker.runtime import write_runtime
 from ..docker.state import DockerState
@@ -180,20 +180,13 @@ class SwarmStack(EngineStack):
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
             running = self._running_services(name, refs)
-            if running and old and old.base_port != new.base_port:
-                raise StackError(f"base_port={new.base_port} differs from the running stack's "
-                                 f"{old.base_port}: run down() first, then up() on the new port")
+            refuse_other_base_port(old, new, running)
             for service in PUBLISHED:
                 port = Ports(new.base_port).of(service)
                 if service in services_for(new) and service not in running and not port_is_free(port):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
-            started = time.monotonic()
-            done: list[str] = []
-
-            def note(message: str) -> None:
-                done.append(message)
-                say(f"[{time.monotonic() - started:5.2f}s] {message}")
+            done, note = recorder(say)
 
             live = old if (old is not None and running) else None
             run = _Run(self, name, live, new, refs, nginx_view=saved.get("nginx_view"))
@@ -214,35 +207,26 @@ class SwarmStack(EngineStack):
                              "up": True, "swarm_created": created, "nginx_view": run.nginx_view})
             return done
 
-    def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
-        """Remove the stack's services, network, configs and secrets; `purge=True` also the data
-        volumes and the state directory. A swarm that up() initialised is left again."""
-        say = progress or quiet
-        if not self.state.path.exists():
-            return []
+    DOWN_STATE = {"up": False, "swarm_created": False}
+
+    def _take_down(self, saved: dict, purge: bool, say) -> list[str]:
+        """Remove the stack's services, network, configs and secrets (purge: the data volumes too).
+        A swarm that up() initialised is left again."""
         done: list[str] = []
-        with self.state.locked():
-            saved = self.state.load()
-            name = saved.get("stack")
-            if name and self.client.info()["Swarm"].get("LocalNodeState") == "active":
-                done += self._remove_stack(name, say)
-                topology = Topology.from_state(saved)
-                if topology:
-                    done += _wait_ports_released(Ports(topology.base_port).all_for(topology))
-            if purge and name:
-                for volume in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
-                    volume.remove(force=True)
-                    done.append(f"deleted volume {volume.name}")
-            if saved.get("swarm_created") and self.client.info()["Swarm"].get("LocalNodeState") == "active":
-                self.client.swarm.leave(force=True)
-                done.append("left the swarm this stack had initialised")
-                say(done[-1])
-            if saved:
-                self.state.save({**saved, "up": False, "swarm_created": False})
-        if purge:
-            import shutil
-            shutil.rmtree(self.state.path, ignore_errors=True)
-            done.append(f"deleted {self.state.path}")
+        name = saved.get("stack")
+        if name and self.client.info()["Swarm"].get("LocalNodeState") == "active":
+            done += self._remove_stack(name, say)
+            topology = Topology.from_state(saved)
+            if topology:
+                done += _wait_ports_released(Ports(topology.base_port).all_for(topology))
+        if purge and name:
+            for volume in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
+                volume.remove(force=True)
+                done.append(f"deleted volume {volume.name}")
+        if saved.get("swarm_created") and self.client.info()["Swarm"].get("LocalNodeState") == "active":
+            self.client.swarm.leave(force=True)
+            done.append("left the swarm this stack had initialised")
+            say(done[-1])
         return done
 
     def _remove_stack(self, name: str, say) -> list[str]:
