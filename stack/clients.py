@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from .errors import ServiceFailedError, StackError
 from .ports import HOST, Ports
+from .render.addressing import IN_NETWORK
 from .render.pgbouncer import DATABASE
 from .shardmap import MAX_SHARDS
 
@@ -212,8 +213,27 @@ def uri(target, service: str, *, user: str = "postgres", dbname: str = DATABASE)
 
 
 # -- the app replicas ----------------------------------------------------------------------------------
+def peer_address(target, service: str) -> tuple[str, int]:
+    """Where a service of the stack reaches `service` (host, port): e.g. a postgres_fdw server on
+    the primary naming a shard. Loopback ports for processes, the service name on a container network."""
+    return access(target).addressing.of(service)
+
+
+def app_port(target, index: int) -> int:
+    """The host port of replica app-`index`: its fixed offset, or (Swarm: the engine picks one per
+    task) the port the stack's context reports for it."""
+    ctx = access(target)
+    ports = getattr(ctx, "app_ports", None)
+    if ports is None:
+        return ctx.ports.app(index)
+    if index not in ports:
+        raise StackError(f"app-{index} has no published port here: the running replicas reachable from this "
+                         f"host are {', '.join(f'app-{i}' for i in sorted(ports)) or 'none'}")
+    return ports[index]
+
+
 def app_url(target, index: int, path: str = "/") -> str:
-    return f"http://{HOST}:{access(target).ports.app(index)}{path}"
+    return f"http://{HOST}:{app_port(target, index)}{path}"
 
 
 def get_json(url: str, timeout: float = 1.0) -> dict:
@@ -284,8 +304,11 @@ class StackAccess:
     """What a stack's context() gives when it has no processes of its own to describe
     (containers, services): the topology, its ports, the generated secrets."""
 
-    def __init__(self, topology, secrets: dict):
+    addressing = IN_NETWORK             # one service reaches another by its name, on the network
+
+    def __init__(self, topology, secrets: dict, app_ports: dict[int, int] | None = None):
         self.topology, self.secrets = topology, secrets
+        self.app_ports = app_ports      # None: each replica at its fixed offset (Ports.app)
 
     @property
     def ports(self):

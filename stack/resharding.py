@@ -20,13 +20,15 @@ replicas read the primary again (its table as it was when sharding began: the le
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Callable
 
 from . import clients
-from .files import run_parallel
+from .files import run_parallel, write_atomic
 from .shardmap import ShardMap
 
 COLUMNS = "id, name, email, region, updated_at"
@@ -196,3 +198,25 @@ def execute(target, before: ShardMap | None, after: ShardMap | None, push: Push)
         return {"from": before.to_dict(), "to": None, "rows_total": 0, "rows_moved": 0,
                 "duration_s": round(time.perf_counter() - started, 3), "errors": 0}
     return move(target, before, after, push)
+
+
+# -- what a backend keeps of the last move (status()["resharding"]) -----------------------------------
+LAST_REPORT = "resharding-last.json"
+
+
+def save_report(state_dir: Path, report: dict) -> None:
+    write_atomic(Path(state_dir) / LAST_REPORT, json.dumps(report))
+
+
+def last_report(state_dir: Path) -> dict | None:
+    path = Path(state_dir) / LAST_REPORT
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def figures(report: dict) -> str:
+    """': 812 of 10000 rows moved in 0.41 s (5,000 rows/s copying)' ('' when nothing was moved to)."""
+    if not report.get("to"):
+        return ""
+    rate = f" ({report['rows_per_s']:,} rows/s copying)" if report.get("rows_per_s") else ""
+    return (f": {report['rows_moved']} of {report.get('rows_total', 0)} rows moved in "
+            f"{report['duration_s']:.2f} s" + rate)

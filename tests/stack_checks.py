@@ -15,7 +15,7 @@ import pytest
 
 from conftest import request
 from stack.errors import PortInUseError, TopologyError
-from stack import clients
+from stack import clients, resharding
 
 
 def replica_name_of_user(stack, ports, user_id: int) -> str:
@@ -116,3 +116,29 @@ def ttl_change_reaches_every_replica(stack, ports, snapshot, apply=None) -> None
     cache.delete("user:301")
     request(ports.nginx, "GET", "/users/301")
     assert cache.ttl("user:301") > 250
+
+
+# -- shard servers ----------------------------------------------------------------------------
+def every_row_at_home(stack, shard_map, total: int | None = None) -> dict:
+    """Each shard server asked for its rows: every row on its home, none on two servers, none missing."""
+    held = resharding.ids_by_shard(stack.context(), shard_map.count)
+    seen = Counter(i for ids in held.values() for i in ids)
+    assert not [i for i, n in seen.items() if n > 1], "a user on two shard servers"
+    assert resharding.misplaced(stack.context(), shard_map) == []
+    if total is not None:
+        assert len(seen) == total, (len(seen), total)
+    return held
+
+
+def requests_route_by_the_map(ports, shard_map, user_ids=(1, 42, 777, 9999)) -> None:
+    """Writes and reads through nginx land on each user's home server, which the app names (X-Shard).
+    The write invalidates the user's cached copy, so the read after it is answered by a server."""
+    for user_id in user_ids:
+        home = f"shard-{shard_map.home(user_id)}"
+        status, headers, body = request(ports.nginx, "PUT", f"/users/{user_id}", {"name": f"routed-{user_id}"})
+        assert status == 200 and headers["x-shard"] == home, (user_id, status, headers)
+        status, headers, body = request(ports.nginx, "GET", f"/users/{user_id}")
+        assert status == 200 and body["id"] == user_id and body["name"] == f"routed-{user_id}"
+        assert headers["x-shard"] == home, (user_id, headers)
+    status, headers, body = request(ports.nginx, "GET", "/users?region=eu")
+    assert status == 200 and headers["x-shard"] == f"all({shard_map.count})", headers

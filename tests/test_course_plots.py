@@ -13,6 +13,19 @@ def test_server_timing_parses_every_layer():
         {"cache": 0.3, "db": 1.25, "app": 0.1, "total": 1.65}
 
 
+def test_access_lines_parse_with_and_without_the_replica_that_answered():
+    from stack.course.profiling import parse_access_line
+    old = parse_access_line('1.5 127.0.0.1 GET "/users/1" 200 127.0.0.1:9001 0.010 0.011')
+    assert (old["upstream"], old["upstream_s"], old["request_s"], old["replica"]) == ("127.0.0.1:9001", 0.01, 0.011, None)
+    # A retry: two upstreams tried, the last answered, and it named itself.
+    retried = parse_access_line('1.5 127.0.0.1 GET "/users/1" 200 172.18.0.5:8000, 172.18.0.6:8000 0.002, 0.010 0.013 app-2')
+    assert (retried["upstream"], retried["upstream_s"], retried["request_s"], retried["replica"]) == \
+        ("172.18.0.6:8000", 0.01, 0.013, "app-2")
+    own = parse_access_line('1.5 127.0.0.1 GET "/nope" 502 - - 0.000 -')
+    assert (own["status"], own["upstream_s"], own["replica"]) == (502, None, None)
+    assert parse_access_line("not a log line") is None
+
+
 def test_outage_timeline_bars_keep_their_width_despite_a_short_last_interval():
     frame = pd.DataFrame({"t_s": [0.5, 1.0, 1.5, 1.55], "interval_s": [0.5, 0.5, 0.5, 0.05],
                           "completed": [100, 100, 100, 5], "err_5xx": [0, 40, 100, 5]}).set_index("t_s")

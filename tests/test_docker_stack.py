@@ -39,6 +39,7 @@ from docker_tier import Timings, engine, free_base  # noqa: E402,F401 - engine: 
 from stack import clients  # noqa: E402
 from stack.ports import port_is_free  # noqa: E402
 from stack.ports import Ports  # noqa: E402
+from stack.shardmap import ShardMap  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +241,49 @@ def test_max_connections_restarts_postgres_in_an_order_the_standby_accepts(stack
     stack.apply(max_connections=200)
     assert request(PORTS.nginx, "GET", "/users/11")[0] == 200
     assert clients.replication_status(stack.context())["state"] == "streaming"
+
+
+# -- shard servers ----------------------------------------------------------------------------
+def test_shard_servers_are_containers_and_every_row_lands_where_the_map_says(stack, engine):
+    with psycopg.connect(clients.dsn(stack.context(), "primary")) as conn:
+        users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+    before = containers(stack)
+    done = timed("shards_0_to_2_s", stack.apply, shards=2, shard_scheme="consistent")
+    assert "created postgres-shard-1" in done and "created postgres-shard-2" in done, done
+    assert any(line.startswith("loaded users into 2 shard(s) (consistent)") for line in done), done
+    services = stack.status()["services"]
+    assert all(services[f"postgres-shard-{i}"]["state"] == "running" for i in (1, 2)), services
+    # Nothing else restarted: the replicas took the new routing live.
+    assert {k: v for k, v in containers(stack).items() if k in before} == before
+    held = checks.every_row_at_home(stack, ShardMap("consistent", 2), users)
+    assert all(held[i] for i in (1, 2)), {i: len(ids) for i, ids in held.items()}
+    # Each is a primary of its own, with its own data volume, published on loopback at its port.
+    project = stack.status()["project"]
+    volumes = {v.name for v in engine.volumes.list(filters={"label": f"scalelab.project={project}"})}
+    for i in (1, 2):
+        with clients.connect(stack.context(), f"shard-{i}") as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        assert f"{project}_shard-{i}-data" in volumes
+        bindings = engine.api.inspect_container(containers(stack)[f"postgres-shard-{i}"])["HostConfig"]["PortBindings"]
+        assert bindings == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(PORTS.shard(i))}]}, bindings
+    checks.requests_route_by_the_map(PORTS, ShardMap("consistent", 2))
+    assert stack.status()["resharding"]["to"] == {"scheme": "consistent", "count": 2,
+                                                   "vnodes": ShardMap("consistent", 2).vnodes}
+
+
+def test_resharding_moves_rows_live_and_sharding_off_stops_the_servers(stack):
+    done = timed("reshard_2_to_3_s", stack.apply, shards=3)
+    report = stack.status()["resharding"]
+    assert report["rows_moved"] > 0 and report["errors"] == 0, report
+    assert any(line.startswith("resharded users online") and "rows moved" in line for line in done), done
+    checks.every_row_at_home(stack, ShardMap("consistent", 3))
+    checks.requests_route_by_the_map(PORTS, ShardMap("consistent", 3))
+    stack.apply(shards=0)
+    services = stack.status()["services"]
+    assert not [s for s in services if s.startswith("postgres-shard-")], services
+    assert all(port_is_free(PORTS.shard(i)) for i in range(1, 4))
+    status, headers, _ = request(PORTS.nginx, "GET", "/users/42")
+    assert status == 200 and "x-shard" not in headers, headers
 
 
 # -- reconciling ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pytest
 
+import stack_checks as checks
 from conftest import BackgroundThreads, request, shifted_port
 from stack import clients, resharding
 from stack.errors import StackError, TopologyError
@@ -39,14 +40,7 @@ def pids(stack) -> dict:
 
 
 def assert_every_row_at_home(stack, shard_map: ShardMap, total: int | None = None) -> dict:
-    """Each server asked for its rows: every row on its home, none on two servers, none missing."""
-    held = resharding.ids_by_shard(stack.context(), shard_map.count)
-    seen = Counter(i for ids in held.values() for i in ids)
-    assert not [i for i, n in seen.items() if n > 1], "a user on two shard servers"
-    assert resharding.misplaced(stack.context(), shard_map) == []
-    if total is not None:
-        assert len(seen) == total, (len(seen), total)
-    return held
+    return checks.every_row_at_home(stack, shard_map, total)
 
 
 def test_shards_start_and_every_row_lands_where_the_map_says(stack):
@@ -276,18 +270,22 @@ def test_sharding_off_stops_the_servers_and_reads_go_to_the_primary(stack):
     assert status == 200 and "x-shard" not in headers and body["db"]["port"] in (PORTS.primary, PORTS.replica)
 
 
-def test_the_docker_backend_says_it_does_not_run_shards_yet(tmp_path):
-    from stack.docker.backend import DockerStack
-    with pytest.raises(StackError, match="postgres.shards=2 is not available on the Docker backend yet"):
-        DockerStack(tmp_path / "docker-state").up(Topology().with_changes(shards=2))
+def test_the_swarm_backend_says_it_does_not_run_shards_yet(tmp_path):
+    from stack.swarm.backend import SwarmStack
+    with pytest.raises(StackError, match="postgres.shards=2 is not available on the Swarm backend yet"):
+        SwarmStack(tmp_path / "swarm-state").up(Topology().with_changes(shards=2))
 
 
-def test_compose_and_swarm_files_refuse_shards_instead_of_dropping_them():
+def test_the_compose_file_renders_shard_servers_and_the_swarm_file_refuses_them():
     from stack.docker.compose import render_compose
     from stack.swarm.stackfile import render_swarm_stack
-    for render in (render_compose, render_swarm_stack):
-        with pytest.raises(StackError, match="not available on the Docker backend yet"):
-            render(Topology().with_changes(shards=2))
+    text = render_compose(Topology().with_changes(shards=2))
+    for i in (1, 2):      # each its own server, data volume and loopback port from the block
+        assert f"postgres-shard-{i}:" in text and f"shard-{i}-data:" in text
+        assert f"127.0.0.1:{Ports(Topology().base_port).shard(i)}:5432" in text
+    assert "postgres-shard-3" not in text
+    with pytest.raises(StackError, match="not available on the Swarm backend yet"):
+        render_swarm_stack(Topology().with_changes(shards=2))
 
 
 def test_the_port_block_holds_8_shards_and_16_replicas_within_64_ports():

@@ -23,6 +23,8 @@ from contextlib import asynccontextmanager
 
 import psycopg
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.applications import Starlette
@@ -31,6 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import failover
+from .cache_watch import UNREACHABLE, CacheWatch
 from ..shardmap import REGIONS, ShardMap
 from .config import AppConfig
 from .connections import SCOPE_KEY as CONNECTION_KEY
@@ -77,8 +80,10 @@ class Replica:
         self.config = AppConfig.load(config_path)
         self.metrics = Metrics(replica=name)
         self.limiter = ResizableLimiter(self.config.concurrency)
-        self.cache = aioredis.from_url(self.config.redis_url, socket_timeout=0.5,
-                                       socket_connect_timeout=0.5, decode_responses=True)
+        # No retries inside the client: a failed call is a miss, and it opens the cache's breaker.
+        self.cache = aioredis.from_url(self.config.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5,
+                                       decode_responses=True, retry=Retry(NoBackoff(), 0))
+        self.cache_watch = CacheWatch(lambda: self.config.redis_url)
         self.pools = self._make_pools(self.config)
         self.breakers = {"replica": failover.Breaker("postgres-replica"),
                          "primary": failover.Breaker("postgres-primary")}
@@ -138,7 +143,7 @@ class Replica:
     async def open(self):
         for pool in [*self.pools.values(), *self.shard_pools.values()]:
             await pool.open(wait=False)
-        self._watch_tasks = [asyncio.create_task(watch.run()) for watch in self.watches]
+        self._watch_tasks = [asyncio.create_task(watch.run()) for watch in [*self.watches, self.cache_watch]]
 
     async def close(self):
         for task in self._watch_tasks:
@@ -146,6 +151,7 @@ class Replica:
         for pool in [*self.pools.values(), *self.shard_pools.values()]:
             await pool.close(timeout=1)
         await self.cache.aclose()
+        self.cache_watch.close()
 
     async def reload(self):
         """Apply a new config file without a restart: TTL, pool sizes, concurrency."""
@@ -297,6 +303,7 @@ class Replica:
 
     def failover_stats(self) -> dict:
         stats = {name: b.to_dict() for name, b in self.breakers.items()}
+        stats["redis"] = self.cache_watch.breaker.to_dict()
         stats["replica"]["lag_s"] = round(self.watches[0].lag_s, 3)
         stats["replica"]["lag_bound_s"] = self.config.replica_lag_bound_s
         return stats
@@ -413,11 +420,19 @@ def cache_key(user_id: int) -> str:
 
 
 async def _cache_call(replica: Replica, layers: Layers, method: str, *args, **kwargs):
-    """A cache operation that never fails the request: Redis down means 'miss'."""
+    """A cache operation that never fails the request: Redis down means 'miss' (at once while
+    the cache's breaker is open: stack.app.cache_watch)."""
     async with layers.timed("cache"):
+        if replica.cache_watch.breaker.open:
+            replica.metrics.cache_errors += 1
+            return None
         try:
             return await getattr(replica.cache, method)(*args, **kwargs)
-        except (aioredis.RedisError, OSError):
+        except UNREACHABLE as exc:
+            replica.cache_watch.failed(exc)
+            replica.metrics.cache_errors += 1
+            return None
+        except aioredis.RedisError:
             replica.metrics.cache_errors += 1
             return None
 

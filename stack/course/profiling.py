@@ -57,56 +57,59 @@ def measure(stack, sc, seconds: float = 3.0) -> dict:
 
 # -- nginx's access log ---------------------------------------------------------------------------
 
-def access_log_path(stack):
-    """Where nginx writes its access log for this stack (the local backend: the state directory)."""
-    ctx = clients.access(stack)
-    if not hasattr(ctx, "dir"):
-        raise RuntimeError("this backend keeps nginx's access log inside its container: read it with "
-                           "`docker exec <nginx> cat /var/log/nginx/access.log`; the lesson needs the local backend here")
-    return ctx.dir("nginx") / "access.log"
+def access_log_lines(stack, last: int | None = None) -> list[str]:
+    """nginx's access log of this stack, line by line (the last `last` lines), on every backend:
+    the stack reads it where its nginx writes it (a file in its state directory, or in its container)."""
+    lines = stack.access_log().splitlines()
+    return lines[-last:] if last else lines
 
 
 def parse_access_line(line: str) -> dict | None:
     """One line of the stack's log_format (stack.render.nginx.LOG_FORMAT) as a dict, None if not one.
 
     `$upstream_addr` and `$upstream_response_time` hold one value per upstream tried
-    ("a, b" after a retry); the last one answered."""
+    ("a, b" after a retry); the last one answered. The last field names the replica that
+    answered ("-": none; absent in lines written before it was logged: None)."""
     try:
         head, uri, tail = line.split('"', 2)
         msec, remote, method = head.split()
-        status, upstream, upstream_time, request_time = tail.split(None, 3)
-        if ", " in tail:      # a retry: several upstreams, the last answered
-            rest = tail.split()
-            status, request_time = rest[0], rest[-1]
-            upstream = rest[-1 - (len(rest) - 2) // 2 - 1].rstrip(",")
-            upstream_time = rest[-2]
+        rest = tail.split()
+        status, request_time = rest[0], rest[-1]
+        replica = None
+        if len(rest) % 2 == 1:        # status, k upstreams, k times, request time, replica
+            replica, request_time = rest[-1], rest[-2]
+            rest = rest[:-1]
+        tried = (len(rest) - 2) // 2
+        if tried < 1 or len(rest) != 2 + 2 * tried:
+            return None
+        upstream, upstream_time = rest[tried], rest[2 * tried]
         return {"t": float(msec), "remote": remote, "method": method, "uri": uri, "status": int(status),
                 "upstream": upstream.rstrip(","), "upstream_s": None if upstream_time == "-" else float(upstream_time),
-                "request_s": float(request_time)}
+                "request_s": float(request_time), "replica": None if replica in (None, "-") else replica}
     except ValueError:
         return None
 
 
 def read_access_log(stack, since: float) -> pd.DataFrame:
-    path = access_log_path(stack)
     rows = []
-    with open(path, errors="replace") as f:
-        for line in f:
-            row = parse_access_line(line)
-            if row and row["t"] >= since:
-                rows.append(row)
+    for line in access_log_lines(stack):
+        row = parse_access_line(line)
+        if row and row["t"] >= since:
+            rows.append(row)
     return pd.DataFrame(rows, columns=["t", "remote", "method", "uri", "status", "upstream", "upstream_s",
-                                       "request_s"])
+                                       "request_s", "replica"])
 
 
 def per_upstream(log: pd.DataFrame, stack) -> pd.DataFrame:
-    """Requests, share and upstream response time (p50/p99, ms) per app replica, from nginx's log."""
+    """Requests, share and upstream response time (p50/p99, ms) per app replica, from nginx's log:
+    by the name the replica answered with (older lines: by its loopback port, the local backend's)."""
     ports = {f"127.0.0.1:{clients.access(stack).ports.app(i)}": f"app-{i}" for i in range(1, 17)}
     log = log[log["upstream_s"].notna()]
+    named = log["replica"].where(log["replica"].notna(), log["upstream"].map(lambda u: ports.get(u, u)))
     rows = []
-    for upstream, part in log.groupby("upstream"):
+    for replica, part in log.groupby(named):
         t = part["upstream_s"] * 1000
-        rows.append({"replica": ports.get(upstream, upstream), "requests": len(part),
+        rows.append({"replica": replica, "requests": len(part),
                      "share": len(part) / len(log), "upstream_p50_ms": t.quantile(0.5),
                      "upstream_p99_ms": t.quantile(0.99),
                      "nginx_own_ms": ((part["request_s"] - part["upstream_s"]) * 1000).mean()})

@@ -141,10 +141,11 @@ def _coordinator_sql(stack, count: int) -> list[str]:
                   "CREATE TABLE coord.users (id integer NOT NULL, name text, email text, region text, "
                   "updated_at timestamptz) PARTITION BY HASH (id)"]
     for i in range(1, count + 1):
+        host, port = clients.peer_address(ctx, f"postgres-shard-{i}")     # as the primary reaches it
         statements += [
             f"DROP SERVER IF EXISTS coord_shard_{i} CASCADE",
-            f"CREATE SERVER coord_shard_{i} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '127.0.0.1', "
-            f"port '{ctx.ports.shard(i)}', dbname 'scalelab', async_capable 'true', batch_size '1000')",
+            f"CREATE SERVER coord_shard_{i} FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '{host}', "
+            f"port '{port}', dbname 'scalelab', async_capable 'true', batch_size '1000')",
             f"CREATE USER MAPPING FOR postgres SERVER coord_shard_{i} OPTIONS (user 'app', "
             f"password '{ctx.secrets['app_password']}')",
             f"CREATE FOREIGN TABLE coord.users_{i} PARTITION OF coord.users FOR VALUES WITH "

@@ -30,27 +30,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Callable
 
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from .. import clients
-from ..errors import StackError, UnknownServiceError
-from ..fault import Faults
+from .. import clients, resharding
+from ..errors import StackError
 from ..files import run_parallel
-from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
-                    SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, restore_plan, services_for,
-                    stop_rank)
+from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESHARD,
+                    RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
+                    restore_plan, services_for, shard_routing, stop_rank)
+from ..render.addressing import IN_NETWORK
+from ..render.app import shard_config
+from ..shardmap import ShardMap
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
-from ..quota import Support, engine_support
 from ..topology import Topology
-from .compose import compose_model, container_spec, host_port, refuse_shards, to_yaml
+from .compose import compose_model, container_spec, host_port, to_yaml
 from .config import project_files
 from .containers import Containers
-from .engine import connect
+from .engine_stack import EngineStack, quiet, recorder, refuse_other_base_port
 from .images import ensure_images
 from .runtime import write_runtime
 from .state import DockerState
@@ -62,10 +62,6 @@ BACKEND_HEADER = """\
 # the containers are created from it with the docker SDK). Inspect with
 #   docker compose -p {project} -f {path} ps|logs
 """
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def project_name(topology: Topology) -> str:
@@ -81,20 +77,11 @@ def _index(service: str) -> int:
     return int(service.split("-")[1])
 
 
-class DockerStack(Faults):
+class DockerStack(EngineStack):
     backend = "docker"
 
     def __init__(self, state_dir: str | Path | None = None, client=None):
-        self.state = DockerState(state_dir)
-        self._client = client
-
-    # -- the engine ----------------------------------------------------------------------
-    @property
-    def client(self):
-        """The docker SDK client; EngineUnavailableError (says what to do) when no engine answers."""
-        if self._client is None:
-            self._client = connect()
-        return self._client
+        super().__init__(DockerState(state_dir), client)
 
     def _containers(self, project: str) -> Containers:
         return Containers(self.client, project)
@@ -102,15 +89,10 @@ class DockerStack(Faults):
     def _list(self, project: str) -> dict[str, dict]:
         return self._containers(project).listing()
 
+    def _service_containers(self, saved: dict) -> dict[str, dict]:
+        return self._list(saved["project"]) if saved.get("project") else {}
+
     # -- reading what runs ------------------------------------------------------------------
-    def cpu_quota_support(self) -> Support:
-        """Whether `app.cpu_quota` works here: the engine enforces it (a CFS quota per container)."""
-        return engine_support(self.client)
-
-    def applied(self) -> Topology | None:
-        """The topology the stack was last brought to, if any."""
-        return Topology.from_state(self.state.load())
-
     def status(self) -> dict:
         saved = self.state.load()
         topology = Topology.from_state(saved)
@@ -148,46 +130,12 @@ class DockerStack(Faults):
                   "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                   "running": any(s["state"] == "running" for s in services.values()),
                   "topology": topology.to_dict() if topology else None, "services": services,
-                  "project": project}
+                  "project": project, "resharding": resharding.last_report(self.state.path)}
         if error:
             result["error"] = error
         return result
 
-    def logs(self, service: str, lines: int = 50) -> str:
-        saved = self.state.load()
-        listing = self._list(saved["project"]) if saved.get("project") else {}
-        if service not in listing:
-            raise StackError(f"no log for service {service!r}: known services are "
-                             f"{', '.join(sorted(listing)) or 'none yet'}")
-        raw = self.client.api.logs(listing[service]["Id"], tail=lines, timestamps=False)
-        return raw.decode(errors="replace").rstrip("\n")
-
-    def context(self, topology: Topology | None = None) -> clients.StackAccess:
-        """Ports and secrets for talking to the running stack (stack.clients)."""
-        topology = topology or self.applied() or Topology.from_env()
-        return clients.StackAccess(topology, self.state.secrets())
-
-    def build(self, progress: Progress | None = None, force: bool = False) -> dict[str, str]:
-        """Build the images that are missing for the current sources (all with force=True)."""
-        return ensure_images(self.client, progress or _quiet, force=force)
-
     # -- changing it ------------------------------------------------------------------------
-    def apply(self, progress: Progress | None = None, **changes) -> list[str]:
-        """Change some fields of the running topology (see Topology.with_changes)."""
-        current = self.applied() or Topology.from_env()
-        # A topology change keeps the images the stack runs; up() is what picks up new sources.
-        return self._up(current.with_changes(**changes), progress, check_images=False)
-
-    def up(self, topology: Topology | None = None, progress: Progress | None = None) -> list[str]:
-        """Bring the stack to `topology` (default: what last ran, else the defaults).
-
-        Returns what was done, one line per action; an empty list means it already matched.
-        Images are rebuilt first if their sources changed (containers on an old image are
-        then recreated). Every check that can refuse runs before the first change; if a
-        change fails, what this call changed is put back (stack.rollback).
-        """
-        return self._up(topology, progress, check_images=True)
-
     def _images(self, saved: dict, check: bool, say) -> dict[str, str]:
         refs = saved.get("images")
         if not check and refs:
@@ -200,10 +148,9 @@ class DockerStack(Faults):
         return ensure_images(self.client, say)
 
     def _up(self, topology: Topology | None, progress: Progress | None, check_images: bool) -> list[str]:
-        say = progress or _quiet
+        say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
-        refuse_shards(topology)
         self.client   # connect first: a clear error (what to do) when no engine answers
         with self.state.locked():
             saved = self.state.load()
@@ -212,9 +159,7 @@ class DockerStack(Faults):
             project = saved.get("project") or project_name(new)
             existing = self._list(project)
             running = {s for s, c in existing.items() if c["State"] in ("running", "paused")}
-            if running and old and old.base_port != new.base_port:
-                raise StackError(f"base_port={new.base_port} differs from the running stack's "
-                                 f"{old.base_port}: run down() first, then up() on the new port")
+            refuse_other_base_port(old, new, running)
             refuse_ports_in_use(new, running)
             if not self.state.has_secrets() and self._volumes(project):
                 raise StackError(
@@ -223,12 +168,7 @@ class DockerStack(Faults):
                     f"project's data: DockerStack(...).down(purge=True), or "
                     f"`docker volume rm {project}_primary-data {project}_replica-data`.")
             refs = self._images(saved, check_images, say)
-            started = time.monotonic()
-            done: list[str] = []
-
-            def note(message: str) -> None:
-                done.append(message)
-                say(f"[{time.monotonic() - started:5.2f}s] {message}")
+            done, note = recorder(say)
 
             live = old if (old is not None and running) else None
             try:
@@ -244,11 +184,12 @@ class DockerStack(Faults):
     def _volumes(self, project: str) -> list:
         return self.client.volumes.list(filters={"label": f"scalelab.project={project}"})
 
-    def _write_files(self, project: str, topology: Topology, refs: dict) -> dict:
-        """Render every file for `topology`; returns the compose model."""
+    def _write_files(self, project: str, topology: Topology, refs: dict, shards="topology") -> dict:
+        """Render every file for `topology` (`shards`: the app config's routing, when not the
+        topology's); returns the compose model."""
         self.state.ensure()
         self.state.write_files(self.state.project_dir, project_files(topology))
-        write_runtime(self.state.run_dir, topology, self.state.secrets())
+        write_runtime(self.state.run_dir, topology, self.state.secrets(), shards=shards)
         model = compose_model(topology, standalone=False, images=refs, project=project)
         path = self.state.project_dir / "compose.yml"
         header = BACKEND_HEADER.format(project=project, path=path)
@@ -284,7 +225,12 @@ class DockerStack(Faults):
     def _reconcile(self, project: str, old: Topology | None, new: Topology, refs: dict,
                    existing: dict, note) -> None:
         """Execute stack.plan's actions with containers; each is done when the server reports it."""
-        model = self._write_files(project, new, refs)
+        move = reshard_action(old, new)
+        # While users move, replicas (new ones too) route by the map the move starts from.
+        before = ShardMap.from_dict(move.expect["from"]) if move else None
+        routing = (shard_config(new, self.state.secrets(), IN_NETWORK, before) if before else None) if move \
+            else "topology"
+        model = self._write_files(project, new, refs, shards=routing)
         network = self._ensure_network(project)
         self._ensure_volumes(project, model)
         specs = self._specs(project, new, model, network)
@@ -320,61 +266,29 @@ class DockerStack(Faults):
             report.failed.append(("reading the stack to roll back", exc))
         return report
 
-    # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
-    def _fault(self, action: str, service: str) -> str:
-        saved = self.state.load()
-        topology = Topology.from_state(saved)
-        known = services_for(topology) if topology and saved.get("up") else []
-        # Validated against the saved topology first: a bad name never reaches the engine.
-        if not isinstance(service, str) or service not in known:
-            raise UnknownServiceError(service, sorted(known))
-        c = self._list(saved["project"]).get(service)
-        if c is None or c["State"] not in ("running", "paused"):
-            raise StackError(f"service {service!r} is not running ({c['State'] if c else 'no container'}): "
-                             f"nothing to {action}. up() starts it.")
-        if action == "kill":
-            self.client.api.kill(c["Id"], signal="SIGKILL")
-        elif action == "pause" and c["State"] == "running":
-            self.client.api.pause(c["Id"])
-        elif action == "resume" and c["State"] == "paused":
-            self.client.api.unpause(c["Id"])
-        return f"{action} {service} (container {c['Id'][:12]})"
-
-    def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
-        """Stop and remove every container and the network. `purge=True` also deletes the data
-        volumes and the state directory (secrets included)."""
-        say = progress or _quiet
-        if not self.state.path.exists():
+    def _take_down(self, saved: dict, purge: bool, say) -> list[str]:
+        """Stop and remove every container and the network (purge: the data volumes too)."""
+        project = saved.get("project")
+        if not project:
             return []
         done: list[str] = []
-        with self.state.locked():
-            saved = self.state.load()
-            project = saved.get("project")
-            if project:
-                existing = self._list(project)
-                containers = self._containers(project)
-                for rank in sorted({stop_rank(s) for s in existing}):
-                    batch = [s for s in existing if stop_rank(s) == rank]
-                    run_parallel([lambda s=s: containers.stop_remove(existing[s]) for s in batch])
-                    for service in sorted(batch):
-                        done.append(f"stopped {service}")
-                        say(f"stopped {service}")
-                for net in self.client.networks.list(filters={"label": f"scalelab.project={project}"}):
-                    net.remove()
-                    if existing:
-                        say(f"removed network {net.name}")
-                if purge:
-                    for volume in self._volumes(project):
-                        volume.remove(force=True)
-                        done.append(f"deleted volume {volume.name}")
-            if saved:
-                self.state.save({**saved, "up": False})
+        existing = self._list(project)
+        containers = self._containers(project)
+        for rank in sorted({stop_rank(s) for s in existing}):
+            batch = [s for s in existing if stop_rank(s) == rank]
+            run_parallel([lambda s=s: containers.stop_remove(existing[s]) for s in batch])
+            for service in sorted(batch):
+                done.append(f"stopped {service}")
+                say(f"stopped {service}")
+        for net in self.client.networks.list(filters={"label": f"scalelab.project={project}"}):
+            net.remove()
+            if existing:
+                say(f"removed network {net.name}")
         if purge:
-            import shutil
-            shutil.rmtree(self.state.path, ignore_errors=True)
-            done.append(f"deleted {self.state.path}")
+            for volume in self._volumes(project):
+                volume.remove(force=True)
+                done.append(f"deleted volume {volume.name}")
         return done
-
 
 
 class _Run:
@@ -439,9 +353,28 @@ class _Run:
                     raise StackError(f"{service}: the engine reports cpu_quota={reported}, expected {quota}")
         elif kind == RELOAD_NGINX:
             self._reload_nginx(action.drain_s)
+        elif kind == RESHARD:
+            note(self._reshard(action))
+            return
         else:
             raise StackError(f"action={kind!r} is not allowed here: the Docker backend executes {', '.join(KINDS)}")
         note(describe(action, self.topology))
+
+    def _reshard(self, action: Action) -> str:
+        """Move users between shard maps (stack.resharding), pushing each phase's routing to every replica."""
+        before, after = (ShardMap.from_dict(action.expect[k]) for k in ("from", "to"))
+        secrets = self.stack.state.secrets()
+
+        def push(read, write) -> None:
+            routing = shard_config(self.topology, secrets, IN_NETWORK, read, write) if read else None
+            write_runtime(self.stack.state.run_dir, self.topology, secrets, shards=routing)
+            expect = {"shards": shard_routing(read, write)}
+            apps = [s for s, c in self.containers.listing().items() if s.startswith("app-") and c["State"] == "running"]
+            run_parallel([lambda s=s: clients.push_app_config(self.access, _index(s), expect) for s in apps])
+
+        report = resharding.execute(self.access, before, after, push)
+        resharding.save_report(self.stack.state.path, report)
+        return describe(action, self.topology) + resharding.figures(report)
 
     def _start(self, services, note) -> None:
         """Create what is missing (recreate what is outdated), all at once, nginx last: it

@@ -21,7 +21,6 @@ import re
 
 import yaml
 
-from ..errors import StackError
 from ..plan import app_name, services_for
 from ..ports import HOST, Ports
 from ..render.addressing import INTERNAL_PORTS, internal_port
@@ -95,10 +94,10 @@ def _service(topology: Topology, name: str, standalone: bool, images: dict[str, 
         svc["build"] = _build(kind)
     svc["init"] = True
     if name.startswith("postgres-"):
-        role = name.split("-")[1]
+        role = name.split("-")[1]        # primary, replica, shard (a primary of its own, no standby)
         svc["command"] = ["postgres-entry", role]
         svc["volumes"] = [f"{conf}/{name}:{CONF_DIR}/postgres:ro", runtime("postgres"),
-                          f"{role}-data:{PGDATA}"]
+                          f"{data_volume(name)}:{PGDATA}"]
         svc["healthcheck"] = _health("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(INTERNAL_PORTS["postgres"]))
         # SIGINT is PostgreSQL's fast shutdown; SIGTERM ("smart") would wait for every pooled client.
         svc["stop_signal"] = "SIGINT"
@@ -141,18 +140,18 @@ def _service(topology: Topology, name: str, standalone: bool, images: dict[str, 
     return svc
 
 
-def refuse_shards(topology: Topology | None) -> None:
-    """Shard servers run on the local backend only, for now: say so before anything changes."""
-    if topology is not None and topology.postgres.shards:
-        raise StackError(f"postgres.shards={topology.postgres.shards} is not available on the Docker backend yet: "
-                         f"shard servers run on the local backend (SCALELAB_BACKEND=local); no compose or swarm file renders them. "
-                         f"Nothing was changed.")
+def data_volume(service: str) -> str:
+    """The data volume of a PostgreSQL service: primary-data, replica-data, shard-1-data ..."""
+    return f"{service[len('postgres-'):]}-data"
+
+
+def data_volumes(topology: Topology) -> list[str]:
+    return [data_volume(s) for s in services_for(topology) if s.startswith("postgres-")]
 
 
 def compose_model(topology: Topology, *, standalone: bool = True, images: dict[str, str] | None = None,
                   project: str | None = None) -> dict:
     """The compose file as a dict. `images` maps app/postgres/redis/nginx to image references."""
-    refuse_shards(topology)
     images = images or {name: image_name(name) for name in IMAGES}
     services: dict = {}
     if standalone:
@@ -166,7 +165,7 @@ def compose_model(topology: Topology, *, standalone: bool = True, images: dict[s
         services[name] = _service(topology, name, standalone, images)
         if not standalone and project:
             services[name]["container_name"] = f"{project}-{name}"
-    volumes = {"primary-data": {}, "replica-data": {}}
+    volumes = {volume: {} for volume in data_volumes(topology)}
     if standalone:
         volumes["runtime"] = {}
     return {"services": services, "volumes": volumes}

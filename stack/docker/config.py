@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import json
 
-from ..plan import app_name
+from ..plan import app_name, shard_services
 from ..render.addressing import IN_NETWORK, INTERNAL_PORTS
 from ..render.app import app_config as render_app_config
 from ..render.nginx import LOG_FORMAT, server_block
 from ..render.nginx import render_upstream_conf as render_upstream
 from ..render.pgbouncer import render_pgbouncer_ini as render_pgbouncer
 from ..render.pgbouncer import render_userlist
-from ..render.postgres import primary_settings, render_conf_lines, replica_settings
+from ..render.postgres import primary_settings, render_conf_lines, replica_settings, shard_settings
 from ..render.redis import render_redis_conf as render_redis
 from ..secrets import SECRET_NAMES
 from ..topology import Topology
@@ -35,6 +35,7 @@ from ..topology import Topology
 CONF_DIR = "/etc/scalelab"
 RUN_DIR = "/run/scalelab"
 PGDATA = "/var/lib/postgresql/data"
+NGINX_ACCESS_LOG = "/var/log/nginx/access.log"
 
 
 # -- nginx -------------------------------------------------------------------------------
@@ -55,7 +56,7 @@ http {{
     log_format scalelab '{LOG_FORMAT}';
     # A file inside the container, buffered: at thousands of requests per second a log
     # line each through `docker logs` would cost more CPU than nginx itself.
-    access_log /var/log/nginx/access.log scalelab buffer=32k flush=1s;
+    access_log {NGINX_ACCESS_LOG} scalelab buffer=32k flush=1s;
     include {CONF_DIR}/nginx/upstream.conf;
 
 {server_block(str(INTERNAL_PORTS['nginx']))}
@@ -76,8 +77,11 @@ _IN_CONTAINER = {"listen_addresses": "*", "port": INTERNAL_PORTS["postgres"],
 
 
 def postgres_settings(topology: Topology, role: str) -> dict:
-    """The local backend's settings, with the container's own address, port and paths."""
-    if role == "primary":
+    """The local backend's settings, with the container's own address, port and paths.
+    `role`: "primary", "replica" or "shard-N"."""
+    if role.startswith("shard-") and role[6:].isdigit():
+        settings = shard_settings(topology, _NoPorts(), int(role[6:]))
+    elif role == "primary":
         settings = primary_settings(topology, _NoPorts())
     elif role == "replica":
         settings = replica_settings(topology, _NoPorts())
@@ -86,7 +90,7 @@ def postgres_settings(topology: Topology, role: str) -> dict:
         # Reconnect soon after the primary restarts (default 5 s).
         settings["wal_retrieve_retry_interval"] = "500ms"
     else:
-        raise ValueError(f"role must be 'primary' or 'replica', got {role!r}")
+        raise ValueError(f"role must be 'primary', 'replica' or 'shard-N', got {role!r}")
     settings.update(_IN_CONTAINER)
     return settings
 
@@ -94,6 +98,10 @@ def postgres_settings(topology: Topology, role: str) -> dict:
 class _NoPorts:
     """Stands in for Ports: the container's port is fixed (5432), set by _IN_CONTAINER."""
     primary = replica = INTERNAL_PORTS["postgres"]
+
+    @staticmethod
+    def shard(_index: int) -> int:
+        return INTERNAL_PORTS["postgres"]
 
 
 def render_postgres_conf(topology: Topology, role: str) -> str:
@@ -114,6 +122,12 @@ def render_schema_sql() -> str:
     """The same seeded users table as the local backend."""
     from ..local.postgres import SCHEMA   # host side only: the container reads the rendered file
     return "-- Rendered by stack.docker.config from stack.local.postgres.SCHEMA.\n" + SCHEMA.lstrip()
+
+
+def render_shard_schema_sql() -> str:
+    """A shard server's empty users table, as the local backend's (stack.resharding fills it)."""
+    from ..local.postgres import SHARD_SCHEMA
+    return "-- Rendered by stack.docker.config from stack.local.postgres.SHARD_SCHEMA.\n" + SHARD_SCHEMA.lstrip()
 
 
 # -- PgBouncer and Redis -----------------------------------------------------------------
@@ -144,22 +158,26 @@ def project_files(topology: Topology) -> dict[str, str]:
         f"{conf}/postgres-replica/pg_hba.conf": render_pg_hba(),
         f"{conf}/pgbouncer/pgbouncer.ini": render_pgbouncer_ini(topology),
         f"{conf}/redis/redis.conf": render_redis_conf(topology),
+        **{f"{conf}/{shard}/{name}": text for shard in shard_services(topology)
+           for name, text in (("postgresql.conf", render_postgres_conf(topology, shard[len("postgres-"):])),
+                              ("pg_hba.conf", render_pg_hba()), ("schema.sql", render_shard_schema_sql()))},
     }
 
 
 # -- files that hold secrets -------------------------------------------------------------
-def app_config(topology: Topology, secrets: dict) -> dict:
-    """The file every replica reads (stack.app.config.AppConfig), with in-network addresses."""
-    return render_app_config(topology, secrets, IN_NETWORK)
+def app_config(topology: Topology, secrets: dict, shards="topology") -> dict:
+    """The file every replica reads (stack.app.config.AppConfig), with in-network addresses.
+    `shards`: a shard routing other than the topology's (a phase of stack.resharding)."""
+    return render_app_config(topology, secrets, IN_NETWORK, shards=shards)
 
 
-def runtime_files(topology: Topology, secrets: dict) -> dict[str, str]:
+def runtime_files(topology: Topology, secrets: dict, shards="topology") -> dict[str, str]:
     """Files holding secrets, by path relative to the runtime directory (/run/scalelab)."""
     missing = [name for name in SECRET_NAMES if not secrets.get(name)]
     if missing:
         raise ValueError(f"secrets lack {', '.join(missing)}")
     return {
-        "app/config.json": json.dumps(app_config(topology, secrets), indent=2) + "\n",
+        "app/config.json": json.dumps(app_config(topology, secrets, shards), indent=2) + "\n",
         "postgres/postgres_password": secrets["postgres_password"] + "\n",
         "postgres/app_password": secrets["app_password"] + "\n",
         "pgbouncer/userlist.txt": render_userlist({"postgres": secrets["postgres_password"],

@@ -39,3 +39,14 @@ def connect(timeout: float = 60):
             f"or set DOCKER_HOST to a running engine's socket (the CI tier's engine: "
             f"`bash stack/scripts/docker-tier.sh` starts its own). "
             f"Without Docker, use the local backend: stack.get_stack(backend='local').") from None
+
+
+def exec_in(client, container_id: str, cmd: list[str]) -> str:
+    """Run `cmd` in a running container; its output, or StackError with the exit code and output."""
+    result = client.api.exec_create(container_id, cmd)
+    output = client.api.exec_start(result["Id"]).decode(errors="replace")
+    code = client.api.exec_inspect(result["Id"])["ExitCode"]
+    if code != 0:
+        raise StackError(f"`{' '.join(cmd)}` in container {container_id[:12]} failed (exit {code}): "
+                         f"{output.strip()}")
+    return output

@@ -24,16 +24,17 @@ from ..secrets import new_secrets
 from .config import runtime_files
 
 
-def write_runtime(run_dir: Path, topology: Topology, secrets: dict) -> list[str]:
+def write_runtime(run_dir: Path, topology: Topology, secrets: dict, shards="topology") -> list[str]:
     """Write the runtime files that changed; returns their paths (relative to run_dir).
 
     The files are world-readable *inside* run_dir, which the caller keeps where only its
     owner can reach it (a 0700 state directory, or a Docker volume): each service reads its
     files as its own unprivileged user (postgres, redis, scalelab) through a mount.
+    `shards`: the app config's shard routing, when not the topology's (stack.resharding's phases).
     """
     run_dir = Path(run_dir)
     changed = []
-    for rel, text in runtime_files(topology, secrets).items():
+    for rel, text in runtime_files(topology, secrets, shards).items():
         path = run_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         os.chmod(path.parent, 0o755)

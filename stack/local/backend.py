@@ -103,8 +103,7 @@ class LocalStack(Faults):
         return self.state.path / "resharding.json"
 
     def _last_reshard(self) -> dict | None:
-        path = self.state.path / "resharding-last.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return resharding.last_report(self.state.path)
 
     def _refuse_while_resharding(self, wanted: Topology | None) -> None:
         """A move runs (in this process or another): a change of the shard map is refused at once."""
@@ -139,6 +138,11 @@ class LocalStack(Faults):
             known = sorted(p.stem for p in self.state.logs.glob("*.log")) if self.state.logs.exists() else []
             raise StackError(f"no log for service {service!r}: known services are {', '.join(known) or 'none yet'}")
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def access_log(self) -> str:
+        """nginx's access log (stack.render.nginx.LOG_FORMAT), from the state directory."""
+        path = self.state.path / "nginx" / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def context(self, topology: Topology | None = None) -> Context:
         """A Context for talking to the running stack (clients, DSNs); needs no lock."""
@@ -367,11 +371,8 @@ class LocalStack(Faults):
             report = resharding.execute(ctx, before, after, push)
         finally:
             self._reshard_marker.unlink(missing_ok=True)
-        write_atomic(self.state.path / "resharding-last.json", json.dumps(report))
-        figures = (f": {report['rows_moved']} of {report.get('rows_total', 0)} rows moved in "
-                   f"{report['duration_s']:.2f} s" + (f" ({report['rows_per_s']:,} rows/s copying)"
-                                                     if report.get("rows_per_s") else "")) if after else ""
-        return describe(action, ctx.topology) + figures
+        resharding.save_report(self.state.path, report)
+        return describe(action, ctx.topology) + resharding.figures(report)
 
     # -- faults: kill/pause/resume (stack.fault.Faults) call this ------------------------
     FAULT_SIGNALS = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..binaries import Binaries
 from ..ports import Ports
+from ..render.addressing import Addressing, loopback
 from ..topology import Topology
 from .proc import ProcessRecord, RunAs, spawn
 from .state import StateDir
@@ -21,6 +22,11 @@ class Context:
     @property
     def ports(self) -> Ports:
         return Ports(self.topology.base_port)
+
+    @property
+    def addressing(self) -> Addressing:
+        """How one service reaches another: loopback at the block's ports."""
+        return loopback(self.ports)
 
     @property
     def run_as(self) -> RunAs:

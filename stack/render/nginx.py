@@ -15,9 +15,11 @@ STRATEGY_DIRECTIVES = {
     "random_two": "random two least_conn;",
 }
 
-# One line per request: enough to attribute traffic to replicas without stub_status.
+# One line per request: enough to attribute traffic to replicas without stub_status. The last
+# field is the replica that answered, as it names itself (its X-Replica header; "-": none did):
+# addresses differ by backend (loopback ports, container or task addresses), that name does not.
 LOG_FORMAT = ('$msec $remote_addr $request_method "$request_uri" $status '
-              '$upstream_addr $upstream_response_time $request_time')
+              '$upstream_addr $upstream_response_time $request_time $upstream_http_x_replica')
 
 
 def server_block(listen: str) -> str:

@@ -131,6 +131,10 @@ class Sampler:
         if self._ctx is None:
             self._ctx = await asyncio.to_thread(self.stack.context)
             self._session = aiohttp.ClientSession()
+        elif getattr(self._ctx, "app_ports", None) is not None:
+            # The replicas' ports are the engine's choice per task (Swarm): a scale or a replaced
+            # task changes them, so they are asked again each sample (the servers' ports are fixed).
+            self._ctx = await asyncio.to_thread(self.stack.context)
         topology = await asyncio.to_thread(self.stack.applied)
         problems: list[str] = []
 

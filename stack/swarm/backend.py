@@ -22,8 +22,10 @@ How each plan action becomes a Swarm operation:
                        seed config secret rotated in by a service update (a rolling update)
     set_cpu_quota      a service update of resources.limits (Swarm replaces the tasks)
 
-Only services are published (nginx, PostgreSQL, PgBouncer, Redis), on 0.0.0.0: Swarm cannot
-publish on 127.0.0.1 only. App replicas are reached through nginx, or inside their task.
+nginx, PostgreSQL, PgBouncer and Redis are published at their fixed ports, on 0.0.0.0: Swarm cannot
+publish on 127.0.0.1 only. Each app task is published (host mode) on a port its engine picks,
+also on every interface; context() and status() report each one (the course asks one replica
+for its /metrics), and traffic goes through nginx.
 """
 from __future__ import annotations
 
@@ -39,29 +41,24 @@ from psycopg import sql
 from .. import clients
 from ..docker.compose import to_yaml
 from ..docker.config import postgres_settings, project_files
-from ..docker.engine import connect
+from ..docker.engine_stack import EngineStack, quiet, recorder, refuse_other_base_port
 from ..docker.images import ensure_images
 from ..docker.runtime import write_runtime
 from ..docker.state import DockerState
-from ..errors import PortInUseError, StackError, UnknownServiceError
-from ..fault import Faults
+from ..errors import PortInUseError, StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
                     SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, services_for)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
-from ..quota import Support, engine_support
 from ..topology import Topology
 from .services import SwarmServices
-from .stackfile import APP_CONFIG, PUBLISHED, runtime_texts, secret_names, swarm_model, upstream_conf
+from .stackfile import (APP_CONFIG, PUBLISHED, refuse_shards, runtime_texts, secret_names, swarm_model,
+                        upstream_conf)
 
 Progress = Callable[[str], None]
 APP_UID = 10001                   # the app image's `scalelab` user
 HEADER = "# The stack this SwarmStack deployed (stack.swarm.stackfile), for `docker stack deploy -c`.\n"
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 def stack_name(topology: Topology) -> str:
@@ -77,21 +74,31 @@ def _short(service: str) -> str:
     return "app" if service.startswith("app-") else service
 
 
-class SwarmStack(Faults):
+class SwarmStack(EngineStack):
     backend = "swarm"
 
     def __init__(self, state_dir: str | Path | None = None, client=None):
-        self.state = DockerState(state_dir or default_state_dir())
-        self._client = client
-
-    @property
-    def client(self):
-        if self._client is None:
-            self._client = connect()
-        return self._client
+        super().__init__(DockerState(state_dir or default_state_dir()), client)
 
     def _services(self, name: str) -> SwarmServices:
         return SwarmServices(self.client, name)
+
+    def _service_containers(self, saved: dict) -> dict[str, dict]:
+        return self._services(saved["stack"]).containers() if saved.get("stack") else {}
+
+    def _app_ports(self, saved: dict) -> dict[int, int]:
+        """{slot: host port} of the app tasks on this engine's node (the engine picked each port)."""
+        if not saved.get("stack") or not saved.get("up"):
+            return {}
+        here = self.client.info()["Swarm"].get("NodeID")
+        return self._services(saved["stack"]).published_ports("app", here)
+
+    def context(self, topology: Topology | None = None) -> clients.StackAccess:
+        """Ports and secrets for talking to the running stack; each app task at the port the engine
+        reports for it (asked on every call: a task Swarm replaced has another port)."""
+        saved = self.state.load()
+        topology = topology or Topology.from_state(saved) or Topology.from_env()
+        return clients.StackAccess(topology, self.state.secrets(), app_ports=self._app_ports(saved))
 
     # -- the swarm ----------------------------------------------------------------------------
     def _ensure_swarm(self, say) -> bool:
@@ -108,18 +115,7 @@ class SwarmStack(Faults):
         return True
 
     # -- reading what runs --------------------------------------------------------------------
-    def cpu_quota_support(self) -> Support:
-        """Whether `app.cpu_quota` works here: the engine enforces it (a CFS quota per container)."""
-        return engine_support(self.client)
-
-    def applied(self) -> Topology | None:
-        return Topology.from_state(self.state.load())
-
-    def context(self, topology: Topology | None = None) -> clients.StackAccess:
-        topology = topology or self.applied() or Topology.from_env()
-        return clients.StackAccess(topology, self.state.secrets())
-
-    def _running(self, name: str, images: dict | None = None) -> set[str]:
+    def _running_services(self, name: str, images: dict | None = None) -> set[str]:
         """The plan's view: infra services with a running task, app-1..app-k for k running app
         tasks. A service on another image than `images` counts as not running (redeployed)."""
         services = self._services(name)
@@ -148,6 +144,7 @@ class SwarmStack(Faults):
             except StackError as exc:
                 error = str(exc)
         wanted = services_for(topology) if topology and saved.get("up") else []
+        app_ports = self._app_ports(saved) if name and not error else {}
         services = {}
         for service in sorted(set(listing) | set(wanted)):
             c = listing.get(service)
@@ -157,7 +154,7 @@ class SwarmStack(Faults):
             services[service] = {
                 "state": c["State"] if c else ("unknown" if error else "missing"), "health": health,
                 "pid": None, "container": c["Id"][:12] if c else None,
-                "address": f"{HOST}:{ports.of(service)}" if ports and service in PUBLISHED else None}
+                "address": _address(service, ports, app_ports)}
         result = {"backend": self.backend, "state_dir": str(self.state.path), "stack": name,
                   "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                   "running": any(s["state"] == "running" for s in services.values()),
@@ -166,55 +163,30 @@ class SwarmStack(Faults):
             result["error"] = error
         return result
 
-    def logs(self, service: str, lines: int = 50) -> str:
-        saved = self.state.load()
-        listing = self._services(saved["stack"]).containers() if saved.get("stack") else {}
-        if service not in listing:
-            raise StackError(f"no log for service {service!r}: known services are "
-                             f"{', '.join(sorted(listing)) or 'none yet'}")
-        return self.client.api.logs(listing[service]["Id"], tail=lines).decode(errors="replace").rstrip("\n")
-
-    def build(self, progress: Progress | None = None, force: bool = False) -> dict[str, str]:
-        return ensure_images(self.client, progress or _quiet, force=force)
-
     # -- changing it ------------------------------------------------------------------------------
-    def apply(self, progress: Progress | None = None, **changes) -> list[str]:
-        current = self.applied() or Topology.from_env()
-        return self._up(current.with_changes(**changes), progress, check_images=False)
-
-    def up(self, topology: Topology | None = None, progress: Progress | None = None) -> list[str]:
-        """Bring the stack to `topology` (default: what last ran, else the defaults); returns what
-        was done, one line per action ([] when it already matched)."""
-        return self._up(topology, progress, check_images=True)
-
     def _up(self, topology: Topology | None, progress: Progress | None, check_images: bool) -> list[str]:
-        say = progress or _quiet
+        say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
+        refuse_shards(topology)      # before the engine is asked anything
         self.client
         with self.state.locked():
             saved = self.state.load()
             old = Topology.from_state(saved)
             new = topology or old or Topology.from_env()
             upstream_conf(new)     # refuses per-replica weights with the reason, before any change
+            refuse_shards(new)
             name = saved.get("stack") or stack_name(new)
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
-            running = self._running(name, refs)
-            if running and old and old.base_port != new.base_port:
-                raise StackError(f"base_port={new.base_port} differs from the running stack's "
-                                 f"{old.base_port}: run down() first, then up() on the new port")
+            running = self._running_services(name, refs)
+            refuse_other_base_port(old, new, running)
             for service in PUBLISHED:
                 port = Ports(new.base_port).of(service)
                 if service in services_for(new) and service not in running and not port_is_free(port):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
-            started = time.monotonic()
-            done: list[str] = []
-
-            def note(message: str) -> None:
-                done.append(message)
-                say(f"[{time.monotonic() - started:5.2f}s] {message}")
+            done, note = recorder(say)
 
             live = old if (old is not None and running) else None
             run = _Run(self, name, live, new, refs, nginx_view=saved.get("nginx_view"))
@@ -227,7 +199,7 @@ class SwarmStack(Faults):
                 report = RollbackReport()
                 if old is not None and live is not None:
                     back = _Run(self, name, new, old, refs)
-                    for action in plan(new, old, self._running(name, refs)):
+                    for action in plan(new, old, self._running_services(name, refs)):
                         report.attempt(str(action), lambda a=action: back.execute(a, say))
                 report.attach(exc)
                 raise
@@ -235,53 +207,26 @@ class SwarmStack(Faults):
                              "up": True, "swarm_created": created, "nginx_view": run.nginx_view})
             return done
 
-    # -- faults ---------------------------------------------------------------------------------
-    def _fault(self, action: str, service: str) -> str:
-        saved = self.state.load()
-        topology = Topology.from_state(saved)
-        known = services_for(topology) if topology and saved.get("up") else []
-        if not isinstance(service, str) or service not in known:
-            raise UnknownServiceError(service, sorted(known))
-        c = self._services(saved["stack"]).containers().get(service)
-        if c is None:
-            raise StackError(f"service {service!r} has no running task: nothing to {action}. up() starts it.")
-        if action == "kill":        # Swarm starts a new task in its place by itself
-            self.client.api.kill(c["Id"], signal="SIGKILL")
-        elif action == "pause" and c["State"] == "running":
-            self.client.api.pause(c["Id"])
-        elif action == "resume" and c["State"] == "paused":
-            self.client.api.unpause(c["Id"])
-        return f"{action} {service} (container {c['Id'][:12]})"
+    DOWN_STATE = {"up": False, "swarm_created": False}
 
-    def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
-        """Remove the stack's services, network, configs and secrets; `purge=True` also the data
-        volumes and the state directory. A swarm that up() initialised is left again."""
-        say = progress or _quiet
-        if not self.state.path.exists():
-            return []
+    def _take_down(self, saved: dict, purge: bool, say) -> list[str]:
+        """Remove the stack's services, network, configs and secrets (purge: the data volumes too).
+        A swarm that up() initialised is left again."""
         done: list[str] = []
-        with self.state.locked():
-            saved = self.state.load()
-            name = saved.get("stack")
-            if name and self.client.info()["Swarm"].get("LocalNodeState") == "active":
-                done += self._remove_stack(name, say)
-                topology = Topology.from_state(saved)
-                if topology:
-                    done += _wait_ports_released(Ports(topology.base_port).all_for(topology))
-            if purge and name:
-                for volume in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
-                    volume.remove(force=True)
-                    done.append(f"deleted volume {volume.name}")
-            if saved.get("swarm_created") and self.client.info()["Swarm"].get("LocalNodeState") == "active":
-                self.client.swarm.leave(force=True)
-                done.append("left the swarm this stack had initialised")
-                say(done[-1])
-            if saved:
-                self.state.save({**saved, "up": False, "swarm_created": False})
-        if purge:
-            import shutil
-            shutil.rmtree(self.state.path, ignore_errors=True)
-            done.append(f"deleted {self.state.path}")
+        name = saved.get("stack")
+        if name and self.client.info()["Swarm"].get("LocalNodeState") == "active":
+            done += self._remove_stack(name, say)
+            topology = Topology.from_state(saved)
+            if topology:
+                done += _wait_ports_released(Ports(topology.base_port).all_for(topology))
+        if purge and name:
+            for volume in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
+                volume.remove(force=True)
+                done.append(f"deleted volume {volume.name}")
+        if saved.get("swarm_created") and self.client.info()["Swarm"].get("LocalNodeState") == "active":
+            self.client.swarm.leave(force=True)
+            done.append("left the swarm this stack had initialised")
+            say(done[-1])
         return done
 
     def _remove_stack(self, name: str, say) -> list[str]:
@@ -316,6 +261,14 @@ class SwarmStack(Faults):
             except Exception:   # noqa: BLE001 - Swarm removes an overlay network itself once unused
                 pass
         return done
+
+
+def _address(service: str, ports: Ports | None, app_ports: dict[int, int]) -> str | None:
+    if ports and service in PUBLISHED:
+        return f"{HOST}:{ports.of(service)}"
+    if service.startswith("app-") and int(service.split("-")[1]) in app_ports:
+        return f"{HOST}:{app_ports[int(service.split('-')[1])]}"
+    return None
 
 
 def _wait_ports_released(ports: dict, timeout_s: float = 15.0) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from docker.errors import APIError, NotFound
 
+from ..docker.engine import exec_in
 from ..errors import ServiceFailedError, StackError
 
 NAMESPACE = "com.docker.stack.namespace"
@@ -41,6 +42,16 @@ class SwarmServices:
 
     def running_tasks(self, short: str) -> list[dict]:
         return [t for t in self.tasks(short) if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
+
+    def published_ports(self, short: str, node_id: str) -> dict[int, int]:
+        """{task slot: host port} of the running tasks of `short` on node `node_id` (the engine
+        reports the port it picked for each task's host-mode published port)."""
+        found = {}
+        for task in self.running_tasks(short):
+            ports = (task["Status"].get("PortStatus") or {}).get("Ports") or []
+            if task.get("NodeID") == node_id and ports:
+                found[task["Slot"]] = ports[0]["PublishedPort"]
+        return found
 
     @staticmethod
     def container_id(task: dict) -> str | None:
@@ -164,13 +175,7 @@ class SwarmServices:
 
     # -- inside a task's container ----------------------------------------------------------------
     def exec(self, container_id: str, cmd: list[str]) -> str:
-        result = self.client.api.exec_create(container_id, cmd)
-        output = self.client.api.exec_start(result["Id"]).decode(errors="replace")
-        code = self.client.api.exec_inspect(result["Id"])["ExitCode"]
-        if code != 0:
-            raise StackError(f"`{' '.join(cmd)}` in container {container_id[:12]} failed (exit {code}): "
-                             f"{output.strip()}")
-        return output
+        return exec_in(self.client, container_id, cmd)
 
     def put_file(self, container_id: str, path: str, text: str, uid: int) -> None:
         """Write one file into a running container (its directory must exist)."""

@@ -18,8 +18,10 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
   `endpoint_mode: dnsrr`, because the ingress routing mesh and virtual IPs are IPVS, which
   not every kernel has (this machine's has no CONFIG_IP_VS). So a published service's
   update stops the old task before the new one binds the port (stop-first). Only the
-  entry point and the servers the course's clients read are published, and each one asks
-  for a password (SCRAM, requirepass) or serves only the app's HTTP API.
+  entry point, the servers the course's clients read and the app's tasks are published,
+  and each one asks for a password (SCRAM, requirepass) or serves only the app's HTTP API
+  (admin calls need the token). An app task has no fixed port (one service, N tasks): its
+  engine picks one per task, which the backend reads from the task's status.
 * Images are not built by `docker stack deploy`: build them first
   (`python -m stack.docker build`), on every node of a multi-node swarm (or
   `docker save` / `docker load` them there).
@@ -34,10 +36,10 @@ import json
 import re
 from pathlib import Path
 
-from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name, refuse_shards
+from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name
 from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
                              render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql)
-from ..errors import TopologyError
+from ..errors import StackError, TopologyError
 from ..ports import Ports
 from ..render.addressing import INTERNAL_PORTS
 from ..render.nginx import render_upstream_conf
@@ -218,6 +220,10 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     if name in PUBLISHED:
         svc["ports"] = [{"target": INTERNAL_PORTS["postgres" if name.startswith("postgres") else name],
                          "published": ports.of(name), "protocol": "tcp", "mode": "host"}]
+    else:
+        # Each app task on a port of its node that the engine picks (host mode, no published port):
+        # the course asks one replica for its /metrics or a profile; the engine reports the port.
+        svc["ports"] = [{"target": INTERNAL_PORTS["app"], "protocol": "tcp", "mode": "host"}]
     svc["networks"] = ["default"]
     # DNS answers with the tasks' own addresses: a virtual IP needs the kernel's IPVS, which
     # some kernels lack (this machine's has no CONFIG_IP_VS: VIPs and the ingress mesh time out).
@@ -230,6 +236,14 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     deploy["restart_policy"] = dict(RESTART_POLICY)
     svc["deploy"] = deploy
     return svc
+
+
+def refuse_shards(topology: Topology | None) -> None:
+    """Shard servers run on the local and Docker backends, not yet on Swarm: say so before anything changes."""
+    if topology is not None and topology.postgres.shards:
+        raise StackError(f"postgres.shards={topology.postgres.shards} is not available on the Swarm backend yet: "
+                         f"shard servers run on the local and docker backends (SCALELAB_BACKEND=local or docker); "
+                         f"no swarm stack file renders them. Nothing was changed.")
 
 
 def swarm_model(topology: Topology | None = None, images: dict | None = None, secrets: dict | None = None,
