@@ -100,3 +100,16 @@ def test_a_log_axis_is_labelled_1_2_5_within_the_data():
     fig = pooling_plots.pool_sweep(sweep)
     assert list(fig.layout.yaxis2.ticktext) == ["100", "200", "500", "1,000", "2,000"]
     assert list(fig.layout.xaxis.tickvals) == [2, 4, 8, 16]          # ticks the plot chose stay
+
+
+def test_a_busy_generator_is_reported_in_one_short_actionable_sentence():
+    from stack.course.experiments import generator_fell_behind
+    frame = pd.DataFrame([("poisson", 50, True, 7.2, "long text " * 50), ("poisson", 100, False, 1.0, ""),
+                          ("uniform", 180, True, 49.1, "long text " * 50)],
+                         columns=["arrivals", "offered_rps", "generator_bottleneck", "send_lag_p99_ms", "warnings"]
+                         ).set_index(["arrivals", "offered_rps"])
+    said = generator_fell_behind(frame)
+    assert said.startswith("the load generator fell behind its schedule in 2 of 3 runs (p99 send lag up to 49 ms; "
+                           "the limit is 5 ms): ('poisson', 50), ('uniform', 180).")
+    assert "run the experiment cell again" in said and "long text" not in said
+    assert generator_fell_behind(frame.iloc[[1]]) == "the load generator kept its schedule in every run"

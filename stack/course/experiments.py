@@ -124,7 +124,24 @@ def _row(result, **settings) -> dict:
     # past capacity, this is what the server really delivered.
     return {**settings, "served_rps": result.responses / result.elapsed_s, "throughput_rps": result.throughput_rps, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
             "max_ms": lat["max_ms"], "errors": result.error_count, "generator_bottleneck": result.generator_bottleneck,
+            "send_lag_p99_ms": result.send_lag.percentile_ms(99.0) if result.send_lag else None,
             "warnings": " ".join(result.warnings)}
+
+
+def generator_fell_behind(frame: pd.DataFrame) -> str:
+    """What to tell a learner when the load generator itself limited some rows of an experiment:
+    how many, how late it sent, and what to do. (The rows' own warnings say it at length.)"""
+    behind = frame[frame["generator_bottleneck"]]
+    if behind.empty:
+        return "the load generator kept its schedule in every run"
+    lags = behind["send_lag_p99_ms"].dropna() if "send_lag_p99_ms" in behind else pd.Series(dtype=float)
+    limit = LoadSpec.__dataclass_fields__["max_send_lag_ms"].default        # what run() measures against
+    late = f" (p99 send lag up to {lags.max():.0f} ms; the limit is {limit:g} ms)" if not lags.empty else ""
+    runs = ", ".join(str(i) for i in behind.index)
+    return (f"the load generator fell behind its schedule in {len(behind)} of {len(frame)} runs{late}: {runs}. "
+            "This machine was too busy to measure (other programs, or a test run beside the course). "
+            "Let it settle and run the experiment cell again; the numbers above describe the busy machine, "
+            "not the stack.")
 
 
 @experiment
