@@ -337,25 +337,37 @@ def biggest_drop(waterfall: pd.DataFrame) -> str:
 # -- what the profiler costs -----------------------------------------------------------------------
 
 @experiment
-def profiler_cost(stack, seconds: float = 1.5, connections: int = 8) -> pd.DataFrame:
-    """Closed-loop cached user reads straight to app-1, without and with pyinstrument sampling it."""
+def profiler_cost(stack, seconds: float = 1.0, connections: int = 8, pairs: int = 3) -> pd.DataFrame:
+    """Closed-loop cached user reads straight to app-1, without and with pyinstrument sampling it,
+    in `pairs` alternating runs: other work on the machine drifts, and a pair measured side by side
+    compares like with like. Each column is the median over the runs of that mode; `relative_rps`
+    is the median of the pairs' ratios."""
     url = clients.app_url(stack, 1).rstrip("/")
     spec = LoadSpec(url=url, mode="closed", connections=connections, duration_s=seconds, path="/users/1")
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(pairs):
+        for sampling in (False, True):
+            worker = None
+            if sampling:
+                worker = ThreadPoolExecutor(1)
+                future = worker.submit(clients.profile_replica, stack, 1, seconds + 0.5)
+                time.sleep(0.1)
+            result = run_load(spec)
+            if worker:
+                future.result()
+                worker.shutdown()
+            runs[sampling].append(summary(result))
+    ratios = [on["throughput_rps"] / off["throughput_rps"] for off, on in zip(runs[False], runs[True])
+              if off["throughput_rps"]]
     rows = []
-    for sampling in (False, True):
-        worker = None
-        if sampling:
-            worker = ThreadPoolExecutor(1)
-            future = worker.submit(clients.profile_replica, stack, 1, seconds + 0.5)
-            time.sleep(0.1)
-        result = run_load(spec)
-        if worker:
-            future.result()
-            worker.shutdown()
-        rows.append({"sampling": "pyinstrument, 1 ms" if sampling else "off", **summary(result)})
-    frame = pd.DataFrame(rows).set_index("sampling")
-    frame["relative_rps"] = frame["throughput_rps"] / frame["throughput_rps"].iloc[0]
-    return frame
+    for sampling, label in ((False, "off"), (True, "pyinstrument, 1 ms")):
+        part = pd.DataFrame(runs[sampling])
+        rows.append({"sampling": label, "runs": len(part),
+                     **{c: float(part[c].median()) for c in ("p50_ms", "p99_ms", "throughput_rps")},
+                     "errors": int(part["errors"].sum()),
+                     "generator_bottleneck": bool(part["generator_bottleneck"].any()),
+                     "relative_rps": float(pd.Series(ratios).median()) if sampling and ratios else 1.0})
+    return pd.DataFrame(rows).set_index("sampling")
 
 
 def flame_frame(flame: dict) -> pd.DataFrame:
