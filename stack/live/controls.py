@@ -79,9 +79,12 @@ class Control:
         self.error.value = ""
 
 
+DESCRIPTION_WIDTH = "180px"     # the longest label, "replica apply delay (ms)", whole
+
+
 def _slider(cls, description: str, **kw):
     return cls(description=description, continuous_update=False,   # apply on release, not per pixel
-               style={"description_width": "150px"}, layout=widgets.Layout(width="420px"), **kw)
+               style={"description_width": DESCRIPTION_WIDTH}, layout=widgets.Layout(width="450px"), **kw)
 
 
 class ReplicasControl(Control):
@@ -104,7 +107,7 @@ class StrategyControl(Control):
 
     def build(self, topology):
         w = widgets.Dropdown(description="balancer strategy", options=list(STRATEGIES),
-                             value=topology.balancer.strategy, style={"description_width": "150px"},
+                             value=topology.balancer.strategy, style={"description_width": DESCRIPTION_WIDTH},
                              layout=widgets.Layout(width="420px"))
         w.observe(self._changed, "value")
         return w
@@ -121,7 +124,7 @@ class IntControl(Control):
     def build(self, topology):
         if self._text:
             w = widgets.IntText(description=self._description, value=self.read(topology),
-                                style={"description_width": "150px"}, layout=widgets.Layout(width="260px"))
+                                style={"description_width": DESCRIPTION_WIDTH}, layout=widgets.Layout(width="260px"))
         else:
             w = _slider(widgets.IntSlider, self._description, value=self.read(topology), **self._slider)
         w.observe(self._changed, "value")
@@ -151,7 +154,7 @@ class WeightsControl(Control):
         self._sliders: list[widgets.IntSlider] = []
         box = widgets.HBox(layout=widgets.Layout(align_items="center"))
         self._box = box
-        self._title = widgets.Label("weights", layout=widgets.Layout(width="150px"))
+        self._title = widgets.Label("weights", layout=widgets.Layout(width=DESCRIPTION_WIDTH))
         self._fit(topology)
         return box
 
@@ -213,7 +216,7 @@ class KeepaliveControl(Control):
     def build(self, topology):
         w = widgets.ToggleButtons(description="upstream keepalive", options=[("off", 0), (f"{self.ON}", self.ON)],
                                   value=self._option(topology.balancer.keepalive),
-                                  style={"description_width": "150px", "button_width": "60px"})
+                                  style={"description_width": DESCRIPTION_WIDTH, "button_width": "60px"})
         w.observe(self._changed, "value")
         return w
 
