@@ -93,12 +93,12 @@ def test_labels_of_lines_on_log_axes_sit_at_the_line(tmp_path, monkeypatch):
 def test_a_log_axis_is_labelled_1_2_5_within_the_data():
     from stack.course import pooling_plots
     from stack.course.plots import log_ticks
-    assert log_ticks(61, 2053) == [100, 200, 500, 1000, 2000]
-    assert log_ticks(0.2, 3.0) == [0.2, 0.5, 1, 2]
+    assert log_ticks(61, 2053) == [50, 100, 200, 500, 1000, 2000, 5000]
+    assert log_ticks(0.2, 3.0) == [0.1, 0.2, 0.5, 1, 2, 5]
     sweep = pd.DataFrame({"read_pool": [2, 4, 8, 16], "little_per_replica": 5.0, "ok_rps": [77, 153, 197, 197],
                           "served_rps": [119, 153, 197, 197], "p99_ms": [2053, 918, 73, 61]}).set_index("read_pool")
     fig = pooling_plots.pool_sweep(sweep)
-    assert list(fig.layout.yaxis2.ticktext) == ["100", "200", "500", "1,000", "2,000"]
+    assert list(fig.layout.yaxis2.ticktext) == ["50", "100", "200", "500", "1,000", "2,000", "5,000"]
     assert list(fig.layout.xaxis.tickvals) == [2, 4, 8, 16]          # ticks the plot chose stay
 
 

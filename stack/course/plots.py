@@ -21,16 +21,14 @@ def _style(fig: go.Figure, title: str, height: int = 380) -> go.Figure:
 
 
 def log_ticks(low: float, high: float) -> list[float]:
-    """1-2-5 ticks covering low..high (both > 0): a log axis labelled 50, 100, 200, 500, 1000 ..."""
-    ticks, k = [], math.floor(math.log10(low))
-    while True:
-        for m in (1, 2, 5):
-            v = m * 10 ** k
-            if v > high * 1.0001:
-                return ticks or [low]
-            if v >= low / 1.0001:
-                ticks.append(float(v))
-        k += 1
+    """1-2-5 ticks covering low..high (both > 0), one step beyond each end so the axis's padding
+    gets a label too (plotly shows only those inside the range): 50, 100, 200, 500, 1000 ..."""
+    steps = [m * 10.0 ** k for k in range(math.floor(math.log10(low)) - 1, math.floor(math.log10(high)) + 2)
+             for m in (1, 2, 5)]
+    below = [v for v in steps if v < low / 1.0001]
+    above = [v for v in steps if v > high * 1.0001]
+    inside = [v for v in steps if low / 1.0001 <= v <= high * 1.0001] or [float(f"{low:.2g}")]
+    return below[-1:] + inside + above[:1]
 
 
 def _values(data) -> list:
