@@ -63,6 +63,8 @@ def test_starter_is_rejected_by_every_check(lab, tmp_path):
     for name in lab_checks(lab):
         assert recorded[name]["attempts"] >= 1, f"{name} was never checked"
         assert recorded[name]["passed"] is False, f"{name} accepted the starter code"
+        # A check that crashed judged nothing (too busy to measure, "inconclusive", is allowed).
+        assert recorded[name]["last"] != "error", f"{name} could not run on the starter: {recorded[name]}"
 
 
 @pytest.mark.parametrize("lab", LABS)
@@ -593,3 +595,14 @@ def test_fits_connections_verdict_depends_on_the_live_stack(own_progress, shape,
     assert result.passed is passes, result
     if shape == {}:
         assert "ran out of room" in result.message, result
+
+
+def test_a_check_whose_own_code_crashes_is_recorded_as_an_error_not_a_rejection(own_progress):
+    from stack.course.progress_store import load
+    from stack.lab.checker import _judge
+    from stack.lab.registry import Check
+    from stack.topology import Topology
+    broken = Check("broken_check", "lab00", "a check with a bug", run=lambda: Topology().with_changes(replicas=0))
+    result = _judge(broken, ())
+    assert not result.passed and result.message.startswith("The check could not run: TopologyError")
+    assert load()["checks"]["broken_check"]["last"] == "error"

@@ -31,13 +31,16 @@ def save(data: dict) -> None:
     os.replace(tmp, path)
 
 
-def record_check(name: str, passed: bool, skipped: bool = False, inconclusive: bool = False) -> None:
+def record_check(name: str, passed: bool, skipped: bool = False, inconclusive: bool = False,
+                 crashed: bool = False) -> None:
     """One attempt at a check; `skipped`: solve() applied the solution, so it counts as solved-by-skip;
-    `inconclusive`: the machine was too busy to measure (an attempt, neither pass nor the learner's fail)."""
+    `inconclusive`: the machine was too busy to measure (an attempt, neither pass nor the learner's fail);
+    `crashed`: the course's own code raised, so nothing was judged (recorded as "error")."""
     data = load()
     entry = data["checks"].setdefault(name, {"attempts": 0, "passed": False})
     entry["attempts"] += 1
-    entry["last"] = "skip" if skipped else ("inconclusive" if inconclusive else ("pass" if passed else "fail"))
+    entry["last"] = ("skip" if skipped else "error" if crashed else "inconclusive" if inconclusive
+                     else "pass" if passed else "fail")
     if skipped:
         entry["skipped"] = True
     elif passed:

@@ -96,7 +96,7 @@ def _judge(spec: Check, args: tuple, skipped: bool = False) -> CheckResult:
             # Raised inside the course's own code (the check, or the stack it drives).
             verdict = Verdict(False, "a working check", f"{type(exc).__name__}: {exc}",
                               f"The check could not run: {type(exc).__name__}: {exc} "
-                              f"({Path(where.filename).name}, line {where.lineno}).")
+                              f"({Path(where.filename).name}, line {where.lineno}).", crashed=True)
         else:
             verdict = Verdict(False, "an answer", f"{type(exc).__name__}: {exc}",
                               f"Your code raised {type(exc).__name__} (line {where.lineno}): {exc}")
@@ -107,7 +107,7 @@ def _judge(spec: Check, args: tuple, skipped: bool = False) -> CheckResult:
     if verdict.inconclusive:
         message = "Inconclusive, not your fault: " + message
     progress_store.record_check(name, verdict.passed and not skipped, skipped=skipped,
-                                inconclusive=verdict.inconclusive)
+                                inconclusive=verdict.inconclusive, crashed=verdict.crashed)
     first_hint = None
     if not verdict.passed:
         first_hint = verdict.hint or (spec.hints[0] if spec.hints else None)

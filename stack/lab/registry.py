@@ -14,6 +14,7 @@ class Verdict:
     detail: str = ""          # one sentence on what was tried, e.g. the failing input
     hint: str | None = None   # the hint that fits this failure (else the ladder's first rung)
     inconclusive: bool = False   # the machine was too busy to measure: not the learner's fault
+    crashed: bool = False        # the course's own code raised: the check could not judge at all
 
 
 @dataclass(frozen=True)
