@@ -30,6 +30,17 @@ def _print_status(status: dict) -> None:
         print("  (nothing has run yet: python -m stack up)")
 
 
+def _split_psql_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`python -m stack [--state-dir D] psql [SERVER] -- ARGS`: ARGS are psql's own, not ours."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):      # our options before the command
+        i += 1 if "=" in argv[i] or argv[i] in ("-h", "--help") else 2
+    if i < len(argv) and argv[i] == "psql" and "--" in argv[i:]:
+        cut = argv.index("--", i)
+        return argv[:cut], argv[cut + 1:]
+    return argv, []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack", description="The ScaleLab live stack.")
     parser.add_argument("--state-dir", help="state directory (default: $SCALELAB_STATE or a per-user temp dir)")
@@ -61,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     url.add_argument("--user", choices=("postgres", "app"), default="postgres", help="PostgreSQL role")
     url.add_argument("--db", default="scalelab", help="database (PgBouncer's console: pgbouncer)")
     psql = sub.add_parser("psql", help="psql connected to a PostgreSQL server of the stack; "
-                                       "arguments after -- go to psql (python -m stack psql -- -c 'SELECT 1')")
+                                       "arguments after -- go to psql (python -m stack psql -- -c 'SELECT 1')",
+                          epilog="psql's own options go after --, e.g. python -m stack psql standby -- -c 'SELECT 1'")
     psql.add_argument("server", nargs="?", default="primary", help="primary (default), standby, pgbouncer, shard-N")
     psql.add_argument("--user", choices=("postgres", "app"), default="postgres")
     psql.add_argument("--db", default="scalelab")
@@ -71,11 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     argv = sys.argv[1:] if argv is None else list(argv)
-    passed_on = []          # `psql ... -- ARGS`: ARGS are psql's own, not ours
-    if "psql" in argv and "--" in argv[argv.index("psql"):]:
-        cut = argv.index("--", argv.index("psql"))
-        argv, passed_on = argv[:cut], argv[cut + 1:]
-    args = parser.parse_args(argv)
+    argv, passed_on = _split_psql_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        tip = (" (psql's own options go after --, e.g. python -m stack psql standby -- -c 'SELECT 1')"
+               if args.command == "psql" else "")
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}{tip}")
     stack = get_stack(args.state_dir, args.backend)
     say = lambda message: print(message, flush=True)  # noqa: E731
     try:

@@ -66,12 +66,17 @@ def dsn(target, server: str = "primary", *, user: str = "postgres", dbname: str 
         connect_timeout: int = 2) -> str:
     """A libpq connection string for `server` ("primary", "standby" or "pgbouncer") as `user`."""
     service = server_service(server)
-    if user not in ("postgres", "app"):
-        raise StackError(f"user={user!r} is not allowed: 'postgres' or 'app'")
     ctx = access(target)
-    password = ctx.secrets["postgres_password" if user == "postgres" else "app_password"]
+    password = postgres_password(ctx, user)
     return make_conninfo(host=HOST, port=_port(ctx, service), user=user, password=password,
                          dbname=dbname, connect_timeout=connect_timeout)
+
+
+def postgres_password(target, user: str) -> str:
+    """The stack's password for a PostgreSQL role it made: "postgres" (superuser) or "app"."""
+    if user not in ("postgres", "app"):
+        raise StackError(f"user={user!r} is not allowed: 'postgres' or 'app'")
+    return access(target).secrets["postgres_password" if user == "postgres" else "app_password"]
 
 
 def connect(target, server: str = "primary", **kwargs) -> psycopg.Connection:
@@ -190,10 +195,11 @@ def set_redis_config(target, values: dict) -> None:
 
 
 # -- any service, for the field's own clients (psql, redis-cli, curl) -----------------------------------
-def uri(target, service: str, *, user: str = "postgres", dbname: str = DATABASE) -> str:
+def uri(target, service: str, *, user: str = "postgres", dbname: str = DATABASE, with_password: bool = True) -> str:
     """The URL a standard client takes for `service`: postgresql://... for a PostgreSQL server or
     PgBouncer (psql, pgcli, any libpq program), redis://... for Redis (redis-cli -u), http://...
-    for nginx and each app replica (curl)."""
+    for nginx and each app replica (curl). with_password=False leaves a PostgreSQL password out
+    (for PGPASSWORD: a command line is visible to every user in `ps`)."""
     ctx = access(target)
     if service == "redis":
         return redis_url(ctx)
@@ -206,10 +212,8 @@ def uri(target, service: str, *, user: str = "postgres", dbname: str = DATABASE)
     except StackError:
         raise StackError(f"service={service!r} is not allowed: 'nginx', 'redis', 'app-N', 'primary', 'standby', "
                          f"'pgbouncer' or 'shard-N' (or a service name from `python -m stack status`)") from None
-    if user not in ("postgres", "app"):
-        raise StackError(f"user={user!r} is not allowed: 'postgres' or 'app'")
-    password = ctx.secrets["postgres_password" if user == "postgres" else "app_password"]
-    return f"postgresql://{user}:{quote(password, safe='')}@{HOST}:{_port(ctx, server)}/{quote(dbname, safe='')}"
+    password = "" if not with_password else ":" + quote(postgres_password(ctx, user), safe="")
+    return f"postgresql://{user}{password}@{HOST}:{_port(ctx, server)}/{quote(dbname, safe='')}"
 
 
 # -- the app replicas ----------------------------------------------------------------------------------

@@ -36,9 +36,14 @@ def print_urls(stack, service: str | None, *, user: str, dbname: str) -> None:
         print(url)
         return
     _require_running(stack)
+    ctx = stack.context()                  # once: on Swarm every context() asks the engine
     for name, info in sorted(stack.status()["services"].items()):
-        url = clients.uri(stack, name, user=user, dbname=dbname)
-        print(f"{name:18} {info['state']:8} {CLIENT[url.split(':', 1)[0]].format(url=url)}")
+        try:
+            url = clients.uri(ctx, name, user=user, dbname=dbname)
+            line = CLIENT[url.split(":", 1)[0]].format(url=url)
+        except StackError as exc:          # e.g. a Swarm task being replaced has no port yet
+            line = f"(no URL now: {exc})"
+        print(f"{name:18} {info['state']:8} {line}")
 
 
 def psql_path() -> Path | None:
@@ -65,5 +70,7 @@ def exec_psql(stack, server: str, args: list[str], *, user: str, dbname: str) ->
     if program is None:
         raise StackError("psql was not found: the PostgreSQL wheel brings one; else apt-get install "
                          "postgresql-client (Debian/Ubuntu) or brew install libpq (macOS)")
-    os.execv(program, [str(program), "--dbname", url, *args])
+    env = {**os.environ, "PGPASSWORD": clients.postgres_password(stack, user)}
+    url = clients.uri(stack, server, user=user, dbname=dbname, with_password=False)
+    os.execve(program, [str(program), "--dbname", url, *args], env)
     return 0   # not reached

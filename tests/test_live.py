@@ -166,6 +166,13 @@ def test_a_share_point_holds_at_least_a_hundred_requests_and_no_replica_before_i
     lines = {s.name: s.y for s in share(run)}
     assert lines["app-1"][0] == 75.0                    # the first point has nothing before it
     assert all(y == 50.0 for y in lines["app-1"][3:]), lines       # four samples make 100+ requests
+    # A control change starts a new window: the point after it holds only what came after it.
+    run.markers.append((1.6, "strategy -> ip_hash"))             # between the samples at 1.5 and 1.75 s
+    assert {s.name: s.y for s in share(run)}["app-1"][6] == 75.0
+    # So does a change in who answers: samples of 2 replicas never join one of 3.
+    three = Run("r", 0.0, [sample(0.25, 0.25, {"app-1": 60.0, "app-2": 60.0}),
+                           sample(0.5, 0.25, {"app-1": 40.0, "app-2": 40.0, "app-3": 40.0})])
+    assert [round(y) for y in {s.name: s.y for s in share(three)}["app-3"][1:]] == [33]
     # Busy samples (100+ requests each) are shown as they are, and a new replica starts as a gap.
     busy = Run("r", 0.0, [sample(0.5, 0.5, {"app-1": 300.0}),
                           sample(1.0, 0.5, {"app-1": 100.0, "app-2": 300.0})])

@@ -213,6 +213,17 @@ def test_the_fields_own_clients_reach_every_service_by_the_cli_url(stack):
     assert done.returncode == 0 and "PgBouncer" in done.stdout, done.stderr
     done = cli(stack, "psql", "--user", "app", "--", "-Atc", "SELECT current_user")
     assert done.stdout.strip() == "app", done.stderr
+    # The password reaches psql in its environment, not on its command line (which `ps` shows).
+    import stack.standard_clients as standard
+    seen = {}
+    real_execve = standard.os.execve
+    standard.os.execve = lambda program, argv, env: seen.update(argv=argv, env=env)
+    try:
+        standard.exec_psql(stack, "primary", ["-c", "SELECT 1"], user="postgres", dbname="scalelab")
+    finally:
+        standard.os.execve = real_execve
+    password = clients.postgres_password(stack, "postgres")
+    assert seen["env"]["PGPASSWORD"] == password and not any(password in a for a in seen["argv"]), seen["argv"]
     import redis
     assert redis.Redis.from_url(cli(stack, "url", "redis").stdout.strip()).ping()
     with urllib.request.urlopen(cli(stack, "url", "nginx").stdout.strip() + "users/1", timeout=5) as resp:
@@ -221,7 +232,8 @@ def test_the_fields_own_clients_reach_every_service_by_the_cli_url(stack):
     assert 'psql "postgresql://' in listing and 'redis-cli -u "redis://' in listing and "curl -i" in listing
     for bad, says in ((("url", "nope"), "service='nope' is not allowed"),
                       (("url", "shard-1"), "service='shard-1' is not part of this topology"),
-                      (("psql", "redis"), "server='redis' is not allowed")):
+                      (("psql", "redis"), "server='redis' is not allowed"),
+                      (("psql", "-c", "SELECT 1"), "psql's own options go after --")):
         done = cli(stack, *bad)
         assert done.returncode == 2 and says in done.stderr, (bad, done.stderr)
 

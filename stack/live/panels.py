@@ -6,6 +6,7 @@ dimmed "before" traces lines up with the current one (strategy A vs B).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -58,25 +59,29 @@ SHARE_MAX_WINDOW_S = 2.0
 
 def share(run) -> list[Series]:
     """Each replica's part of the requests served, per sample; a sample with fewer than
-    SHARE_MIN_REQUESTS joins the samples before it (up to SHARE_MAX_WINDOW_S): at a 0.25 s interval
-    and 150 req/s a sample holds ~40 requests, and least_conn's even split read 0-70%."""
+    SHARE_MIN_REQUESTS joins the samples just before it (at a 0.25 s interval and 150 req/s a
+    sample holds ~40 requests, and least_conn's even split read 0-70%). Only samples with the same
+    replicas answering, after the last control change and within SHARE_MAX_WINDOW_S, are joined:
+    a point never mixes the stack before a change with the stack after it."""
     names = sorted({n for s in run.samples for n in s.replicas}, key=lambda n: int(n.split("-")[1]))
-    served = [{n: r.rps * s.interval_s for n, r in s.replicas.items()} for s in run.samples]
+    changes = sorted(run.started_at + at for at, _ in run.markers)
     out: dict[str, list] = {n: [] for n in names}
     for j, s in enumerate(run.samples):
-        counts: dict[str, float] = {}
+        since = max([t for t in changes if t <= s.t], default=-math.inf)
+        counts = {n: r.rps * s.interval_s for n, r in s.replicas.items()}
         first = j
-        while True:
-            for n, c in served[first].items():
-                counts[n] = counts.get(n, 0.0) + c
-            if (sum(counts.values()) >= SHARE_MIN_REQUESTS or first == 0
-                    or s.t - run.samples[first - 1].t > SHARE_MAX_WINDOW_S):
+        while sum(counts.values()) < SHARE_MIN_REQUESTS and first > 0:
+            before = run.samples[first - 1]
+            if (before.replicas.keys() != s.replicas.keys() or before.t <= since
+                    or s.t - before.t > SHARE_MAX_WINDOW_S):
                 break
             first -= 1
+            for n, r in before.replicas.items():
+                counts[n] += r.rps * before.interval_s
         total = sum(counts.values())
         for n in names:
             # Absent from this sample (not started yet, scaled away): a gap, not a zero.
-            out[n].append(None if n not in s.replicas else 100.0 * counts.get(n, 0.0) / total if total else 0.0)
+            out[n].append(None if n not in s.replicas else 100.0 * counts[n] / total if total else 0.0)
     x = [s.t - run.started_at for s in run.samples]
     return [Series(n, x, out[n]) for n in names]
 
