@@ -46,6 +46,16 @@ def test_a_poller_reads_until_the_block_ends_and_shares_what_it_opened():
     assert count >= 2 and len(poller.seen) == count, "polls while the block runs, none after it"
     assert set(poller.seen) == {"conn"} and Counting.opened_times == 1
     readings = []
-    with Poller(0.01, lambda: readings.append(1)):
-        time.sleep(0.05)
-    assert readings
+    with Poller(10, lambda: readings.append(1)):
+        pass
+    assert readings == [1], "one reading even when the block ends at once"
+
+    def fails():
+        raise ConnectionError("too many clients already")
+    try:
+        with Poller(0.01, fails):
+            time.sleep(0.05)
+    except RuntimeError as exc:
+        assert "too many clients already" in str(exc)
+    else:
+        raise AssertionError("a poller that failed must say so, not leave its readings empty")

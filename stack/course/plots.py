@@ -31,6 +31,10 @@ def log_ticks(low: float, high: float) -> list[float]:
     return below[-1:] + inside + above[:1]
 
 
+def _tick_text(v: float) -> str:
+    return f"{v / 1e6:g}M" if v >= 1e6 else f"{v:,.0f}" if v >= 1 else f"{v:g}"
+
+
 def _values(data) -> list:
     return [] if data is None else list(data)
 
@@ -45,9 +49,9 @@ def _readable_log_ticks(fig: go.Figure) -> None:
         letter, ref = name[0], name.replace("axis", "")
         values = [v for t in fig.data if (getattr(t, f"{letter}axis", None) or letter) == ref
                   for v in _values(getattr(t, letter, None)) if isinstance(v, numbers.Real) and v > 0]
-        if values:
+        if values and max(values) / min(values) <= 1e4:     # wider: plotly's powers of ten read well
             ticks = log_ticks(min(values), max(values))
-            axis.update(tickvals=ticks, ticktext=[f"{v:,g}" for v in ticks])
+            axis.update(tickvals=ticks, ticktext=[_tick_text(v) for v in ticks])
 
 
 PREDICTION_COLOR = "#ff7f0e"

@@ -29,15 +29,22 @@ class Poller:
         raise NotImplementedError
 
     def _loop(self):
-        with self.opened() as shared:
-            while not self._stop.is_set():
-                self.poll(shared)
-                self._stop.wait(self.every_s)
+        try:
+            with self.opened() as shared:
+                while True:
+                    self.poll(shared)          # at least one reading, however short the block
+                    if self._stop.wait(self.every_s):
+                        break
+        except Exception as exc:  # noqa: BLE001 - kept for __exit__: a silent poller would read as 0
+            self._error = exc
 
     def __enter__(self):
+        self._error = None
         self._thread.start()
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self._stop.set()
         self._thread.join(self.join_timeout_s)
+        if self._error is not None and exc_type is None:
+            raise RuntimeError(f"{type(self).__name__} stopped reading: {self._error}") from self._error

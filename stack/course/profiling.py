@@ -339,14 +339,14 @@ def biggest_drop(waterfall: pd.DataFrame) -> str:
 @experiment
 def profiler_cost(stack, seconds: float = 1.0, connections: int = 8, pairs: int = 3) -> pd.DataFrame:
     """Closed-loop cached user reads straight to app-1, without and with pyinstrument sampling it,
-    in `pairs` alternating runs: other work on the machine drifts, and a pair measured side by side
-    compares like with like. Each column is the median over the runs of that mode; `relative_rps`
-    is the median of the pairs' ratios."""
+    in `pairs` pairs, off-on then on-off in turn: other work on the machine drifts, and a pair
+    measured side by side compares like with like. Each column is the median over the runs of that
+    mode; `relative_rps` is the median of the pairs' ratios."""
     url = clients.app_url(stack, 1).rstrip("/")
     spec = LoadSpec(url=url, mode="closed", connections=connections, duration_s=seconds, path="/users/1")
     runs: dict[bool, list[dict]] = {False: [], True: []}
-    for _ in range(pairs):
-        for sampling in (False, True):
+    for pair in range(pairs):
+        for sampling in ((False, True) if pair % 2 == 0 else (True, False)):   # ABBA: drift cancels
             worker = None
             if sampling:
                 worker = ThreadPoolExecutor(1)
@@ -366,7 +366,9 @@ def profiler_cost(stack, seconds: float = 1.0, connections: int = 8, pairs: int 
                      **{c: float(part[c].median()) for c in ("p50_ms", "p99_ms", "throughput_rps")},
                      "errors": int(part["errors"].sum()),
                      "generator_bottleneck": bool(part["generator_bottleneck"].any()),
-                     "relative_rps": float(pd.Series(ratios).median()) if sampling and ratios else 1.0})
+                     # No pair measured (nothing answered): unknown, never "sampling is free".
+                     "relative_rps": (float(pd.Series(ratios).median()) if ratios else float("nan"))
+                     if sampling else 1.0})
     return pd.DataFrame(rows).set_index("sampling")
 
 
