@@ -149,6 +149,7 @@ def test_reaction_times_print_one_readable_line_per_change_and_stay_dicts():
     assert str(two) == ("\n  replicas -> 3: applied in 0.85 s, on the plots 1.27 s after the move"
                         "\n  replicas -> 0: refused (app.replicas=0 is not allowed)")
     assert repr(ReactionTimes()) == "no control was changed"
+    assert repr(two).startswith("  replicas -> 3")
 
 
 def test_a_share_point_holds_at_least_a_hundred_requests_and_no_replica_before_it_ran():

@@ -124,7 +124,7 @@ class IntControl(Control):
     def build(self, topology):
         if self._text:
             w = widgets.IntText(description=self._description, value=self.read(topology),
-                                style={"description_width": DESCRIPTION_WIDTH}, layout=widgets.Layout(width="260px"))
+                                style={"description_width": DESCRIPTION_WIDTH}, layout=widgets.Layout(width="300px"))
         else:
             w = _slider(widgets.IntSlider, self._description, value=self.read(topology), **self._slider)
         w.observe(self._changed, "value")

@@ -74,7 +74,8 @@ class ReactionTimes(list):
         # One change fits after print("reaction:", ...); several go one per indented line below it.
         return lines[0] if len(lines) == 1 else "".join("\n  " + line for line in lines)
 
-    __repr__ = __str__
+    def __repr__(self) -> str:          # a cell's last value: no blank first line
+        return str(self).lstrip("\n")
 
 
 @dataclass
