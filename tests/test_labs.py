@@ -404,7 +404,11 @@ def test_live_picker_checks_compare_with_nginx_and_reject_wrong_pickers(own_prog
     assert not check("nginx_split", [1, 2, 1]).passed
     blocky = check("nginx_split", _blocky_weighted)
     assert not blocky.passed and "in a row" in blocky.hint, blocky
-    assert check("nginx_split", reference_smooth_weighted).passed
+    # Again and again, as a learner re-runs the cell: each must start nginx's round-robin afresh
+    # (the same weights twice in a row used to continue mid-cycle and fail a right answer).
+    for _ in range(5):
+        result = check("nginx_split", reference_smooth_weighted)
+        assert result.passed, result
     shifted = check("nginx_ip_hash", lambda a, w: reference_ip_hash(a, w) % len(w) + 1)   # always one off
     assert not shifted.passed and "predicted 0 of" in shifted.message, shifted
     right = check("nginx_ip_hash", reference_ip_hash)

@@ -256,11 +256,16 @@ SPLIT_TOLERANCE = 0   # one request at a time, one worker: nginx is exact here (
 ), needs_stack=True)
 def check_nginx_split(fn):
     from ...course.balancing import sequence
-    from ._live import shape_stack
+    from ._live import learner_stack, shape_stack
     if not callable(fn):
         return Verdict(False, "your smooth_weighted_round_robin function", fn,
                        "Pass your function: the check picks the weights, so no list can be right in advance.")
-    weights, n = random.SystemRandom().choice(SPLITS)
+    # Weights other than the live ones: applying them reloads nginx, so its round-robin starts from
+    # the top. The same weights again would change nothing, and nginx would go on mid-cycle from the
+    # last check's requests (a right answer failed one check in four).
+    live = learner_stack().applied()
+    live_weights = tuple(live.balancer.weight_list(live.app.replicas)) if live else None
+    weights, n = random.SystemRandom().choice([s for s in SPLITS if s[0] != live_weights])
     predicted = fn(list(weights), n)                 # committed before anything is sent
     stack = shape_stack(replicas=len(weights), strategy="round_robin", weights=weights, concurrency=4)
     observed = [int(name.split("-")[1]) if name.startswith("app-") else 0 for name in sequence(stack, n)]
