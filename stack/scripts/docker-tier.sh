@@ -391,17 +391,20 @@ run_tier() {
     phase "lessons on docker (nbval)"
     # The same lesson notebooks, unchanged, on the compose backend: SCALELAB_BACKEND=docker makes
     # every stack.get_stack() in them a DockerStack (own state dir and ports: stack.pytest_env).
+    # A failed notebook fails the tier, after the other backend's notebooks have run too.
+    local lessons_failed=""
     SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=docker SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
-        .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS}
+        .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS} || lessons_failed+=" docker"
     phase "lessons on swarm (nbval)"
     # The same notebooks on the swarm backend: a one-node swarm the stack initialises and leaves.
     SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=swarm SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
-        .venv/bin/pytest ${SCALELAB_SWARM_LESSONS:-$SWARM_LESSONS}
+        .venv/bin/pytest ${SCALELAB_SWARM_LESSONS:-$SWARM_LESSONS} || lessons_failed+=" swarm"
     for kind in docker swarm swarm-multinode; do
         if [ -f "test-artifacts/$kind-timings.json" ]; then
             echo "== $kind stack timings (s): $(tr -d ' \n' < "test-artifacts/$kind-timings.json")"
         fi
     done
+    [ -z "$lessons_failed" ] || die "lesson notebooks failed on:$lessons_failed (see above)"
 }
 
 case "${1:-run}" in
