@@ -21,8 +21,9 @@
 #    FAIL (never skip) when the engine is unusable. The Swarm tests put the engine in Swarm
 #    mode (SwarmStack.up) and leave it again (down); tests/test_swarm_multinode.py makes it the
 #    manager of two worker engines in network namespaces (nodes-up) and removes them (nodes-down).
-#    Then the lesson notebooks, unchanged, with nbval: $DOCKER_LESSONS on the docker backend
-#    (SCALELAB_BACKEND=docker), then $SWARM_LESSONS on the swarm backend (SCALELAB_BACKEND=swarm);
+#    Then the lesson notebooks, unchanged, with nbval: $DOCKER_LESSONS and the lab solutions
+#    $DOCKER_SOLUTIONS on the docker backend (SCALELAB_BACKEND=docker), then $SWARM_LESSONS on
+#    the swarm backend (SCALELAB_BACKEND=swarm);
 # 5. always (trap): removes the containers, stops dockerd by its pid, and removes the bridges,
 #    iptables rules and chains, and mounts that appeared while it ran.
 # Prints the time of every phase. Needs root (it installs packages and runs dockerd).
@@ -359,7 +360,11 @@ ensure_venv() {
 # - lesson 3 gives replicas their own weights, which Swarm refuses (its app is one service of
 #   interchangeable tasks: balancer.weights must be None);
 # - lesson 6 needs shard servers, which the swarm stack has not yet (stackfile.refuse_shards).
+# The lab solutions run on docker too (SCALELAB_DOCKER_SOLUTIONS), all but lab 3's: its
+# nginx_ip_hash check sends requests from several 127.x addresses, and nginx in a container sees
+# every one as the network's gateway (Docker's port proxy), so no ip_hash prediction can match.
 DOCKER_LESSONS="lessons/0[1-8]_*.ipynb"
+DOCKER_SOLUTIONS="solutions/0[124-8]_*.ipynb"
 SWARM_LESSONS="lessons/01_*.ipynb lessons/04_*.ipynb lessons/07_*.ipynb"
 
 run_tier() {
@@ -388,13 +393,14 @@ run_tier() {
         SCALELAB_SWARM_TIMINGS="$ROOT/test-artifacts/swarm-timings.json" \
         SCALELAB_SWARM_MULTINODE_TIMINGS="$ROOT/test-artifacts/swarm-multinode-timings.json" \
         .venv/bin/pytest tests/test_docker*.py tests/test_swarm*.py "$@"
-    phase "lessons on docker (nbval)"
+    phase "lessons + solutions on docker (nbval)"
     # The same lesson notebooks, unchanged, on the compose backend: SCALELAB_BACKEND=docker makes
     # every stack.get_stack() in them a DockerStack (own state dir and ports: stack.pytest_env).
     # A failed notebook fails the tier, after the other backend's notebooks have run too.
     local lessons_failed=""
     SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=docker SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
-        .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS} || lessons_failed+=" docker"
+        .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS} ${SCALELAB_DOCKER_SOLUTIONS-$DOCKER_SOLUTIONS} \
+        || lessons_failed+=" docker"
     phase "lessons on swarm (nbval)"
     # The same notebooks on the swarm backend: a one-node swarm the stack initialises and leaves.
     SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=swarm SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
