@@ -421,8 +421,10 @@ def test_down_leaves_nothing_running_and_keeps_the_data(stack, engine):
         assert port_is_free(port), f"{name} port {port} still bound"
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert not [b for b in bridges if b in links], links
-    assert {v.name for v in engine.volumes.list(filters=label)} == {f"{project}_primary-data",
-                                                                   f"{project}_replica-data"}
+    # Every data volume stays: the primary's, the replica's and those of the shard servers that ran.
+    assert {v.name for v in engine.volumes.list(filters=label)} == {
+        f"{project}_{volume}" for volume in ("primary-data", "replica-data", "shard-1-data", "shard-2-data",
+                                             "shard-3-data")}
     assert stack.down() == []
     assert stack.status()["running"] is False
 

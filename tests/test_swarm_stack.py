@@ -97,6 +97,19 @@ def test_requests_through_nginx_reach_every_replica(stack):
     checks.requests_reach_every_replica(PORTS)
 
 
+def test_each_app_task_answers_at_the_port_its_engine_picked(stack, engine):
+    """One replica at a time (the course asks each for its /metrics): every task has a host-mode
+    port the engine chose, which status() reports and the task itself answers on."""
+    apps = {n: s for n, s in stack.status()["services"].items() if n.startswith("app-")}
+    assert sorted(apps) == [f"app-{i}" for i in range(1, stack.applied().app.replicas + 1)], apps
+    reported = {}
+    for task in engine.api.tasks(filters={"service": f"{stack.status()['stack']}_app", "desired-state": "running"}):
+        reported[f"app-{task['Slot']}"] = task["Status"]["PortStatus"]["Ports"][0]["PublishedPort"]
+    for name, info in apps.items():
+        assert info["address"] == f"127.0.0.1:{reported[name]}", (name, info, reported)
+        assert clients.metrics(stack, int(name.split("-")[1]))["replica"] == name
+
+
 def test_row_written_on_primary_appears_on_replica(stack):
     checks.row_written_on_primary_appears_on_replica(stack, PORTS)
 
