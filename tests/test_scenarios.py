@@ -48,8 +48,10 @@ def test_a_diagnosis_names_a_known_cause():
     assert SCENARIOS["mystery-1"].diagnose(...) is None
 
 
-def _p99(s, sc, seconds=3.0):
-    """p99 of the scenario's workload; measured again when the generator itself fell behind."""
+def _p99(s, sc, seconds=2.0):
+    """p99 of the scenario's workload; measured again when the generator itself fell behind.
+    2 s of 300 req/s: 600 requests; the broken stacks measured 633-1317 ms, fixed 43-51 ms (the
+    asserts want 2x), so the third second only cost time."""
     for _ in range(3):
         result = run_load(sc.workload(s, seconds=seconds))
         if not result.generator_bottleneck:
