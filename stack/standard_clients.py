@@ -61,7 +61,8 @@ def psql_path() -> Path | None:
 
 def exec_psql(stack, server: str, args: list[str], *, user: str, dbname: str) -> int:
     """Replace this process with psql connected to `server` (its exit code is the command's)."""
-    url = clients.uri(stack, server, user=user, dbname=dbname)     # a clear error for a wrong name first
+    # No password in the URL: it goes in PGPASSWORD (a command line is visible to every user in `ps`).
+    url = clients.uri(stack, server, user=user, dbname=dbname, with_password=False)   # wrong names first
     _require_running(stack, server)
     if not url.startswith("postgresql:"):
         raise StackError(f"server={server!r} is not allowed: a PostgreSQL server or PgBouncer "
@@ -71,6 +72,5 @@ def exec_psql(stack, server: str, args: list[str], *, user: str, dbname: str) ->
         raise StackError("psql was not found: the PostgreSQL wheel brings one; else apt-get install "
                          "postgresql-client (Debian/Ubuntu) or brew install libpq (macOS)")
     env = {**os.environ, "PGPASSWORD": clients.postgres_password(stack, user)}
-    url = clients.uri(stack, server, user=user, dbname=dbname, with_password=False)
     os.execve(program, [str(program), "--dbname", url, *args], env)
     return 0   # not reached

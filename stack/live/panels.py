@@ -37,8 +37,13 @@ def _sample_series(run, pick: Callable, name: str, secondary: bool = False) -> S
     return Series(name, [s.t - run.started_at for s in run.samples], [pick(s) for s in run.samples], secondary)
 
 
+def _replica_names(run) -> list[str]:
+    """Every replica that answered in any sample, app-1 first."""
+    return sorted({n for s in run.samples for n in s.replicas}, key=lambda n: int(n.split("-")[1]))
+
+
 def _per_replica(run, attribute: str, scale: float = 1.0) -> list[Series]:
-    names = sorted({n for s in run.samples for n in s.replicas}, key=lambda n: int(n.split("-")[1]))
+    names = _replica_names(run)
     out = []
     for name in names:
         # A replica missing from a sample (not started yet, or scaled away) is a gap, not a zero.
@@ -63,7 +68,7 @@ def share(run) -> list[Series]:
     sample holds ~40 requests, and least_conn's even split read 0-70%). Only samples with the same
     replicas answering, after the last control change and within SHARE_MAX_WINDOW_S, are joined:
     a point never mixes the stack before a change with the stack after it."""
-    names = sorted({n for s in run.samples for n in s.replicas}, key=lambda n: int(n.split("-")[1]))
+    names = _replica_names(run)
     changes = sorted(run.started_at + at for at, _ in run.markers)
     out: dict[str, list] = {n: [] for n in names}
     for j, s in enumerate(run.samples):
