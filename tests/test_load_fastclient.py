@@ -5,6 +5,7 @@ import asyncio
 import math
 
 import pytest
+import uvloop
 
 from stack.load.fastclient import BadResponse, ConnectFailed, Disconnected, FastClient
 from stack.load.mix import Prepared, render_request
@@ -169,29 +170,40 @@ class _Transport:
         self.aborted = True
 
 
-def _feed(data: bytes, step: int, method="GET", close_at_end=False):
+def _deliver(conn, piece: bytes) -> None:
+    """Hand `piece` to the connection as its event loop would."""
+    if hasattr(conn, "buffer_updated"):
+        conn.read_buffer[:len(piece)] = piece
+        conn.buffer_updated(len(piece))
+    else:
+        conn.data_received(piece)
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def connection(request):
+    """Each kind of connection: a plain Protocol on uvloop, a BufferedProtocol on asyncio's loop."""
+    from stack.load.fastclient import connection_class
+    loop = uvloop.new_event_loop() if request.param == "uvloop" else asyncio.new_event_loop()
+    yield lambda: connection_class(loop)(loop)
+    loop.close()
+
+
+def _feed(new_connection, data: bytes, step: int, method="GET", close_at_end=False):
     """A connection sent one request, then `data` arriving `step` bytes per read:
     (status, replica, keep) or the exception, and whether the connection was aborted."""
-    from stack.load.fastclient import _Connection
-    loop = asyncio.new_event_loop()
-    try:
-        conn = _Connection(loop)
-        transport = _Transport()
-        conn.connection_made(transport)
-        waiter = conn.send(b"request", method == "HEAD", math.inf)
-        for i in range(0, len(data), step):
-            piece = data[i:i + step]
-            conn.read_buffer[:len(piece)] = piece
-            conn.buffer_updated(len(piece))
-        if close_at_end:
-            conn.connection_lost(None)
-        if not waiter.done():
-            return "pending", transport.aborted
-        if waiter.exception() is not None:
-            return type(waiter.exception()), transport.aborted
-        return waiter.result()[:3], transport.aborted
-    finally:
-        loop.close()
+    conn = new_connection()
+    transport = _Transport()
+    conn.connection_made(transport)
+    waiter = conn.send(b"request", method == "HEAD", math.inf)
+    for i in range(0, len(data), step):
+        _deliver(conn, data[i:i + step])
+    if close_at_end:
+        conn.connection_lost(None)
+    if not waiter.done():
+        return "pending", transport.aborted
+    if waiter.exception() is not None:
+        return type(waiter.exception()), transport.aborted
+    return waiter.result()[:3], transport.aborted
 
 
 FRAMINGS = [
@@ -203,49 +215,53 @@ FRAMINGS = [
      (201, None, True)),
     (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok", (200, None, True)),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", (200, None, False)),
+    # X-Replica however it is spelt, with optional whitespace; never a look-alike or the body's
+    (b"HTTP/1.1 200 OK\r\nX-REPLICA:\t app-3 \r\nContent-Length: 0\r\n\r\n", (200, "app-3", True)),
+    (b"HTTP/1.1 200 OK\r\nX-Replica-Set: s\r\nContent-Length: 19\r\n\r\n\r\nx-replica: fake\r\n",
+     (200, None, True)),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\nX-Replica: real\r\n\r\n\r\nx-replica: fake\r\n",
+     (200, "real", True)),
 ]
 
 
 @pytest.mark.parametrize("data, outcome", FRAMINGS)
 @pytest.mark.parametrize("step", [1, 7, 4096])
-def test_every_framing_parses_the_same_however_the_bytes_are_split(data, outcome, step):
-    assert _feed(data, step) == (outcome, False)
+def test_every_framing_parses_the_same_however_the_bytes_are_split(connection, data, outcome, step):
+    assert _feed(connection, data, step) == (outcome, False)
 
 
-def test_close_delimited_body_ends_at_close_and_a_framed_one_cut_short_is_an_error():
+def test_close_delimited_body_ends_at_close_and_a_framed_one_cut_short_is_an_error(connection):
     until_close = b"HTTP/1.1 200 OK\r\nX-Replica: a\r\n\r\nsome body"
-    assert _feed(until_close, 3) == ("pending", False)
-    assert _feed(until_close, 3, close_at_end=True) == ((200, "a", False), False)
+    assert _feed(connection, until_close, 3) == ("pending", False)
+    assert _feed(connection, until_close, 3, close_at_end=True) == ((200, "a", False), False)
     cut_chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel"
-    assert _feed(cut_chunked, 5, close_at_end=True) == (Disconnected, False)
+    assert _feed(connection, cut_chunked, 5, close_at_end=True) == (Disconnected, False)
+    cut_shouted = b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 10\r\n\r\nhel"
+    assert _feed(connection, cut_shouted, 5, close_at_end=True) == (Disconnected, False)
     cut_head = b"HTTP/1.1 200 OK\r\nContent-Le"
-    assert _feed(cut_head, 5, close_at_end=True) == (Disconnected, False)
+    assert _feed(connection, cut_head, 5, close_at_end=True) == (Disconnected, False)
 
 
-def test_bytes_beyond_the_response_keep_it_but_retire_the_connection():
+def test_bytes_beyond_the_response_keep_it_but_retire_the_connection(connection):
     response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    another = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-    assert _feed(response + another, 4096) == ((200, None, False), False)       # an unasked-for response
-    assert _feed(response + b"\x00garbage", 4096) == ((200, None, False), False)
+    another = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\nX-Replica: other\r\n\r\n"
+    assert _feed(connection, response + another, 4096) == ((200, None, False), False)       # an unasked-for response
+    assert _feed(connection, response + b"\x00garbage", 4096) == ((200, None, False), False)
     # ... and bytes arriving after the response was handed over abort the connection
-    assert _feed(response + another, len(response)) == ((200, None, True), True)
+    assert _feed(connection, response + another, len(response)) == ((200, None, True), True)
 
 
-def test_head_response_is_complete_at_its_head_and_the_next_response_parses():
-    from stack.load.fastclient import _Connection
-    loop = asyncio.new_event_loop()
-    conn = _Connection(loop)
+def test_head_response_is_complete_at_its_head_and_the_next_response_parses(connection):
+    conn = connection()
     conn.connection_made(_Transport())
     outcomes = []
     for method, data in (("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nX-Replica: h\r\n\r\n"),
                          ("GET", b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno")):
         waiter = conn.send(b"request", method == "HEAD", math.inf)
-        conn.read_buffer[:len(data)] = data
-        conn.buffer_updated(len(data))
+        _deliver(conn, data)
         outcomes.append(waiter.result()[:3])
-    loop.close()
     assert outcomes == [(200, "h", True), (404, None, True)]
 
 
-def test_not_http_is_a_bad_response_and_aborts():
-    assert _feed(b"SSH-2.0-OpenSSH_9.2\r\n", 4096) == (BadResponse, True)
+def test_not_http_is_a_bad_response_and_aborts(connection):
+    assert _feed(connection, b"SSH-2.0-OpenSSH_9.2\r\n", 4096) == (BadResponse, True)
