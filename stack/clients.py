@@ -200,20 +200,28 @@ def uri(target, service: str, *, user: str = "postgres", dbname: str = DATABASE,
     PgBouncer (psql, pgcli, any libpq program), redis://... for Redis (redis-cli -u), http://...
     for nginx and each app replica (curl). with_password=False leaves a PostgreSQL password out
     (for PGPASSWORD: a command line is visible to every user in `ps`)."""
+    name = service_name(service)
     ctx = access(target)
-    if service == "redis":
+    if name == "redis":
         return redis_url(ctx)
-    if service == "nginx":
+    if name == "nginx":
         return f"http://{HOST}:{ctx.ports.nginx}/"
-    if service.startswith("app-") and service[4:].isdigit():
-        return app_url(ctx, int(service[4:]))
+    if name.startswith("app-"):
+        return app_url(ctx, int(name[4:]))
+    password = "" if not with_password else ":" + quote(postgres_password(ctx, user), safe="")
+    return f"postgresql://{user}{password}@{HOST}:{_port(ctx, name)}/{quote(dbname, safe='')}"
+
+
+def service_name(service: str) -> str:
+    """The name `status()` lists for what a learner calls `service`: "nginx", "redis", "app-N",
+    "primary", "standby", "pgbouncer", "shard-N", or a service name itself."""
+    if service in ("nginx", "redis") or (service.startswith("app-") and service[4:].isdigit()):
+        return service
     try:
-        server = server_service(service)
+        return server_service(service)
     except StackError:
         raise StackError(f"service={service!r} is not allowed: 'nginx', 'redis', 'app-N', 'primary', 'standby', "
                          f"'pgbouncer' or 'shard-N' (or a service name from `python -m stack status`)") from None
-    password = "" if not with_password else ":" + quote(postgres_password(ctx, user), safe="")
-    return f"postgresql://{user}{password}@{HOST}:{_port(ctx, server)}/{quote(dbname, safe='')}"
 
 
 # -- the app replicas ----------------------------------------------------------------------------------

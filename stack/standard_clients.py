@@ -23,7 +23,7 @@ def _require_running(stack, service: str | None = None) -> None:
         raise StackError("the stack is not running: start it with `python -m stack up`")
     if service is None:
         return
-    name = service if service in ("nginx", "redis") or service.startswith("app-") else clients.server_service(service)
+    name = clients.service_name(service)
     if services.get(name, {}).get("state") != "running":
         state = services[name]["state"] if name in services else "not part of this topology"
         raise StackError(f"service={service!r} is {state}: `python -m stack status` lists what runs")
