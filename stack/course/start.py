@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from .. import clients, get_stack
+from . import machine
 from ..topology import SECTIONS, Topology
 
 # Departures from the defaults, per notebook. Absent: the defaults.
@@ -77,6 +78,9 @@ def start(name: str, progress=print):
         progress(f"{name}: the stack is at its starting topology"
                  + (": " + "; ".join(changed) if changed else " (nothing to change)"))
         progress(f"entry point: {stack.status()['url']}")
+        note = machine.busy_note()
+        if note:
+            progress(note)
     return stack
 
 
