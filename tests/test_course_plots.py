@@ -14,7 +14,7 @@ def test_server_timing_parses_every_layer():
 
 
 def test_access_lines_parse_with_and_without_the_replica_that_answered():
-    from stack.course.profiling import parse_access_line
+    from stack.course.readings import parse_access_line
     old = parse_access_line('1.5 127.0.0.1 GET "/users/1" 200 127.0.0.1:9001 0.010 0.011')
     assert (old["upstream"], old["upstream_s"], old["request_s"], old["replica"]) == ("127.0.0.1:9001", 0.01, 0.011, None)
     # A retry: two upstreams tried, the last answered, and it named itself.

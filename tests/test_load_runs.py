@@ -226,9 +226,15 @@ def test_requests_spread_across_client_source_addresses(client):
     with TestServer() as server:
         r = run_load(url=server.url, mode="open", arrivals="uniform", rate=200, duration_s=0.5, client=client,
                      source_addresses=("127.0.0.2", "127.0.0.3"))
-        peers = dict(server.peers)
+        peers, forwarded = dict(server.peers), dict(server.forwarded)
+        plain = run_load(url=server.url, mode="closed", connections=1, duration_s=0.1, client=client)
+        without = {key: n for key, n in server.forwarded.items() if key[0] == "127.0.0.1"}
     assert accounted(r) and r.ok == 100
     assert peers == {"127.0.0.2": 50, "127.0.0.3": 50}
+    # Each request names its own source (a balancer behind Docker's port proxy sees only the proxy)...
+    assert forwarded == {("127.0.0.2", "127.0.0.2"): 50, ("127.0.0.3", "127.0.0.3"): 50}
+    # ... and a run from the default address claims none
+    assert plain.ok > 0 and without == {("127.0.0.1", None): plain.ok}
 
 
 def test_generator_bottleneck_is_reported_when_it_cannot_keep_its_schedule_or_cpu():

@@ -11,10 +11,8 @@ It talks to the stack only through backend-neutral calls (`status()`,
 from __future__ import annotations
 
 import http.client
-import json
 import threading
 import time
-import urllib.request
 from collections import Counter
 from urllib.parse import urlsplit
 
@@ -25,6 +23,7 @@ from ..load import LoadSpec, run_load
 from ..load.keys import Keys
 from ..load.mix import Request, RequestMix
 from .predictions import experiment
+from .readings import read_access_log, replica_metrics
 
 SHORT_MS, LONG_MS = 5, 500
 WORK = "/work?kind=io&ms={ms}"
@@ -36,22 +35,6 @@ THREE_CLIENTS = ("127.0.10.1", "127.0.20.1", "127.0.30.1")
 
 def entry_url(stack) -> str:
     return stack.status()["url"]
-
-
-def replica_addresses(stack) -> dict[str, str]:
-    """{"app-1": "host:port", ...} for the replicas running now, in order."""
-    found = {name: info["address"] for name, info in stack.status()["services"].items()
-             if name.startswith("app-") and info.get("state") == "running" and info.get("address")}
-    return dict(sorted(found.items(), key=lambda item: int(item[0].split("-")[1])))
-
-
-def replica_metrics(stack) -> dict[str, dict]:
-    """Each running replica's own /metrics."""
-    out = {}
-    for name, address in replica_addresses(stack).items():
-        with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
-            out[name] = json.load(resp)
-    return out
 
 
 def _measure(spec: LoadSpec):
@@ -71,12 +54,13 @@ def _shares(result) -> dict[str, float]:
 
 
 def ask_once(url: str, path: str, source: str | None = None) -> str:
-    """One GET on a fresh connection (from `source`, an address on this machine): the replica that answered."""
+    """One GET on a fresh connection (from `source`, an address on this machine): the replica that answered.
+    From `source` it says so in X-Forwarded-For, as the load generator does (for nginx behind Docker's proxy)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10,
                                       source_address=(source, 0) if source else None)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"X-Forwarded-For": source} if source else {})
         resp = conn.getresponse()
         resp.read()
         return resp.getheader("X-Replica") or f"HTTP {resp.status}"
@@ -201,10 +185,13 @@ def clients_to_replicas(stack, clients, path: str = WORK.format(ms=0), repeat: i
 @experiment
 def ip_hash_load(stack, clients=THREE_CLIENTS, seconds: float = 2.0, service_ms: float = 10,
                  replicas: int = 4) -> pd.DataFrame:
-    """Closed-loop load from a few clients (2 connections each) under ip_hash: each replica's share."""
+    """Closed-loop load from a few clients (2 connections each) under ip_hash: each replica's share.
+    attrs["nginx_saw"]: the client addresses nginx logged for the run (asked, not assumed: behind a
+    port proxy it would see one)."""
     stack.apply(strategy="ip_hash", replicas=replicas, weights=None)
     spec = LoadSpec(url=entry_url(stack), mode="closed", connections=2 * len(clients), duration_s=seconds,
                     path=WORK.format(ms=service_ms), source_addresses=tuple(clients))
+    began = time.time()
     result = _measure(spec)
     shares = _shares(result)
     frame = pd.DataFrame({"share": pd.Series({f"app-{i}": shares.get(f"app-{i}", 0.0)
@@ -212,6 +199,7 @@ def ip_hash_load(stack, clients=THREE_CLIENTS, seconds: float = 2.0, service_ms:
     frame["clients"] = pd.Series(Counter(clients_to_replicas(stack, clients, repeat=1).values()))
     frame["clients"] = frame["clients"].fillna(0).astype(int)
     frame.index.name = "replica"
+    frame.attrs["nginx_saw"] = sorted(set(read_access_log(stack, began)["remote"]))
     return frame
 
 

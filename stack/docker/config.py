@@ -59,7 +59,7 @@ http {{
     access_log {NGINX_ACCESS_LOG} scalelab buffer=32k flush=1s;
     include {CONF_DIR}/nginx/upstream.conf;
 
-{server_block(str(INTERNAL_PORTS['nginx']))}
+{server_block(str(INTERNAL_PORTS['nginx']), behind_proxy=True)}
 }}
 """
 

@@ -41,7 +41,8 @@ class AiohttpClient:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
-            headers={"User-Agent": "scalelab-load"})
+            headers={"User-Agent": "scalelab-load",
+                     **({"X-Forwarded-For": local_addr} if local_addr else {})})   # as FastClient's
 
     async def send(self, request) -> tuple[int, str | None, float]:
         if self._busy >= self.limit:

@@ -58,7 +58,7 @@ class _Connection(asyncio.Protocol):
         if head_end < 0:
             return
         lines = self.buffer[:head_end].decode("latin-1").split("\r\n")
-        length, close = 0, False
+        length, close, forwarded = 0, False, None
         for line in lines[1:]:
             name, _, value = line.partition(":")
             name = name.strip().lower()
@@ -66,13 +66,15 @@ class _Connection(asyncio.Protocol):
                 length = int(value)
             elif name == "connection" and value.strip().lower() == "close":
                 close = True
+            elif name == "x-forwarded-for":
+                forwarded = value.strip()
         if len(self.buffer) < head_end + 4 + length:
             return
         body = self.buffer[head_end + 4: head_end + 4 + length]
         self.buffer = self.buffer[head_end + 4 + length:]
         method, target = (lines[0].split(" ") + ["", ""])[:2]
         self.busy = True
-        self.server._handle(self, method, target, body, close)
+        self.server._handle(self, method, target, body, close, forwarded)
 
     def respond(self, status: int, payload: bytes, replica: str, head_only: bool, close: bool):
         if self.transport is None:
@@ -103,6 +105,7 @@ class TestServer:
         self.seen: Counter = Counter()          # "METHOD path" per request received
         self.bodies: list[bytes] = []           # the first bodies received, for tests
         self.peers: Counter = Counter()         # client source addresses
+        self.forwarded: Counter = Counter()     # (source address, X-Forwarded-For or None) per request
         self.stalled = 0                        # requests held by the stall
         self.connections = 0                    # connections accepted
         self._turn = 0
@@ -115,7 +118,8 @@ class TestServer:
         return f"http://{self.host}:{self.port}"
 
     # -- request handling (runs on the server's loop) --------------------------------
-    def _handle(self, conn: _Connection, method: str, target: str, body: bytes, close: bool):
+    def _handle(self, conn: _Connection, method: str, target: str, body: bytes, close: bool,
+                forwarded: str | None = None):
         now = time.monotonic()
         if self._first is None:
             self._first = now
@@ -126,6 +130,7 @@ class TestServer:
         peer = conn.transport.get_extra_info("peername")
         if peer:
             self.peers[peer[0]] += 1
+            self.forwarded[(peer[0], forwarded)] += 1
         replica = self.identities[self._turn % len(self.identities)]
         self._turn += 1
         parts = path.strip("/").split("/")

@@ -22,10 +22,20 @@ LOG_FORMAT = ('$msec $remote_addr $request_method "$request_uri" $status '
               '$upstream_addr $upstream_response_time $request_time $upstream_http_x_replica')
 
 
-def server_block(listen: str) -> str:
-    """The one server: a health check of nginx itself, everything else to the app replicas."""
+# In a container, nginx sees every client on the host as one address: Docker's port proxy (or
+# Swarm's ingress) connects from its own. Like a balancer behind another proxy, it then takes the
+# client's address from X-Forwarded-For, trusted only from private networks (where the proxy is);
+# the course's clients from several addresses say which one they use (stack.load, ask_once).
+PROXY_NETWORKS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
+def server_block(listen: str, behind_proxy: bool = False) -> str:
+    """The one server: a health check of nginx itself, everything else to the app replicas.
+    `behind_proxy`: clients reach nginx through a port proxy (containers): see PROXY_NETWORKS."""
+    real_ip = "".join(f"\n        set_real_ip_from {net};" for net in PROXY_NETWORKS) + \
+        "\n        real_ip_header X-Forwarded-For;" if behind_proxy else ""
     return f"""    server {{
-        listen {listen} backlog=4096;
+        listen {listen} backlog=4096;{real_ip}
         location = /nginx-health {{
             access_log off;
             return 200 "ok\\n";

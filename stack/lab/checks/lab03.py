@@ -325,7 +325,7 @@ SHARE_GOAL = {"replica": "app-1", "share": 0.5, "tolerance": 0.05, "replicas": 4
 
 def measured_shares(stack, seconds: float | None = None) -> tuple[dict, int] | None:
     """Poisson load through nginx; requests per replica counted by each replica (/metrics). None if too busy."""
-    from ...course.balancing import replica_metrics
+    from ...course.readings import replica_metrics
     from ._live import open_loop
     g = SHARE_GOAL
     before = {n: m["by_route"].get("work", 0) for n, m in replica_metrics(stack).items()}
