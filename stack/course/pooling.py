@@ -13,6 +13,7 @@ import time
 
 import pandas as pd
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from .. import clients
@@ -28,6 +29,9 @@ def little_pool_size(rate_rps: float, query_ms: float) -> float:
 
 BACKENDS_SQL = ("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
                 "AND datname = 'scalelab'")
+# Only the backends serving clients that named themselves so (libpq's application_name;
+# PgBouncer passes it on to the server connection it lends).
+TAGGED_SQL = BACKENDS_SQL + " AND application_name = %s"
 
 
 def backends(stack, server: str = "primary") -> int:
@@ -37,18 +41,22 @@ def backends(stack, server: str = "primary") -> int:
 
 
 class PeakBackends(Poller):
-    """Samples a server's client backends every `every_s` in a thread; .peak after stop()."""
+    """Samples a server's client backends every `every_s` in a thread; .peak after stop().
+    With `application_name`, only the backends of clients that gave that name."""
 
-    def __init__(self, stack, server: str, every_s: float = 0.1):
+    def __init__(self, stack, server: str, every_s: float = 0.1, application_name: str | None = None):
         super().__init__(every_s)
-        self.stack, self.server = stack, server
+        self.stack, self.server, self.application_name = stack, server, application_name
         self.peak, self.readings = 0, []
 
     def opened(self):
         return clients.connect(self.stack, self.server, user="postgres", dbname="postgres")
 
     def poll(self, conn):
-        n = conn.execute(BACKENDS_SQL).fetchone()[0]
+        if self.application_name is None:
+            n = conn.execute(BACKENDS_SQL).fetchone()[0]
+        else:
+            n = conn.execute(TAGGED_SQL, (self.application_name,)).fetchone()[0]
         self.readings.append((time.time(), n))
         self.peak = max(self.peak, n)
 
@@ -94,7 +102,11 @@ def connection_costs(stack, threads: int = 8, seconds: float = 2.0, pool_size: i
     a new connection to PostgreSQL per query (SCRAM login + a new server process each time),
     a psycopg_pool of `pool_size` kept connections, and a new connection per query to PgBouncer
     (transaction mode), which hands out connections it keeps open to PostgreSQL."""
-    direct, bouncer = clients.dsn(stack, "primary", user="app"), clients.dsn(stack, "pgbouncer", user="app")
+    # Each way's connections carry a name of their own, and the primary counts the backends that
+    # serve that name: not a difference from a count taken before, which the app's own connections
+    # (opened, or closed when idle) and the last way's exiting processes would blur.
+    def dsn(server: str, way: str) -> str:
+        return make_conninfo(clients.dsn(stack, server, user="app"), application_name=f"scalelab-costs-{way}")
 
     def per_query(dsn, **kw):
         def work(user_id):
@@ -103,23 +115,24 @@ def connection_costs(stack, threads: int = 8, seconds: float = 2.0, pool_size: i
         return work
 
     rows = []
-    baseline = backends(stack, "primary")       # before our pool opens: its connections count too
-    pool = ConnectionPool(direct, min_size=pool_size, max_size=pool_size, kwargs={"autocommit": True}, open=True)
+    pool = ConnectionPool(dsn("primary", "pool"), min_size=pool_size, max_size=pool_size,
+                          kwargs={"autocommit": True}, open=True)
     pool.wait()
     try:
         def pooled(user_id):
             with pool.connection() as conn:
                 conn.execute(QUERY, (user_id,)).fetchone()
-        ways = {"new connection per query": per_query(direct),
-                f"psycopg_pool ({pool_size} connections)": pooled,
-                "new connection to PgBouncer per query": per_query(bouncer, prepare_threshold=None)}
-        for label, worker in ways.items():
-            with PeakBackends(stack, "primary", every_s=0.05) as peak:
+        ways = {"new connection per query": ("new", per_query(dsn("primary", "new"))),
+                f"psycopg_pool ({pool_size} connections)": ("pool", pooled),
+                "new connection to PgBouncer per query": ("bouncer", per_query(dsn("pgbouncer", "bouncer"),
+                                                                               prepare_threshold=None))}
+        for label, (way, worker) in ways.items():
+            with PeakBackends(stack, "primary", every_s=0.05, application_name=f"scalelab-costs-{way}") as peak:
                 measured = _closed_loop(worker, threads, seconds)
-            rows.append({"way": label, **measured, "extra_server_backends": peak.peak - baseline})
+            rows.append({"way": label, **measured, "server_backends": peak.peak})
             if progress:
                 progress(f"{label}: {measured['queries_per_s']:.0f} queries/s, p50 {measured['p50_ms']:.2f} ms, "
-                         f"{peak.peak - baseline} extra server backends at most")
+                         f"{peak.peak} server backends at most")
     finally:
         pool.close()
     return pd.DataFrame(rows).set_index("way")
