@@ -270,22 +270,14 @@ def test_sharding_off_stops_the_servers_and_reads_go_to_the_primary(stack):
     assert status == 200 and "x-shard" not in headers and body["db"]["port"] in (PORTS.primary, PORTS.replica)
 
 
-def test_the_swarm_backend_says_it_does_not_run_shards_yet(tmp_path):
-    from stack.swarm.backend import SwarmStack
-    with pytest.raises(StackError, match="postgres.shards=2 is not available on the Swarm backend yet"):
-        SwarmStack(tmp_path / "swarm-state").up(Topology().with_changes(shards=2))
-
-
-def test_the_compose_file_renders_shard_servers_and_the_swarm_file_refuses_them():
+def test_the_compose_file_renders_shard_servers():
     from stack.docker.compose import render_compose
-    from stack.swarm.stackfile import render_swarm_stack
     text = render_compose(Topology().with_changes(shards=2))
     for i in (1, 2):      # each its own server, data volume and loopback port from the block
         assert f"postgres-shard-{i}:" in text and f"shard-{i}-data:" in text
         assert f"127.0.0.1:{Ports(Topology().base_port).shard(i)}:5432" in text
     assert "postgres-shard-3" not in text
-    with pytest.raises(StackError, match="not available on the Swarm backend yet"):
-        render_swarm_stack(Topology().with_changes(shards=2))
+    # The Swarm stack file renders them too: tests/test_swarm_render.py.
 
 
 def test_the_port_block_holds_8_shards_and_16_replicas_within_64_ports():

@@ -63,3 +63,67 @@ def test_only_the_app_spreads_over_nodes_the_rest_stays_on_a_manager():
     for name, svc in services.items():
         if name != "app":
             assert svc["deploy"]["placement"] == {"constraints": ["node.role == manager"]}, name
+
+
+# -- shard servers (postgres.shards) --------------------------------------------------------------
+def test_shard_servers_are_services_with_their_own_volume_port_and_configs():
+    """One PostgreSQL service per shard, as in the compose project: one task, its own data volume,
+    its port from the block (published like the other servers: the mover and the lessons reach each
+    one from the host), its postgresql.conf, the shards' pg_hba.conf and empty schema, the primary's secrets."""
+    from stack.ports import Ports
+    topology = Topology().with_changes(shards=3)
+    model = swarm_model(topology)
+    services = model["services"]
+    shards = [name for name in services if name.startswith("postgres-shard-")]
+    assert shards == ["postgres-shard-1", "postgres-shard-2", "postgres-shard-3"]
+    primary = services["postgres-primary"]
+    for index, name in enumerate(shards, start=1):
+        svc = services[name]
+        assert svc["command"] == ["postgres-entry", "shard"]
+        assert svc["deploy"]["replicas"] == 1
+        assert svc["volumes"] == [f"shard-{index}-data:/var/lib/postgresql/data"]
+        assert f"shard-{index}-data" in model["volumes"]
+        assert svc["ports"] == [{"target": 5432, "published": Ports(topology.base_port).shard(index),
+                                 "protocol": "tcp", "mode": "host"}]
+        assert svc["secrets"] == primary["secrets"]
+        assert svc["networks"] == ["default"]
+        assert svc["deploy"]["placement"] == {"constraints": ["node.role == manager"]}
+        targets = {c["target"]: c["source"] for c in svc["configs"]}
+        assert set(targets) == {"/etc/scalelab/postgres/postgresql.conf", "/etc/scalelab/postgres/pg_hba.conf",
+                                "/etc/scalelab/postgres/schema.sql"}
+        assert targets["/etc/scalelab/postgres/postgresql.conf"].startswith(f"shard_{index}_conf_")
+        assert all(source in model["configs"] for source in targets.values())
+    assert "postgres-shard-4" not in services and "shard-4-data" not in model["volumes"]
+    # The text each config names: the shard's own settings and the empty users table.
+    from stack.swarm.stackfile import config_texts
+    texts = config_texts(topology)
+    assert "wal_level = 'minimal'" in texts["shard_2_conf"] and "port = 5432" in texts["shard_2_conf"]
+    assert "CREATE TABLE" in texts["shard_schema"] and "INSERT" not in texts["shard_schema"].upper()
+
+
+def test_the_app_tasks_reach_the_shards_by_service_name():
+    import json
+    from stack.swarm.stackfile import runtime_texts
+    secrets = {"postgres_password": "pg-secret", "app_password": "app-secret", "redis_password": "r",
+               "admin_token": "t"}
+    config = json.loads(runtime_texts(Topology().with_changes(shards=2), secrets)["app_config"])
+    dsns = config["shards"]["dsns"]
+    assert sorted(dsns) == ["1", "2"]
+    assert "host=postgres-shard-2 port=5432" in dsns["2"]
+    assert config["shards"]["read"]["scheme"] == "consistent" and config["shards"]["read"]["count"] == 2
+    assert json.loads(runtime_texts(Topology(), secrets)["app_config"])["shards"] is None
+
+
+def test_a_partial_deploy_of_one_new_shard_carries_only_its_configs():
+    """4 -> 5 shards deploys postgres-shard-5 alone (`only`): the running services are left as they are."""
+    model = swarm_model(Topology().with_changes(shards=5), only=("postgres-shard-5",))
+    assert list(model["services"]) == ["postgres-shard-5"]
+    assert sorted(name.rsplit("_", 1)[0] for name in model["configs"]) == ["shard_5_conf", "shard_hba", "shard_schema"]
+    assert sorted(model["secrets"]) == ["app_password", "postgres_password"]
+    with pytest.raises(ValueError, match="only='postgres-shard-6' is not allowed"):
+        swarm_model(Topology().with_changes(shards=5), only=("postgres-shard-6",))
+
+
+def test_shards_render_to_parseable_yaml():
+    topology = Topology().with_changes(shards=8, shard_scheme="jump")
+    assert yaml.safe_load(render_swarm_stack(topology)) == swarm_model(topology)

@@ -27,6 +27,7 @@ from stack import clients, get_stack  # noqa: E402
 from docker_tier import FIRST_BASE, Timings, engine, free_base  # noqa: E402,F401 - engine: a fixture
 from stack.errors import TopologyError  # noqa: E402
 from stack.ports import Ports, port_is_free  # noqa: E402
+from stack.shardmap import ShardMap  # noqa: E402
 from stack.swarm.backend import SwarmStack  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
@@ -204,6 +205,83 @@ def test_cpu_limit_is_a_service_update(stack, engine):
         assert request(PORTS.nginx, "GET", "/users/3")[0] == 200
     finally:
         stack.apply(cpu_quota=None)
+
+
+# -- shard servers ----------------------------------------------------------------------------------
+def primary_users(stack) -> int:
+    with clients.connect(stack.context(), "primary") as conn:
+        return conn.execute("SELECT count(*) FROM users").fetchone()[0]
+
+
+def test_shard_servers_are_services_and_every_row_lands_where_the_map_says(stack, engine):
+    users = primary_users(stack)
+    before = containers(stack)
+    done = timed("shards_0_to_2_s", stack.apply, shards=2, shard_scheme="consistent")
+    assert "started postgres-shard-1" in done and "started postgres-shard-2" in done, done
+    assert any(line.startswith("loaded users into 2 shard(s) (consistent)") for line in done), done
+    services = stack.status()["services"]
+    for i in (1, 2):
+        assert services[f"postgres-shard-{i}"]["state"] == "running", services
+        assert services[f"postgres-shard-{i}"]["address"] == f"127.0.0.1:{PORTS.shard(i)}", services
+        assert running_tasks(engine, stack, f"postgres-shard-{i}") == 1
+    # Nothing else was replaced: the app's tasks took the new routing live (pushed into each one).
+    assert {k: v for k, v in containers(stack).items() if k in before} == before
+    # Asked of each server: every row on its home, none on two, none missing.
+    held = checks.every_row_at_home(stack, ShardMap("consistent", 2), users)
+    assert all(held[i] for i in (1, 2)), {i: len(ids) for i, ids in held.items()}
+    name = stack.status()["stack"]
+    volumes = {v.name for v in engine.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"})}
+    for i in (1, 2):
+        with clients.connect(stack.context(), f"shard-{i}") as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+        assert f"{name}_shard-{i}-data" in volumes
+        # Published as Swarm does (host mode, every interface), like the other PostgreSQL servers.
+        ports = service(engine, stack, f"postgres-shard-{i}")["Spec"]["EndpointSpec"]["Ports"]
+        assert [(p["TargetPort"], p["PublishedPort"], p["PublishMode"]) for p in ports] == [
+            (5432, PORTS.shard(i), "host")], ports
+    # The app's writes and reads land on each user's home server (X-Shard, and the server's own row).
+    checks.requests_route_by_the_map(PORTS, ShardMap("consistent", 2))
+    status, headers, body = request(PORTS.nginx, "POST", "/users",
+                                    {"name": "swarm-new", "email": "swarm-new-shard-user@example.com", "region": "us"})
+    assert status == 201, (status, body)
+    home = ShardMap("consistent", 2).home(body["id"])
+    assert headers["x-shard"] == f"shard-{home}", headers
+    with clients.connect(stack.context(), f"shard-{home}") as conn:
+        assert conn.execute("SELECT name FROM users WHERE id = %s", (body["id"],)).fetchone() == ("swarm-new",)
+    assert stack.status()["resharding"]["to"]["count"] == 2
+
+
+def test_resharding_moves_rows_live_under_load_and_sharding_off_removes_the_servers(stack, engine):
+    total = sum(len(ids) for ids in clients_ids(stack, 2).values())
+    with Trickle(PORTS.nginx) as load:
+        done = timed("reshard_2_to_3_s", stack.apply, shards=3)
+        time.sleep(0.3)
+    TIMINGS["reshard_2_to_3_outcomes"] = {str(k): v for k, v in load.outcomes.items()}
+    assert load.failures == {} and load.outcomes[200] > 0, load.outcomes
+    report = stack.status()["resharding"]
+    assert report["rows_moved"] > 0 and report["errors"] == 0, report
+    assert any(line.startswith("resharded users online") and "rows moved" in line for line in done), done
+    held = checks.every_row_at_home(stack, ShardMap("consistent", 3), total)
+    assert all(held[i] for i in (1, 2, 3)), {i: len(ids) for i, ids in held.items()}
+    checks.requests_route_by_the_map(PORTS, ShardMap("consistent", 3))
+    # Another scheme over the same servers: only the users move, no service is touched.
+    before = containers(stack)
+    stack.apply(shard_scheme="modulo")
+    assert containers(stack) == before
+    checks.every_row_at_home(stack, ShardMap("modulo", 3), total)
+    checks.requests_route_by_the_map(PORTS, ShardMap("modulo", 3), user_ids=(5, 6, 7))
+    stack.apply(shards=0, shard_scheme="consistent")
+    services = stack.status()["services"]
+    assert not [s for s in services if s.startswith("postgres-shard-")], services
+    assert not [s for s in engine.api.services() if "postgres-shard" in s["Spec"]["Name"]]
+    assert all(port_is_free(PORTS.shard(i), "0.0.0.0") for i in range(1, 4))
+    status, headers, _ = request(PORTS.nginx, "GET", "/users/42")
+    assert status == 200 and "x-shard" not in headers, headers
+
+
+def clients_ids(stack, count: int) -> dict:
+    from stack import resharding
+    return resharding.ids_by_shard(stack.context(), count)
 
 
 # -- the CLI, faults, down ------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from ..errors import StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESHARD,
                     RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
-                    restore_plan, services_for, shard_routing, stop_rank)
+                    restore_plan, services_for, stop_rank)
 from ..render.addressing import IN_NETWORK
 from ..render.app import shard_config
 from ..shardmap import ShardMap
@@ -361,20 +361,16 @@ class _Run:
         note(describe(action, self.topology))
 
     def _reshard(self, action: Action) -> str:
-        """Move users between shard maps (stack.resharding), pushing each phase's routing to every replica."""
-        before, after = (ShardMap.from_dict(action.expect[k]) for k in ("from", "to"))
+        """Move users between shard maps (EngineStack._reshard): each phase's routing goes into the
+        runtime app config (for replicas created meanwhile) and is pushed to every running replica."""
         secrets = self.stack.state.secrets()
 
-        def push(read, write) -> None:
-            routing = shard_config(self.topology, secrets, IN_NETWORK, read, write) if read else None
+        def push(routing, expect) -> None:
             write_runtime(self.stack.state.run_dir, self.topology, secrets, shards=routing)
-            expect = {"shards": shard_routing(read, write)}
             apps = [s for s, c in self.containers.listing().items() if s.startswith("app-") and c["State"] == "running"]
             run_parallel([lambda s=s: clients.push_app_config(self.access, _index(s), expect) for s in apps])
 
-        report = resharding.execute(self.access, before, after, push)
-        resharding.save_report(self.stack.state.path, report)
-        return describe(action, self.topology) + resharding.figures(report)
+        return self.stack._reshard(self.access, self.topology, action, push)
 
     def _start(self, services, note) -> None:
         """Create what is missing (recreate what is outdated), all at once, nginx last: it

@@ -3,7 +3,8 @@ the calls that only read what runs, and faults and reads on a service's containe
 
 Each backend supplies `_service_containers(saved)`: {service name the course uses: the container's
 listing entry} for what runs now (app-1 ... app-N; a Swarm task's container by its slot),
-and `_up(topology, progress, check_images)`, which executes stack.plan.
+and `_up(topology, progress, check_images)`, which executes stack.plan. Both execute the plan's
+RESHARD action with `_reshard` here; each supplies only how a routing reaches its app replicas.
 """
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import shutil
 import time
 from typing import Callable
 
-from .. import clients
+from .. import clients, resharding
 from ..errors import StackError, UnknownServiceError
 from ..fault import Faults
-from ..plan import services_for
+from ..plan import Action, describe, services_for, shard_routing
+from ..render.addressing import IN_NETWORK
+from ..render.app import shard_config
+from ..shardmap import ShardMap
 from ..quota import Support, engine_support
 from ..topology import Topology
 from .config import NGINX_ACCESS_LOG
@@ -23,6 +27,9 @@ from .images import ensure_images
 from .state import DockerState
 
 Progress = Callable[[str], None]
+# push(routing, expect): make every running app replica use `routing` (the app config's "shards",
+# in-network DSNs; None: users on the primary) and return once each reports `expect`.
+PushRouting = Callable[[dict | None, dict], None]
 
 
 def quiet(_message: str) -> None:
@@ -133,6 +140,22 @@ class EngineStack(Faults):
         return done
 
     DOWN_STATE = {"up": False}      # what the state file says once down() is done
+
+    def _reshard(self, access, topology: Topology, action: Action, push: PushRouting) -> str:
+        """Execute a RESHARD action: move users between the action's shard maps (stack.resharding,
+        the mover on the host through `access`), with `push` making each phase's routing (copy, flip,
+        done) the one every app replica uses before the next phase begins. Keeps the report for
+        status()["resharding"]; returns the line the backend notes."""
+        before, after = (ShardMap.from_dict(action.expect[k]) for k in ("from", "to"))
+        secrets = self.state.secrets()
+
+        def phase(read, write) -> None:
+            routing = shard_config(topology, secrets, IN_NETWORK, read, write) if read else None
+            push(routing, {"shards": shard_routing(read, write)})
+
+        report = resharding.execute(access, before, after, phase)
+        resharding.save_report(self.state.path, report)
+        return describe(action, topology) + resharding.figures(report)
 
     def _take_down(self, saved: dict, purge: bool, say: Progress) -> list[str]:
         raise NotImplementedError

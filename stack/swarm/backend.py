@@ -21,9 +21,14 @@ How each plan action becomes a Swarm operation:
                        with app tasks on other nodes (out of this engine's reach): the app's
                        seed config secret rotated in by a service update (a rolling update)
     set_cpu_quota      a service update of resources.limits (Swarm replaces the tasks)
+    reshard            stack.resharding moves the users (from the host, at the shard servers'
+                       published ports); each phase's routing (the app config's "shards", in-network
+                       DSNs: postgres-shard-N:5432) is pushed into every app task before the next
+                       (EngineStack._reshard, shared with the docker backend). Shard servers start
+                       and stop as services (`postgres-shard-N`, one task, own volume)
 
-nginx, PostgreSQL, PgBouncer and Redis are published at their fixed ports, on 0.0.0.0: Swarm cannot
-publish on 127.0.0.1 only. Each app task is published (host mode) on a port its engine picks,
+nginx, PostgreSQL (shard servers too), PgBouncer and Redis are published at their fixed ports, on
+0.0.0.0: Swarm cannot publish on 127.0.0.1 only. Each app task is published (host mode) on a port its engine picks,
 also on every interface; context() and status() report each one (the course asks one replica
 for its /metrics), and traffic goes through nginx.
 """
@@ -38,7 +43,7 @@ from typing import Callable
 
 from psycopg import sql
 
-from .. import clients
+from .. import clients, resharding
 from ..docker.compose import to_yaml
 from ..docker.config import postgres_settings, project_files
 from ..docker.engine_stack import EngineStack, quiet, recorder, refuse_other_base_port
@@ -48,12 +53,13 @@ from ..docker.state import DockerState
 from ..errors import PortInUseError, StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
-                    SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, services_for)
+                    RESHARD, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
+                    services_for)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
 from .services import SwarmServices
-from .stackfile import (APP_CONFIG, PUBLISHED, refuse_shards, runtime_texts, secret_names, swarm_model,
+from .stackfile import (APP_CONFIG, is_published, published_services, runtime_texts, secret_names, swarm_model,
                         upstream_conf)
 
 Progress = Callable[[str], None]
@@ -158,7 +164,8 @@ class SwarmStack(EngineStack):
         result = {"backend": self.backend, "state_dir": str(self.state.path), "stack": name,
                   "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                   "running": any(s["state"] == "running" for s in services.values()),
-                  "topology": topology.to_dict() if topology else None, "services": services}
+                  "topology": topology.to_dict() if topology else None, "services": services,
+                  "resharding": resharding.last_report(self.state.path)}
         if error:
             result["error"] = error
         return result
@@ -168,22 +175,20 @@ class SwarmStack(EngineStack):
         say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
-        refuse_shards(topology)      # before the engine is asked anything
         self.client
         with self.state.locked():
             saved = self.state.load()
             old = Topology.from_state(saved)
             new = topology or old or Topology.from_env()
             upstream_conf(new)     # refuses per-replica weights with the reason, before any change
-            refuse_shards(new)
             name = saved.get("stack") or stack_name(new)
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
             running = self._running_services(name, refs)
             refuse_other_base_port(old, new, running)
-            for service in PUBLISHED:
+            for service in published_services(new):
                 port = Ports(new.base_port).of(service)
-                if service in services_for(new) and service not in running and not port_is_free(port):
+                if service not in running and not port_is_free(port):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
             done, note = recorder(say)
@@ -191,6 +196,12 @@ class SwarmStack(EngineStack):
             live = old if (old is not None and running) else None
             run = _Run(self, name, live, new, refs, nginx_view=saved.get("nginx_view"))
             actions = plan(live, new, running)
+            if live is not None and reshard_action(live, new) and run._app_tasks_elsewhere():
+                raise StackError(
+                    f"postgres.shards={new.postgres.shards}, shard_scheme={new.postgres.shard_scheme!r} is not "
+                    f"allowed while app tasks run on other nodes: resharding pushes each phase's routing into "
+                    f"every app task, and this engine reaches only its own node's. Allowed: a shard change on a "
+                    f"one-node swarm (or with every app task on this node). Nothing was changed.")
             try:
                 for action in actions:
                     run.execute(action, note)
@@ -246,7 +257,8 @@ class SwarmStack(EngineStack):
         # the container, however fast the process exits, so one service after another cost
         # ~6 s per service (down took ~30 s). The whole stack goes, so no order protects a client.
         done = []
-        order = [s for s in ("nginx", "app", "pgbouncer", "redis", "postgres-replica", "postgres-primary")
+        shards = sorted(s for s in present if s.startswith("postgres-shard-"))
+        order = [s for s in ("nginx", "app", "pgbouncer", "redis", "postgres-replica", *shards, "postgres-primary")
                  if s in present]
         for short in order:
             services.remove(short)
@@ -264,7 +276,7 @@ class SwarmStack(EngineStack):
 
 
 def _address(service: str, ports: Ports | None, app_ports: dict[int, int]) -> str | None:
-    if ports and service in PUBLISHED:
+    if ports and is_published(service):
         return f"{HOST}:{ports.of(service)}"
     if service.startswith("app-") and int(service.split("-")[1]) in app_ports:
         return f"{HOST}:{app_ports[int(service.split('-')[1])]}"
@@ -359,6 +371,9 @@ class _Run:
                 note(ROTATED_APP_CONFIG)
                 return
             self.push_app_config(action.expect, every=True)
+        elif kind == RESHARD:
+            note(self.stack._reshard(self.access, self.topology, action, self._push_routing))
+            return
         elif kind == SET_CPU_QUOTA:
             self._redeploy(("app",))
             self.reload_nginx(0)     # new tasks, new addresses
@@ -406,6 +421,8 @@ class _Run:
         for short in [s for s in services if not s.startswith("app-")]:
             self.services.remove(short)
             self.services.wait_gone(short)
+            if is_published(short):     # free for the next start (a shard server coming back)
+                _wait_ports_released({short: Ports(self.topology.base_port).of(short)})
             note(f"stopped {short}" + (" (writes now go straight to the primary)" if short == "pgbouncer" else ""))
 
     def _redeploy(self, shorts: tuple[str, ...]) -> None:
@@ -459,10 +476,16 @@ class _Run:
         self.services.exec(nginx["Id"], ["nginx-reload", str(int(drain))])
         self.nginx_view = view
 
-    def push_app_config(self, expect: dict | None, every: bool) -> None:
+    def _push_routing(self, routing: dict | None, expect: dict) -> None:
+        """One phase of a reshard: every app task routes by `routing` (EngineStack._reshard). The
+        deployed seed keeps the topology's routing, the one in force once the move is done."""
+        self.push_app_config(expect, every=True, shards=routing)
+
+    def push_app_config(self, expect: dict | None, every: bool, shards="topology") -> None:
         """Write the app config into each task and make it re-read it (POST /_admin/config).
-        every=False: only tasks whose file differs (new tasks start from the deployed seed)."""
-        text = runtime_texts(self.topology, self.stack.state.secrets())["app_config"]
+        every=False: only tasks whose file differs (new tasks start from the deployed seed).
+        `shards`: the routing to write when not the topology's (a phase of a reshard)."""
+        text = runtime_texts(self.topology, self.stack.state.secrets(), shards)["app_config"]
         wanted = json.loads(text)
         apps = {n: c for n, c in self.services.containers().items() if n.startswith("app-")}
 

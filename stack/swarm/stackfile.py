@@ -28,6 +28,12 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
 * Every service but the app is placed on a manager (`node.role == manager`): its
   host-mode port must be on the node the clients reach, and its volume stays on one
   node. On a multi-node swarm only the app's tasks spread over the nodes.
+* Shard servers (`postgres.shards` > 0) are one service each, `postgres-shard-N`, as in the
+  compose project: one task, its own data volume (`shard-N-data`), its own postgresql.conf
+  config and the shared pg_hba.conf and schema configs, the primary's password secrets, and
+  its port from the block (base+41..48), published like the other PostgreSQL servers: the
+  resharding mover (stack.resharding) and the lessons' clients reach each one from the host.
+  The app's tasks reach them by service name on the overlay (the app config's shard DSNs).
 """
 from __future__ import annotations
 
@@ -36,10 +42,12 @@ import json
 import re
 from pathlib import Path
 
-from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, image_name
+from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, data_volume, image_name
 from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
-                             render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql)
-from ..errors import StackError, TopologyError
+                             render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql,
+                             render_shard_schema_sql)
+from ..errors import TopologyError
+from ..plan import shard_services
 from ..ports import Ports
 from ..render.addressing import INTERNAL_PORTS
 from ..render.nginx import render_upstream_conf
@@ -60,6 +68,22 @@ HEADER = """\
 """
 PUBLISHED = ("nginx", "postgres-primary", "postgres-replica", "pgbouncer", "redis")
 SERVICES = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "app", "nginx")
+
+
+def is_published(service: str) -> bool:
+    """Whether `service` has a fixed published port: PUBLISHED, and every shard server (postgres-shard-N)."""
+    return service in PUBLISHED or service.startswith("postgres-shard-")
+
+
+def services_of(topology: Topology) -> list[str]:
+    """The Swarm services a topology runs, in start order: the shard servers after the replica."""
+    names = [n for n in SERVICES if n != "pgbouncer" or topology.pgbouncer.enabled]
+    at = names.index("postgres-replica") + 1
+    return names[:at] + shard_services(topology) + names[at:]
+
+
+def published_services(topology: Topology) -> list[str]:
+    return [n for n in services_of(topology) if is_published(n)]
 # A task reads its config from a writable copy of the seed secret: a secret cannot change, and
 # a live change (TTL, pools) is a new file pushed into every task (stack.swarm.tasks), not a restart.
 APP_CONFIG = "/tmp/scalelab/config.json"
@@ -95,6 +119,12 @@ def upstream_conf(topology: Topology) -> str:
 def config_files(topology: Topology) -> dict[str, tuple[str, str]]:
     """Swarm configs: name -> (path relative to stack/, target path in the container)."""
     conf = "docker/conf"
+    shards = {}
+    for index, service in enumerate(shard_services(topology), start=1):
+        shards[f"shard_{index}_conf"] = (f"{conf}/{service}/postgresql.conf", f"{CONF_DIR}/postgres/postgresql.conf")
+    if shards:    # one pg_hba.conf and one empty schema for every shard server (the same text)
+        shards["shard_hba"] = (f"{conf}/postgres-shard-1/pg_hba.conf", f"{CONF_DIR}/postgres/pg_hba.conf")
+        shards["shard_schema"] = (f"{conf}/postgres-shard-1/schema.sql", f"{CONF_DIR}/postgres/schema.sql")
     return {
         "nginx_conf": (f"{conf}/nginx/nginx.conf", f"{CONF_DIR}/nginx/nginx.conf"),
         "nginx_upstream": (f"{conf}/swarm/upstream.conf", f"{CONF_DIR}/nginx/upstream.conf"),
@@ -105,16 +135,23 @@ def config_files(topology: Topology) -> dict[str, tuple[str, str]]:
         "replica_hba": (f"{conf}/postgres-replica/pg_hba.conf", f"{CONF_DIR}/postgres/pg_hba.conf"),
         "pgbouncer_ini": (f"{conf}/pgbouncer/pgbouncer.ini", f"{CONF_DIR}/pgbouncer/pgbouncer.ini"),
         "redis_conf": (f"{conf}/redis/redis.conf", f"{CONF_DIR}/redis/redis.conf"),
+        **shards,
     }
 
 
 def config_texts(topology: Topology) -> dict[str, str]:
     """The text of each config, by name (what a rotation compares)."""
-    return {"nginx_conf": render_nginx_conf(), "nginx_upstream": upstream_conf(topology),
-            "primary_conf": render_postgres_conf(topology, "primary"), "primary_hba": render_pg_hba(),
-            "primary_schema": render_schema_sql(),
-            "replica_conf": render_postgres_conf(topology, "replica"), "replica_hba": render_pg_hba(),
-            "pgbouncer_ini": render_pgbouncer_ini(topology), "redis_conf": render_redis_conf(topology)}
+    texts = {"nginx_conf": render_nginx_conf(), "nginx_upstream": upstream_conf(topology),
+             "primary_conf": render_postgres_conf(topology, "primary"), "primary_hba": render_pg_hba(),
+             "primary_schema": render_schema_sql(),
+             "replica_conf": render_postgres_conf(topology, "replica"), "replica_hba": render_pg_hba(),
+             "pgbouncer_ini": render_pgbouncer_ini(topology), "redis_conf": render_redis_conf(topology)}
+    for index, service in enumerate(shard_services(topology), start=1):
+        texts[f"shard_{index}_conf"] = render_postgres_conf(topology, service[len("postgres-"):])
+    if topology.postgres.shards:
+        texts["shard_hba"] = render_pg_hba()
+        texts["shard_schema"] = render_shard_schema_sql()
+    return texts
 
 
 # Files holding passwords (written by stack.docker.runtime into docker/run/): name -> (file, target).
@@ -128,10 +165,11 @@ SECRETS = {
 }
 
 
-def runtime_texts(topology: Topology, secrets: dict) -> dict[str, str]:
-    """The text of each secret, by name (stack.docker.config renders them)."""
+def runtime_texts(topology: Topology, secrets: dict, shards="topology") -> dict[str, str]:
+    """The text of each secret, by name (stack.docker.config renders them). `shards`: the app
+    config's shard routing when not the topology's (a phase of stack.resharding)."""
     from ..docker.config import runtime_files
-    files = runtime_files(topology, secrets)
+    files = runtime_files(topology, secrets, shards)
     return {name: files[rel] for name, (rel, _target) in SECRETS.items()}
 
 
@@ -178,11 +216,15 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     svc: dict = {"image": images[kind]}
     deploy: dict = {"replicas": 1, "update_config": {"order": "stop-first"}}
     if name.startswith("postgres-"):
-        role = name.split("-")[1]
+        role = name.split("-")[1]        # primary, replica, shard (a primary of its own, no standby)
         svc["command"] = ["postgres-entry", role]
-        svc["configs"] = use_configs(f"{role}_conf", f"{role}_hba", *(["primary_schema"] if role == "primary" else []))
+        if role == "shard":
+            svc["configs"] = use_configs(f"shard_{name.rsplit('-', 1)[1]}_conf", "shard_hba", "shard_schema")
+        else:
+            svc["configs"] = use_configs(f"{role}_conf", f"{role}_hba",
+                                         *(["primary_schema"] if role == "primary" else []))
         svc["secrets"] = use_secrets("postgres_password", "app_password")
-        svc["volumes"] = [f"{role}-data:{PGDATA}"]
+        svc["volumes"] = [f"{data_volume(name)}:{PGDATA}"]
         svc["healthcheck"] = _health("pg_isready", "-q", "-h", "127.0.0.1", "-p", str(INTERNAL_PORTS["postgres"]))
         svc["stop_signal"] = "SIGINT"
         svc["stop_grace_period"] = "15s"
@@ -217,7 +259,7 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
         deploy = {"replicas": topology.app.replicas, "resources": {"limits": limits},
                   "update_config": {"order": "start-first", "parallelism": 2}}
     svc["init"] = True
-    if name in PUBLISHED:
+    if is_published(name):
         svc["ports"] = [{"target": INTERNAL_PORTS["postgres" if name.startswith("postgres") else name],
                          "published": ports.of(name), "protocol": "tcp", "mode": "host"}]
     else:
@@ -238,30 +280,22 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
     return svc
 
 
-def refuse_shards(topology: Topology | None) -> None:
-    """Shard servers run on the local and Docker backends, not yet on Swarm: say so before anything changes."""
-    if topology is not None and topology.postgres.shards:
-        raise StackError(f"postgres.shards={topology.postgres.shards} is not available on the Swarm backend yet: "
-                         f"shard servers run on the local and docker backends (SCALELAB_BACKEND=local or docker); "
-                         f"no swarm stack file renders them. Nothing was changed.")
-
-
 def swarm_model(topology: Topology | None = None, images: dict | None = None, secrets: dict | None = None,
                 only: tuple[str, ...] | None = None) -> dict:
     """The stack file as a dict. `secrets` (the generated values) versions the app's seed
     config; `only` keeps those services (a partial deploy: `docker stack deploy` leaves
     the others as they are), with just the configs and secrets they use."""
     topology = topology or Topology()
-    refuse_shards(topology)
     images = images or {name: image_name(name) for name in IMAGES}
     texts = config_texts(topology)
     configs = {name: _versioned(name, text) for name, text in texts.items()}
     secret_of = secret_names(topology, secrets)
-    names = [n for n in SERVICES if n != "pgbouncer" or topology.pgbouncer.enabled]
+    names = services_of(topology)
     if only is not None:
-        unknown = [n for n in only if n not in SERVICES]
+        known = (*SERVICES, *shard_services(topology))
+        unknown = [n for n in only if n not in known]
         if unknown:
-            raise ValueError(f"only={unknown[0]!r} is not allowed: services are {', '.join(SERVICES)}")
+            raise ValueError(f"only={unknown[0]!r} is not allowed: services are {', '.join(known)}")
         names = [n for n in names if n in only]
     services = {name: _service(topology, name, images, configs, secret_of) for name in names}
     used_configs = {c["source"] for s in services.values() for c in s.get("configs", [])}
@@ -271,7 +305,8 @@ def swarm_model(topology: Topology | None = None, images: dict | None = None, se
         "version": "3.8",
         "services": services,
         "networks": {"default": {"driver": "overlay", "attachable": True}},
-        "volumes": {"primary-data": {}, "replica-data": {}},
+        "volumes": {"primary-data": {}, "replica-data": {},
+                    **{data_volume(s): {} for s in shard_services(topology)}},
         "configs": {configs[n]: {"file": f"./{path}"} for n, (path, _target) in paths.items()
                     if configs[n] in used_configs},
         "secrets": {secret_of[n]: {"file": f"./docker/run/{path}"} for n, (path, _target) in SECRETS.items()
