@@ -22,8 +22,8 @@
 #    mode (SwarmStack.up) and leave it again (down); tests/test_swarm_multinode.py makes it the
 #    manager of two worker engines in network namespaces (nodes-up) and removes them (nodes-down).
 #    Then the lesson notebooks, unchanged, with nbval: $DOCKER_LESSONS and the lab solutions
-#    $DOCKER_SOLUTIONS on the docker backend (SCALELAB_BACKEND=docker), then $SWARM_LESSONS on
-#    the swarm backend (SCALELAB_BACKEND=swarm);
+#    $DOCKER_SOLUTIONS on the docker backend (SCALELAB_BACKEND=docker), then $SWARM_LESSONS and
+#    $SWARM_SOLUTIONS on the swarm backend (SCALELAB_BACKEND=swarm);
 # 5. always (trap): removes the containers, stops dockerd by its pid, and removes the bridges,
 #    iptables rules and chains, and mounts that appeared while it ran.
 # Prints the time of every phase. Needs root (it installs packages and runs dockerd).
@@ -353,19 +353,21 @@ ensure_venv() {
 # -- the tier ----------------------------------------------------------------------------
 # Lessons run by the tier on the docker backend, every one (SCALELAB_DOCKER_LESSONS overrides the
 # list), and on the swarm backend (SCALELAB_SWARM_LESSONS) those that the 25-minute budget of this
-# 2-core machine leaves room for: 1 (a paused task), 4 (replica settings by ALTER SYSTEM) and 7 (a
-# killed Redis task that Swarm replaces; config pushed into tasks). Lessons 2, 5 and 8 also run on
-# swarm (SCALELAB_SWARM_LESSONS="lessons/0[1245678]_*.ipynb"; ~6.5 min more) but their timing
-# cells are the first to fail when other work shares the cores. Two cannot run on swarm:
-# - lesson 3 gives replicas their own weights, which Swarm refuses (its app is one service of
-#   interchangeable tasks: balancer.weights must be None);
-# - lesson 6 needs shard servers, which the swarm stack has not yet (stackfile.refuse_shards).
+# 2-core machine leaves room for: 1 (a paused task), 4 (replica settings by ALTER SYSTEM), 6 (shard
+# servers as services, users moved online with the routing pushed into every task; ~2.5 min) and 7
+# (a killed Redis task that Swarm replaces; config pushed into tasks), then lab 6's solution
+# (SCALELAB_SWARM_SOLUTIONS: its ring checked row by row on the swarm's shard servers; ~0.5 min).
+# Lessons 2, 5 and 8 also run on swarm (SCALELAB_SWARM_LESSONS="lessons/0[124-8]_*.ipynb"; ~6.5 min
+# more) but their timing cells are the first to fail when other work shares the cores. One cannot
+# run on swarm: lesson 3 gives replicas their own weights, which Swarm refuses (its app is one
+# service of interchangeable tasks: balancer.weights must be None).
 # The lab solutions run on docker too (SCALELAB_DOCKER_SOLUTIONS), every one: lab 3's ip_hash
 # checks send from several 127.x addresses, which nginx in a container sees through Docker's port
 # proxy as one; it takes them from X-Forwarded-For instead (stack.render.nginx.PROXY_NETWORKS).
 DOCKER_LESSONS="lessons/0[1-8]_*.ipynb"
 DOCKER_SOLUTIONS="solutions/0[1-8]_*.ipynb"
-SWARM_LESSONS="lessons/01_*.ipynb lessons/04_*.ipynb lessons/07_*.ipynb"
+SWARM_LESSONS="lessons/01_*.ipynb lessons/04_*.ipynb lessons/06_*.ipynb lessons/07_*.ipynb"
+SWARM_SOLUTIONS="solutions/06_*.ipynb"
 
 run_tier() {
     finish() {
@@ -401,10 +403,11 @@ run_tier() {
     SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=docker SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
         .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS} ${SCALELAB_DOCKER_SOLUTIONS-$DOCKER_SOLUTIONS} \
         || lessons_failed+=" docker"
-    phase "lessons on swarm (nbval)"
+    phase "lessons + solutions on swarm (nbval)"
     # The same notebooks on the swarm backend: a one-node swarm the stack initialises and leaves.
     SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=swarm SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
-        .venv/bin/pytest ${SCALELAB_SWARM_LESSONS:-$SWARM_LESSONS} || lessons_failed+=" swarm"
+        .venv/bin/pytest ${SCALELAB_SWARM_LESSONS:-$SWARM_LESSONS} ${SCALELAB_SWARM_SOLUTIONS-$SWARM_SOLUTIONS} \
+        || lessons_failed+=" swarm"
     for kind in docker swarm swarm-multinode; do
         if [ -f "test-artifacts/$kind-timings.json" ]; then
             echo "== $kind stack timings (s): $(tr -d ' \n' < "test-artifacts/$kind-timings.json")"
