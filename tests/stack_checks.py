@@ -119,6 +119,23 @@ def ttl_change_reaches_every_replica(stack, ports, snapshot, apply=None) -> None
 
 
 # -- shard servers ----------------------------------------------------------------------------
+def shard_servers_are_primaries_with_own_volumes(stack, count: int, volumes: set, prefix: str) -> None:
+    """Each shard server, asked, is a primary of its own (not a standby of anything), and keeps its
+    data in a volume of its own (`volumes`: the engine's names, `prefix`: the project or stack)."""
+    for i in range(1, count + 1):
+        with clients.connect(stack.context(), f"shard-{i}") as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False, f"shard-{i}"
+        assert f"{prefix}_shard-{i}-data" in volumes, (i, volumes)
+
+
+def shards_took_the_rows_live(stack, containers, before: dict, shard_map, users: int) -> None:
+    """Nothing that ran `before` was replaced (the app took the new routing live), and each shard
+    server, asked, holds its rows: every row at its home, none on two, none missing."""
+    assert {k: v for k, v in containers(stack).items() if k in before} == before
+    held = every_row_at_home(stack, shard_map, users)
+    assert all(held[i] for i in range(1, shard_map.count + 1)), {i: len(ids) for i, ids in held.items()}
+
+
 def every_row_at_home(stack, shard_map, total: int | None = None) -> dict:
     """Each shard server asked for its rows: every row on its home, none on two servers, none missing."""
     held = resharding.ids_by_shard(stack.context(), shard_map.count)

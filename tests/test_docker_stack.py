@@ -254,16 +254,12 @@ def test_shard_servers_are_containers_and_every_row_lands_where_the_map_says(sta
     services = stack.status()["services"]
     assert all(services[f"postgres-shard-{i}"]["state"] == "running" for i in (1, 2)), services
     # Nothing else restarted: the replicas took the new routing live.
-    assert {k: v for k, v in containers(stack).items() if k in before} == before
-    held = checks.every_row_at_home(stack, ShardMap("consistent", 2), users)
-    assert all(held[i] for i in (1, 2)), {i: len(ids) for i, ids in held.items()}
+    checks.shards_took_the_rows_live(stack, containers, before, ShardMap("consistent", 2), users)
     # Each is a primary of its own, with its own data volume, published on loopback at its port.
     project = stack.status()["project"]
     volumes = {v.name for v in engine.volumes.list(filters={"label": f"scalelab.project={project}"})}
+    checks.shard_servers_are_primaries_with_own_volumes(stack, 2, volumes, project)
     for i in (1, 2):
-        with clients.connect(stack.context(), f"shard-{i}") as conn:
-            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
-        assert f"{project}_shard-{i}-data" in volumes
         bindings = engine.api.inspect_container(containers(stack)[f"postgres-shard-{i}"])["HostConfig"]["PortBindings"]
         assert bindings == {"5432/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(PORTS.shard(i))}]}, bindings
     checks.requests_route_by_the_map(PORTS, ShardMap("consistent", 2))
