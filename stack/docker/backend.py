@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Callable
 
 from docker.errors import APIError, ImageNotFound, NotFound
 
@@ -42,20 +41,19 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
                     RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
                     restore_plan, services_for, stop_rank)
 from ..render.addressing import IN_NETWORK
-from ..render.app import shard_config
-from ..shardmap import ShardMap
+from ..render.app import routing_as_move_starts
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
 from ..topology import Topology
 from .compose import compose_model, container_spec, host_port, to_yaml
 from .config import project_files
 from .containers import Containers
-from .engine_stack import EngineStack, quiet, recorder, refuse_other_base_port
+from ..progress import Progress, quiet, recorder
+from .engine_stack import EngineStack, refuse_other_base_port
 from .images import ensure_images
 from .runtime import write_runtime
 from .state import DockerState
 
-Progress = Callable[[str], None]
 LIVE_SPEC_KEYS = ("cpu_period", "cpu_quota", "labels")   # changed with `docker update`, not a recreate
 BACKEND_HEADER = """\
 # The compose model this DockerStack runs (rendered by stack.docker.compose; informational:
@@ -225,11 +223,7 @@ class DockerStack(EngineStack):
     def _reconcile(self, project: str, old: Topology | None, new: Topology, refs: dict,
                    existing: dict, note) -> None:
         """Execute stack.plan's actions with containers; each is done when the server reports it."""
-        move = reshard_action(old, new)
-        # While users move, replicas (new ones too) route by the map the move starts from.
-        before = ShardMap.from_dict(move.expect["from"]) if move else None
-        routing = (shard_config(new, self.state.secrets(), IN_NETWORK, before) if before else None) if move \
-            else "topology"
+        routing = routing_as_move_starts(new, self.state.secrets(), IN_NETWORK, reshard_action(old, new))
         model = self._write_files(project, new, refs, shards=routing)
         network = self._ensure_network(project)
         self._ensure_volumes(project, model)

@@ -9,15 +9,15 @@ RESHARD action with `_reshard` here; each supplies only how a routing reaches it
 from __future__ import annotations
 
 import shutil
-import time
 from typing import Callable
 
 from .. import clients, resharding
 from ..errors import StackError, UnknownServiceError
 from ..fault import Faults
-from ..plan import Action, describe, services_for, shard_routing
+from ..progress import Progress, quiet
+from ..plan import Action, describe, services_for
 from ..render.addressing import IN_NETWORK
-from ..render.app import shard_config
+from ..render.app import routing_for_phase
 from ..shardmap import ShardMap
 from ..quota import Support, engine_support
 from ..topology import Topology
@@ -26,25 +26,9 @@ from .engine import connect, exec_in
 from .images import ensure_images
 from .state import DockerState
 
-Progress = Callable[[str], None]
 # push(routing, expect): make every running app replica use `routing` (the app config's "shards",
 # in-network DSNs; None: users on the primary) and return once each reports `expect`.
 PushRouting = Callable[[dict | None, dict], None]
-
-
-def quiet(_message: str) -> None:
-    pass
-
-
-def recorder(say: Progress) -> tuple[list[str], Progress]:
-    """(done, note): note(message) keeps the line in `done` and says it with the seconds since now."""
-    started = time.monotonic()
-    done: list[str] = []
-
-    def note(message: str) -> None:
-        done.append(message)
-        say(f"[{time.monotonic() - started:5.2f}s] {message}")
-    return done, note
 
 
 def refuse_other_base_port(old: Topology | None, new: Topology, running) -> None:
@@ -150,8 +134,7 @@ class EngineStack(Faults):
         secrets = self.state.secrets()
 
         def phase(read, write) -> None:
-            routing = shard_config(topology, secrets, IN_NETWORK, read, write) if read else None
-            push(routing, {"shards": shard_routing(read, write)})
+            push(*routing_for_phase(topology, secrets, IN_NETWORK, read, write))
 
         report = resharding.execute(access, before, after, phase)
         resharding.save_report(self.state.path, report)

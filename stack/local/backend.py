@@ -17,7 +17,6 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Callable
 
 import psutil
 
@@ -30,9 +29,10 @@ from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES,
                     RESHARD, RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan,
-                    restore_plan, services_for, shard_routing, stop_rank)
+                    restore_plan, services_for, stop_rank)
 from ..render.addressing import loopback
-from ..render.app import shard_config
+from ..progress import Progress, quiet, recorder
+from ..render.app import routing_as_move_starts, routing_for_phase
 from ..shardmap import ShardMap
 from ..topology import Topology
 from . import app, cpu_quota, nginx, pgbouncer, postgres, redis
@@ -40,13 +40,6 @@ from . import heal
 from .context import Context
 from .proc import ProcessRecord, read_exit, stop, write_exit
 from .state import StateDir
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_message: str) -> None:
-    pass
-
 
 class LocalStack(Faults):
     backend = "local"
@@ -167,7 +160,7 @@ class LocalStack(Faults):
         Returns what was done, one line per action; an empty list means the
         stack already matched.
         """
-        say = progress or _quiet
+        say = progress or quiet
         if topology is not None and not isinstance(topology, Topology):
             raise StackError(f"topology must be a stack.Topology, got {type(topology).__name__}")
         self.state.ensure()
@@ -248,18 +241,10 @@ class LocalStack(Faults):
 
     def _reconcile(self, ctx: Context, old: Topology | None, records: dict, done: list, say: Progress) -> None:
         """Execute stack.plan's actions with processes; each is done when the server reports it."""
-        started = time.monotonic()
-
-        def note(message: str) -> None:
-            done.append(message)
-            say(f"[{time.monotonic() - started:5.2f}s] {message}")
-
+        _, note = recorder(say, done)
         actions = plan(old, ctx.topology, records)
         move = next((a for a in actions if a.kind == RESHARD), None)
-        # While users move, replicas (new ones too) route by the map the move starts from.
-        before = ShardMap.from_dict(move.expect["from"]) if move else None
-        app.write_config(ctx, shards=shard_config(ctx.topology, ctx.secrets, loopback(ctx.ports), before)
-                         if move and before else None if move else "topology")
+        app.write_config(ctx, shards=routing_as_move_starts(ctx.topology, ctx.secrets, loopback(ctx.ports), move))
         for action in actions:
             self._execute(ctx, action, records, note)
 
@@ -359,9 +344,8 @@ class LocalStack(Faults):
         before, after = (ShardMap.from_dict(action.expect[k]) for k in ("from", "to"))
 
         def push(read, write) -> None:
-            routing = shard_config(ctx.topology, ctx.secrets, loopback(ctx.ports), read, write) if read else None
+            routing, expect = routing_for_phase(ctx.topology, ctx.secrets, loopback(ctx.ports), read, write)
             app.write_config(ctx, shards=routing)
-            expect = {"shards": shard_routing(read, write)}
             run_parallel([lambda s=s: clients.push_app_config(ctx, _index(s), expect)
                           for s in records if s.startswith("app-")])
 
@@ -405,7 +389,7 @@ class LocalStack(Faults):
     # -- stopping ------------------------------------------------------------------
     def down(self, purge: bool = False, progress: Progress | None = None) -> list[str]:
         """Stop every service and free every port. `purge=True` also deletes all data."""
-        say = progress or _quiet
+        say = progress or quiet
         if not self.state.path.exists():
             return []
         done = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 from psycopg.conninfo import make_conninfo
 
 from ..app.config import replica_lag_bound_s
+from ..shardmap import ShardMap
 from ..topology import Topology
 from .addressing import Addressing
 from .pgbouncer import DATABASE
@@ -48,3 +49,21 @@ def app_config(topology: Topology, secrets: dict, at: Addressing, shards="topolo
         # Where /users lives when sharded (stack.shardmap); None: on the primary.
         "shards": shard_config(topology, secrets, at) if shards == "topology" else shards,
     }
+
+
+def routing_as_move_starts(topology: Topology, secrets: dict, at: Addressing, move) -> dict | str | None:
+    """The app config's shard routing when `move` (stack.plan's RESHARD action, or None) is about to
+    run: while users move, replicas (new ones too) route by the map the move starts from (None: the
+    users are on the primary); without a move, "topology" (the topology's own map)."""
+    if move is None:
+        return "topology"
+    before = ShardMap.from_dict(move.expect["from"])
+    return shard_config(topology, secrets, at, before) if before else None
+
+
+def routing_for_phase(topology: Topology, secrets: dict, at: Addressing, read, write) -> tuple[dict | None, dict]:
+    """One phase of a move (stack.resharding: copy, flip, done): the app config's routing (None: the
+    users are on the primary) and what each replica then reports ({"shards": ...}) once it took it."""
+    from ..plan import shard_routing     # noqa: PLC0415 - as in shard_config
+    routing = shard_config(topology, secrets, at, read, write) if read else None
+    return routing, {"shards": shard_routing(read, write)}

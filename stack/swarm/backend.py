@@ -39,14 +39,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 from psycopg import sql
 
 from .. import clients, resharding
 from ..docker.compose import to_yaml
 from ..docker.config import postgres_settings, project_files
-from ..docker.engine_stack import EngineStack, quiet, recorder, refuse_other_base_port
+from ..docker.engine_stack import EngineStack, refuse_other_base_port
+from ..progress import Progress, quiet, recorder
 from ..docker.images import ensure_images
 from ..docker.runtime import write_runtime
 from ..docker.state import DockerState
@@ -62,7 +62,6 @@ from .services import SwarmServices
 from .stackfile import (APP_CONFIG, is_published, published_services, runtime_texts, secret_names, swarm_model,
                         upstream_conf)
 
-Progress = Callable[[str], None]
 APP_UID = 10001                   # the app image's `scalelab` user
 HEADER = "# The stack this SwarmStack deployed (stack.swarm.stackfile), for `docker stack deploy -c`.\n"
 
