@@ -20,6 +20,7 @@ import pandas as pd
 
 from .. import fault
 from ..load import LoadSpec, run_load
+from ..load.fastclient import forwarded_for
 from ..load.keys import Keys
 from ..load.mix import Request, RequestMix
 from .predictions import experiment
@@ -60,7 +61,7 @@ def ask_once(url: str, path: str, source: str | None = None) -> str:
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10,
                                       source_address=(source, 0) if source else None)
     try:
-        conn.request("GET", path, headers={"X-Forwarded-For": source} if source else {})
+        conn.request("GET", path, headers=forwarded_for(source) if source else {})
         resp = conn.getresponse()
         resp.read()
         return resp.getheader("X-Replica") or f"HTTP {resp.status}"

@@ -12,7 +12,7 @@ import math
 import sys
 import time
 
-from .fastclient import ConnectFailed, FastClient
+from .fastclient import ConnectFailed, FastClient, forwarded_for
 from .spec import LoadSpec
 
 
@@ -42,7 +42,7 @@ class AiohttpClient:
             connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
             cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False,
             headers={"User-Agent": "scalelab-load",
-                     **({"X-Forwarded-For": local_addr} if local_addr else {})})   # as FastClient's
+                     **(forwarded_for(local_addr) if local_addr else {})})
 
     async def send(self, request) -> tuple[int, str | None, float]:
         if self._busy >= self.limit:

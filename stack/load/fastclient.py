@@ -229,9 +229,10 @@ class _BufferedConnection(_Connection, asyncio.BufferedProtocol):
         self.data_received(bytes(self.read_buffer[:nbytes]))
 
 
-def forwarded_for(address: str) -> str:
-    """The header line that names the client's own address to a balancer behind a proxy."""
-    return f"X-Forwarded-For: {address}\r\n"
+def forwarded_for(address: str) -> dict[str, str]:
+    """The header that names a client's own address to a balancer behind a proxy: every client of
+    the course that sends from a chosen address adds it (stack.render.nginx.PROXY_NETWORKS)."""
+    return {"X-Forwarded-For": address}
 
 
 def connection_class(loop: asyncio.AbstractEventLoop) -> type[_Connection]:
@@ -257,7 +258,8 @@ class FastClient:
         self.local_addr = (local_addr, 0) if local_addr else None
         # From a chosen address, each request says so: behind a port proxy (Docker) nginx would
         # otherwise see the proxy's address for every client (stack.render.nginx.PROXY_NETWORKS).
-        self._forwarded = forwarded_for(local_addr).encode("latin-1") if local_addr else None
+        self._forwarded = "".join(f"{name}: {value}\r\n" for name, value in forwarded_for(local_addr).items()
+                                  ).encode("latin-1") if local_addr else None
         self.loop = asyncio.get_running_loop()
         self._protocol = connection_class(self.loop)
         self.pool_waits = 0          # requests that found every connection busy
