@@ -42,7 +42,7 @@ import json
 import re
 from pathlib import Path
 
-from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, data_volume, image_name
+from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, data_volume, data_volumes, image_name
 from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
                              render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql,
                              render_shard_schema_sql)
@@ -305,8 +305,7 @@ def swarm_model(topology: Topology | None = None, images: dict | None = None, se
         "version": "3.8",
         "services": services,
         "networks": {"default": {"driver": "overlay", "attachable": True}},
-        "volumes": {"primary-data": {}, "replica-data": {},
-                    **{data_volume(s): {} for s in shard_services(topology)}},
+        "volumes": {volume: {} for volume in data_volumes(topology)},
         "configs": {configs[n]: {"file": f"./{path}"} for n, (path, _target) in paths.items()
                     if configs[n] in used_configs},
         "secrets": {secret_of[n]: {"file": f"./docker/run/{path}"} for n, (path, _target) in SECRETS.items()
