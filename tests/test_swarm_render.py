@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stack.errors import TopologyError
-from stack.swarm.stackfile import render_swarm_stack, repository_files, swarm_model, upstream_conf
+from stack.render.nginx import STRATEGY_DIRECTIVES
+from stack.swarm.stackfile import (NGINX_SEED, NGINX_UPSTREAM, render_swarm_stack, repository_files, swarm_model,
+                                    upstream_conf)
 from stack.topology import Topology
 
 STACK = Path(__file__).resolve().parents[1] / "stack"
@@ -32,18 +33,36 @@ def test_the_app_is_one_service_with_the_articles_deploy_block():
     assert not any(name.startswith("app-") for name in model["services"])
 
 
-def test_nginx_balances_over_every_task_and_rotates_on_a_strategy_change():
+def test_nginx_seed_balances_over_every_task_and_is_copied_where_nginx_reads_it():
     assert "server tasks.app:8000 " in upstream_conf(Topology())
-    before = swarm_model(Topology())["services"]["nginx"]["configs"]
-    after = swarm_model(Topology().with_changes(strategy="round_robin"))["services"]["nginx"]["configs"]
-    assert before[0] == after[0] and before[1]["source"] != after[1]["source"]   # only the upstream rotates
-    # Host-mode ports: the new nginx can bind only after the old one stopped.
-    assert swarm_model(Topology())["services"]["nginx"]["deploy"]["update_config"]["order"] == "stop-first"
+    before = swarm_model(Topology())["services"]["nginx"]
+    after = swarm_model(Topology().with_changes(strategy="round_robin"))["services"]["nginx"]
+    # The stack file a learner deploys carries the strategy: only the upstream config differs.
+    assert before["configs"][0] == after["configs"][0] and before["configs"][1]["source"] != after["configs"][1]["source"]
+    # Swarm mounts configs read-only: nginx reads a copy, which the backend rewrites live.
+    assert before["configs"][1]["target"] == NGINX_SEED != NGINX_UPSTREAM
+    assert f"cp {NGINX_SEED} {NGINX_UPSTREAM} && exec nginx-start" in before["entrypoint"][-1]
+    # Host-mode ports: a new nginx task can bind only after the old one stopped.
+    assert before["deploy"]["update_config"]["order"] == "stop-first"
 
 
-def test_weights_are_refused_with_the_reason():
-    with pytest.raises(TopologyError, match="balancer.weights.*interchangeable"):
-        upstream_conf(Topology().with_changes(weights=(1, 1, 1, 5)))
+def test_weights_name_each_running_task_in_slot_order_and_the_seed_ignores_them():
+    weighted = Topology().with_changes(weights=(3, 1, 1, 1))
+    seed = upstream_conf(weighted)
+    assert "server tasks.app:8000 weight=1 " in seed and "weight=3" not in seed
+    live = upstream_conf(weighted, {4: "10.0.1.9", 2: "10.0.1.7", 1: "10.0.1.12", 3: "10.0.1.3"})
+    servers = [line.split()[1:3] for line in live.splitlines() if line.strip().startswith("server ")]
+    assert servers == [["10.0.1.12:8000", "weight=3"], ["10.0.1.7:8000", "weight=1"],
+                       ["10.0.1.3:8000", "weight=1"], ["10.0.1.9:8000", "weight=1"]]
+    assert STRATEGY_DIRECTIVES["least_conn"] in live
+    # Mid-update, a fifth task: weight 1 until the update is done and nginx reloads again.
+    five = upstream_conf(weighted, {1: "10.0.1.2", 2: "10.0.1.3", 3: "10.0.1.4", 4: "10.0.1.5", 6: "10.0.1.6"})
+    assert [line.split()[2] for line in five.splitlines() if line.strip().startswith("server ")] == \
+        ["weight=3", "weight=1", "weight=1", "weight=1", "weight=1"]
+    # Without weights, still one server per task (a consistent hash places each on its ring by name).
+    plain = upstream_conf(Topology().with_changes(replicas=2, strategy="consistent_hash"), {1: "10.0.1.2", 2: "10.0.1.3"})
+    assert [line.split()[1:3] for line in plain.splitlines() if line.strip().startswith("server ")] == \
+        [["10.0.1.2:8000", "weight=1"], ["10.0.1.3:8000", "weight=1"]]
 
 
 def test_passwords_are_swarm_secrets_never_configs():

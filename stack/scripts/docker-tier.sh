@@ -353,21 +353,21 @@ ensure_venv() {
 # -- the tier ----------------------------------------------------------------------------
 # Lessons run by the tier on the docker backend, every one (SCALELAB_DOCKER_LESSONS overrides the
 # list), and on the swarm backend (SCALELAB_SWARM_LESSONS) those that the 25-minute budget of this
-# 2-core machine leaves room for: 1 (a paused task), 4 (replica settings by ALTER SYSTEM), 6 (shard
-# servers as services, users moved online with the routing pushed into every task; ~2.5 min) and 7
-# (a killed Redis task that Swarm replaces; config pushed into tasks), then lab 6's solution
-# (SCALELAB_SWARM_SOLUTIONS: its ring checked row by row on the swarm's shard servers; ~0.5 min).
-# Lessons 2, 5 and 8 also run on swarm (SCALELAB_SWARM_LESSONS="lessons/0[124-8]_*.ipynb"; ~6.5 min
-# more) but their timing cells are the first to fail when other work shares the cores. One cannot
-# run on swarm: lesson 3 gives replicas their own weights, which Swarm refuses (its app is one
-# service of interchangeable tasks: balancer.weights must be None).
+# 2-core machine leaves room for: 1 (a paused task), 3 (strategies, weights and a consistent hash
+# over each task's address, written into the running nginx; a killed task; ~2 min), 4 (replica
+# settings by ALTER SYSTEM), 6 (shard servers as services, users moved online with the routing
+# pushed into every task; ~2.5 min) and 7 (a killed Redis task that Swarm replaces; config pushed
+# into tasks), then the solutions of labs 3 and 6 (SCALELAB_SWARM_SOLUTIONS: nginx's observed split;
+# the ring checked row by row on the swarm's shard servers; ~0.5 min each).
+# Lessons 2, 5 and 8 also run on swarm (SCALELAB_SWARM_LESSONS="lessons/0[1-8]_*.ipynb"; ~6.5 min
+# more) but their timing cells are the first to fail when other work shares the cores.
 # The lab solutions run on docker too (SCALELAB_DOCKER_SOLUTIONS), every one: lab 3's ip_hash
 # checks send from several 127.x addresses, which nginx in a container sees through Docker's port
 # proxy as one; it takes them from X-Forwarded-For instead (stack.render.nginx.PROXY_NETWORKS).
 DOCKER_LESSONS="lessons/0[1-8]_*.ipynb"
 DOCKER_SOLUTIONS="solutions/0[1-8]_*.ipynb"
-SWARM_LESSONS="lessons/01_*.ipynb lessons/04_*.ipynb lessons/06_*.ipynb lessons/07_*.ipynb"
-SWARM_SOLUTIONS="solutions/06_*.ipynb"
+SWARM_LESSONS="lessons/01_*.ipynb lessons/03_*.ipynb lessons/04_*.ipynb lessons/06_*.ipynb lessons/07_*.ipynb"
+SWARM_SOLUTIONS="solutions/03_*.ipynb solutions/06_*.ipynb"
 
 run_tier() {
     finish() {

@@ -2,8 +2,8 @@
 
     stack = SwarmStack()
     stack.up()                            # swarm init if needed, build missing images, deploy, healthy
-    stack.apply(replicas=6)               # `docker service scale`, then nginx re-resolves tasks.app
-    stack.apply(strategy="round_robin")   # a new upstream config rotated into the nginx service
+    stack.apply(replicas=6)               # `docker service scale`, then nginx reloaded with the tasks
+    stack.apply(strategy="round_robin")   # the new upstream written into nginx's task, then a reload
     stack.apply(ttl_s=30)                 # the new app config pushed into every task, no restart
     stack.down()                          # the stack goes (data volumes stay); a swarm it made is left
 
@@ -12,8 +12,10 @@ How each plan action becomes a Swarm operation:
     start              `docker stack deploy` of a stack file holding just those services
                        (all of them on a fresh stack); more app replicas: a service scale
     stop               service scale (app replicas) or service remove
-    reload_nginx       scale only: `nginx-reload` in the nginx task (re-resolves tasks.app);
-                       anything else: the upstream config rotated in (a service update)
+    reload_nginx       the upstream rendered for the running tasks written into the nginx task,
+                       then `nginx-reload` (graceful: no request dropped). A config rotation would
+                       restart nginx's one task (stop-first: its host-mode port), failing every
+                       request for ~10 s; the deployed config is only nginx's seed
     reload_postgres    ALTER SYSTEM SET + pg_reload_conf(), until pg_settings shows it
     restart_postgres   ALTER SYSTEM SET, then a forced service update (a new task, same volume)
     set_redis          CONFIG SET;  reload_pgbouncer: SET on PgBouncer's admin console
@@ -59,8 +61,8 @@ from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
 from .services import SwarmServices
-from .stackfile import (APP_CONFIG, is_published, published_services, runtime_texts, secret_names, swarm_model,
-                        upstream_conf)
+from .stackfile import (APP_CONFIG, NGINX_UPSTREAM, is_published, published_services, runtime_texts, secret_names,
+                        swarm_model, upstream_conf)
 
 APP_UID = 10001                   # the app image's `scalelab` user
 HEADER = "# The stack this SwarmStack deployed (stack.swarm.stackfile), for `docker stack deploy -c`.\n"
@@ -179,7 +181,6 @@ class SwarmStack(EngineStack):
             saved = self.state.load()
             old = Topology.from_state(saved)
             new = topology or old or Topology.from_env()
-            upstream_conf(new)     # refuses per-replica weights with the reason, before any change
             name = saved.get("stack") or stack_name(new)
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
@@ -299,7 +300,7 @@ class _Run:
     def __init__(self, stack: SwarmStack, name: str, old: Topology | None, topology: Topology, images: dict,
                  nginx_view: list | None = None):
         self.stack, self.name, self.old, self.topology, self.images = stack, name, old, topology, images
-        self.nginx_view = nginx_view    # the containers (nginx, app tasks) when nginx last resolved tasks.app
+        self.nginx_view = nginx_view    # the containers (nginx, app tasks) when nginx last reloaded
         self.services = stack._services(name)
         self.access = clients.StackAccess(topology, stack.state.secrets())
 
@@ -333,10 +334,7 @@ class _Run:
                 self.services.scale("app", self.topology.app.replicas)
                 self.reload_nginx(0)
                 self.services.wait_converged("app")
-            if set(action.why) <= {"app.replicas"}:
-                self.reload_nginx(0)
-            else:
-                self._redeploy(("nginx",))
+            self.reload_nginx(0)
         elif kind == RELOAD_POSTGRES:
             for server in action.services:
                 self._alter_system(server)
@@ -438,7 +436,7 @@ class _Run:
 
     def _follow_app_update(self, timeout: float = 120) -> None:
         """Until the app's rolling update is done, reload nginx each time its tasks change: nginx
-        resolves tasks.app only on a reload, and without one it would know none of the new tasks
+        learns of tasks only on a reload, and without one it would know none of the new tasks
         once the last old one stopped (every GET a 502 until the end of the update)."""
         deadline = time.monotonic() + timeout
         while not self.services._converged("app", deadline, timeout):
@@ -466,14 +464,26 @@ class _Run:
         return sorted(f"{short}={t['ID']}" for short in ("nginx", "app") for t in self.services.running_tasks(short))
 
     def reload_nginx(self, drain: float) -> None:
-        """nginx resolves `tasks.app` (one address per healthy task) only when it loads its config:
-        a reload is how it learns of new tasks and forgets gone ones."""
+        """Write the upstream for the running app tasks (each by its address, with its weight) into
+        the nginx task and reload it gracefully: how nginx learns of new tasks and forgets gone ones."""
         view = self._view()
         nginx = self.services.containers().get("nginx")
         if nginx is None:
             raise StackError("nginx has no running task to reload")
+        text = upstream_conf(self.topology, self._task_addresses())
+        self.services.put_file(nginx["Id"], NGINX_UPSTREAM, text, 0)
         self.services.exec(nginx["Id"], ["nginx-reload", str(int(drain))])
         self.nginx_view = view
+
+    def _task_addresses(self) -> dict[int, str]:
+        """{slot: address on the stack's network} of the running app tasks (on every node)."""
+        network = f"{self.name}_default"
+        found = {}
+        for task in self.services.running_tasks("app"):
+            for attachment in task.get("NetworksAttachments") or []:
+                if attachment["Network"]["Spec"]["Name"] == network and attachment.get("Addresses"):
+                    found[task["Slot"]] = attachment["Addresses"][0].split("/")[0]
+        return found
 
     def _push_routing(self, routing: dict | None, expect: dict) -> None:
         """One phase of a reshard: every app task routes by `routing` (EngineStack._reshard). The

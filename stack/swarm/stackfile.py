@@ -8,8 +8,13 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
 
 * The app is ONE service, `app`, with `deploy.replicas` and `deploy.resources.limits`
   (cpus, memory) from the topology, as in the article. Its tasks are interchangeable,
-  so nginx balances over `tasks.app` (every task's address, resolved when nginx loads
-  its config) and per-replica weights cannot be expressed: balancer.weights must be None.
+  so the deployed nginx config balances over `tasks.app` (every task's address, resolved
+  when nginx loads its config), with equal weights. That config is nginx's seed: it is
+  copied where nginx reads it when the task starts, and the backend then writes the live
+  upstream there and reloads nginx (a strategy, keepalive or retry change in about a second,
+  no request dropped). The live upstream has one server line per running task, by its
+  overlay address, in slot order (app-1 first), so per-replica weights and a consistent
+  hash's ring work as on the other backends.
 * Config files are Swarm configs and the files holding passwords Swarm secrets, both
   immutable: a changed file is a new config (its name carries a hash of its text) that
   a service update rotates in.
@@ -46,7 +51,6 @@ from ..docker.compose import APP_MEMORY, HEALTH_TIMING, IMAGES, _Dumper, data_vo
 from ..docker.config import (CONF_DIR, PGDATA, RUN_DIR, render_nginx_conf, render_pg_hba,
                              render_pgbouncer_ini, render_postgres_conf, render_redis_conf, render_schema_sql,
                              render_shard_schema_sql)
-from ..errors import TopologyError
 from ..plan import shard_services
 from ..ports import Ports
 from ..render.addressing import INTERNAL_PORTS
@@ -105,15 +109,33 @@ def app_entrypoint() -> list[str]:
     return ["sh", "-c", copy, "app-entry", *app_command()]
 
 
-def upstream_conf(topology: Topology) -> str:
-    """One server line for the whole app service: nginx expands `tasks.app` to every task."""
-    if topology.balancer.weights is not None:
-        raise TopologyError("balancer.weights", topology.balancer.weights,
-                            "None on Swarm: the app's tasks are interchangeable replicas of one service "
-                            "(per-replica weights need the docker or local backend)")
-    one = topology.with_changes(replicas=1)
-    return render_upstream_conf(one, address=lambda _index: f"tasks.app:{INTERNAL_PORTS['app']}",
-                                source="stack.swarm.stackfile")
+# nginx reads its upstream from a writable file that starts as a copy of the deployed config
+# (Swarm mounts configs read-only), so the backend can rewrite it in the running task.
+NGINX_UPSTREAM = f"{CONF_DIR}/nginx/upstream.conf"
+NGINX_SEED = f"{CONF_DIR}/nginx-seed/upstream.conf"
+
+
+def upstream_conf(topology: Topology, task_addresses: dict[int, str] | None = None) -> str:
+    """nginx's upstream. Without `task_addresses` (the deployed seed, and the stack file a learner
+    deploys by hand): one server line, `tasks.app`, which nginx expands to every task's address
+    when it loads its config; weights cannot apply to it. With them ({task slot: overlay address}
+    of the running app tasks): one line per task, in slot order, each with its weight (app-1's
+    first): what the backend writes into the running nginx. Each task must be a server of its own
+    for `hash ... consistent` too: nginx places a server's points on its ring by the server's
+    name, so the tasks behind one `tasks.app` line all share the same points, and a joining task
+    moved most keys instead of its share."""
+    port = INTERNAL_PORTS["app"]
+    if not task_addresses:
+        one = topology.with_changes(replicas=1, weights=None)
+        return render_upstream_conf(one, address=lambda _index: f"tasks.app:{port}", source="stack.swarm.stackfile")
+    slots = sorted(task_addresses)
+    # Mid-update (a rolling update, a task being replaced) the count can differ from the topology's:
+    # the tasks beyond the weights get weight 1 until the update is done and nginx reloads again.
+    weights = topology.balancer.weights or ()
+    per_task = tuple(weights[i] if i < len(weights) else 1 for i in range(len(slots)))
+    shaped = topology.with_changes(replicas=len(slots), weights=per_task)
+    return render_upstream_conf(shaped, address=lambda index: f"{task_addresses[slots[index - 1]]}:{port}",
+                                source="stack.swarm.backend (live: the running tasks' addresses)")
 
 
 def config_files(topology: Topology) -> dict[str, tuple[str, str]]:
@@ -127,7 +149,7 @@ def config_files(topology: Topology) -> dict[str, tuple[str, str]]:
         shards["shard_schema"] = (f"{conf}/postgres-shard-1/schema.sql", f"{CONF_DIR}/postgres/schema.sql")
     return {
         "nginx_conf": (f"{conf}/nginx/nginx.conf", f"{CONF_DIR}/nginx/nginx.conf"),
-        "nginx_upstream": (f"{conf}/swarm/upstream.conf", f"{CONF_DIR}/nginx/upstream.conf"),
+        "nginx_upstream": (f"{conf}/swarm/upstream.conf", NGINX_SEED),
         "primary_conf": (f"{conf}/postgres-primary/postgresql.conf", f"{CONF_DIR}/postgres/postgresql.conf"),
         "primary_hba": (f"{conf}/postgres-primary/pg_hba.conf", f"{CONF_DIR}/postgres/pg_hba.conf"),
         "primary_schema": (f"{conf}/postgres-primary/schema.sql", f"{CONF_DIR}/postgres/schema.sql"),
@@ -242,6 +264,8 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
         svc["stop_grace_period"] = "5s"
     elif name == "nginx":
         svc["configs"] = use_configs("nginx_conf", "nginx_upstream")
+        # The image's CMD (nginx-start), after copying the seed upstream where nginx reads it.
+        svc["entrypoint"] = ["sh", "-c", f"cp {NGINX_SEED} {NGINX_UPSTREAM} && exec nginx-start"]
         svc["healthcheck"] = _health("http-health", str(INTERNAL_PORTS["nginx"]), "/nginx-health")
         svc["stop_grace_period"] = "5s"
         svc["stop_signal"] = "SIGQUIT"      # graceful: in-flight requests finish
