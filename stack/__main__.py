@@ -22,7 +22,8 @@ def _parse_value(text: str):
 def _print_status(status: dict) -> None:
     print(f"backend {status['backend']}   state {status['state_dir']}   entry point {status['url']}")
     for service, info in sorted(status["services"].items()):
-        print(f"  {service:18} {info['state']:8} {info['address'] or '':22} pid {info['pid'] or '-'}")
+        where = f"   node {info['node']}" if info.get("node") else ""      # a swarm's task
+        print(f"  {service:18} {info['state']:8} {info['address'] or '':22} pid {info['pid'] or '-'}{where}")
         if info["state"] == "exited" and "exit" in info:
             print(f"  {'':18} {info['exit']}; `up` restarts it. Last log lines:")
             for line in info.get("last_log_lines", []):

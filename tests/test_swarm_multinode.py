@@ -36,6 +36,7 @@ if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
 import stack_checks as checks  # noqa: E402
 from conftest import Trickle, request  # noqa: E402
 from stack import clients  # noqa: E402
+from stack.errors import StackError  # noqa: E402
 from docker_tier import FIRST_BASE, engine, free_base  # noqa: E402,F401 - engine: a fixture
 from stack.ports import Ports, port_is_free  # noqa: E402
 from stack.swarm.backend import ROTATED_APP_CONFIG, SwarmStack  # noqa: E402
@@ -169,6 +170,17 @@ def test_up_spreads_the_app_over_every_node(engine, stack, nodes):
     for short in ("nginx", "postgres-primary", "postgres-replica", "pgbouncer", "redis"):
         tasks = SwarmServices(engine, name).running_tasks(short)
         assert [t["NodeID"] for t in tasks] == [manager], (short, tasks)
+    # status() reads Swarm's task list: the tasks on the workers are running, and where.
+    listed = stack.status()["services"]
+    apps = {n: info for n, info in listed.items() if n.startswith("app-")}
+    assert sorted(apps) == [f"app-{i}" for i in range(1, 5)] and all(i["state"] == "running" for i in apps.values()), apps
+    assert Counter(i["node"] for i in apps.values()) == where, (apps, where)
+    # A fault on a worker's task is refused with where it runs (this engine cannot signal it).
+    remote = next(n for n, info in apps.items() if info["container"] is None)
+    with pytest.raises(StackError, match=rf"service '{remote}' runs on node 'worker\d'.*drain"):
+        stack.kill(remote)
+    with pytest.raises(StackError, match=r"docker service logs"):
+        stack.logs(remote)
     # Through nginx on the manager, over the overlay network to every node's tasks.
     checks.requests_reach_every_replica(PORTS)
     status, _, body = request(PORTS.nginx, "GET", "/users/42")

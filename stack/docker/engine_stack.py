@@ -76,8 +76,23 @@ class EngineStack(Faults):
         """Build the images that are missing for the current sources (all with force=True)."""
         return ensure_images(self.client, progress or quiet, force=force)
 
+    def _elsewhere(self, saved: dict) -> dict[str, str]:
+        """{service: node} for what runs on another node than this engine's (only on a multi-node
+        swarm): out of reach of this engine's container calls (logs, kill, pause)."""
+        return {}
+
+    def _refuse_elsewhere(self, saved: dict, service: str, action: str, instead: str) -> None:
+        node = self._elsewhere(saved).get(service)
+        if node is not None:
+            here = sorted(self._service_containers(saved))
+            raise StackError(f"service {service!r} runs on node {node!r}, not on this engine's: {action} reaches "
+                             f"only this engine's containers ({', '.join(here) or 'none'}). {instead}")
+
     def logs(self, service: str, lines: int = 50) -> str:
-        listing = self._service_containers(self.state.load())
+        saved = self.state.load()
+        self._refuse_elsewhere(saved, service, "reading logs",
+                               f"`docker service logs {saved.get('stack')}_app` on a manager has every task's.")
+        listing = self._service_containers(saved)
         if service not in listing:
             raise StackError(f"no log for service {service!r}: known services are "
                              f"{', '.join(sorted(listing)) or 'none yet'}")
@@ -151,6 +166,9 @@ class EngineStack(Faults):
         known = services_for(topology) if topology and saved.get("up") else []
         if not isinstance(service, str) or service not in known:
             raise UnknownServiceError(service, sorted(known))
+        self._refuse_elsewhere(saved, service, f"a fault ({action})",
+                               "Pick a replica there, or drain that node (`docker node update --availability "
+                               "drain NODE`) to see its tasks move.")
         c = self._service_containers(saved).get(service)
         if c is None or c["State"] not in ("running", "paused"):
             raise StackError(f"service {service!r} has no running container "

@@ -93,6 +93,18 @@ class SwarmStack(EngineStack):
     def _service_containers(self, saved: dict) -> dict[str, dict]:
         return self._services(saved["stack"]).containers() if saved.get("stack") else {}
 
+    def _elsewhere(self, saved: dict) -> dict[str, str]:
+        """{app-N: node hostname} for the running app tasks on other nodes (read from the manager's
+        task list, which has every node's tasks; the other services are placed on a manager)."""
+        if not saved.get("stack") or not saved.get("up"):
+            return {}
+        here = self.client.info()["Swarm"].get("NodeID")
+        tasks = [t for t in self._services(saved["stack"]).running_tasks("app") if t.get("NodeID") != here]
+        if not tasks:
+            return {}
+        names = {n["ID"]: n["Description"]["Hostname"] for n in self.client.api.nodes()}
+        return {f"app-{t['Slot']}": names.get(t["NodeID"], t["NodeID"]) for t in tasks}
+
     def _app_ports(self, saved: dict) -> dict[int, int]:
         """{slot: host port} of the app tasks on this engine's node (the engine picked each port)."""
         if not saved.get("stack") or not saved.get("up"):
@@ -152,16 +164,23 @@ class SwarmStack(EngineStack):
                 error = str(exc)
         wanted = services_for(topology) if topology and saved.get("up") else []
         app_ports = self._app_ports(saved) if name and not error else {}
+        elsewhere = self._elsewhere(saved) if name and not error else {}
+        here = self.client.info().get("Name") if name and not error else None
         services = {}
-        for service in sorted(set(listing) | set(wanted)):
+        for service in sorted(set(listing) | set(wanted) | set(elsewhere)):
             c = listing.get(service)
             health = None
             if c:
                 health = next((h for h in ("unhealthy", "healthy", "starting") if h in c["Status"]), None)
+            elif service in elsewhere:
+                # Swarm reports a task running only once its health check passed.
+                services[service] = {"state": "running", "health": "healthy", "pid": None, "container": None,
+                                     "address": None, "node": elsewhere[service]}
+                continue
             services[service] = {
                 "state": c["State"] if c else ("unknown" if error else "missing"), "health": health,
                 "pid": None, "container": c["Id"][:12] if c else None,
-                "address": _address(service, ports, app_ports)}
+                "address": _address(service, ports, app_ports), "node": here if c else None}
         result = {"backend": self.backend, "state_dir": str(self.state.path), "stack": name,
                   "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                   "running": any(s["state"] == "running" for s in services.values()),
