@@ -39,7 +39,7 @@ from stack import clients  # noqa: E402
 from stack.errors import StackError  # noqa: E402
 from docker_tier import FIRST_BASE, engine, free_base  # noqa: E402,F401 - engine: a fixture
 from stack.ports import Ports, port_is_free  # noqa: E402
-from stack.swarm.backend import ROTATED_APP_CONFIG, SwarmStack  # noqa: E402
+from stack.swarm.backend import RELOADED_FOR_TASKS, ROTATED_APP_CONFIG, SwarmStack  # noqa: E402
 from stack.swarm.services import SwarmServices  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
@@ -208,14 +208,14 @@ def test_draining_a_worker_under_load_moves_its_tasks_and_fails_no_get(engine, s
             time.sleep(0.2)
         services.wait_converged("app")
         TIMINGS["drain_moved_s"] = round(time.monotonic() - started, 2)
-        done = stack.up()        # nginx re-resolves tasks.app: the moved tasks get traffic again
+        done = stack.up()        # nginx's upstream re-rendered: the moved tasks get traffic again
         TIMINGS["drain_to_nginx_reloaded_s"] = round(time.monotonic() - started, 2)
         time.sleep(1.0)
     TIMINGS["drain_get_outcomes"] = {str(k): v for k, v in load.outcomes.items()}
     TIMINGS["drain_nginx_log"] = nginx_log_figures(engine, stack, since=wall)
     TIMINGS["app_tasks_per_node_after_drain"] = dict(placement(engine, stack, nodes))
     assert load.outcomes[200] > 50 and load.failures == {}, load.outcomes
-    assert done == ["reloaded nginx: it now resolves every running app task"], done
+    assert done == [RELOADED_FOR_TASKS], done
     assert worker not in TIMINGS["app_tasks_per_node_after_drain"]
     assert stack.applied() == Topology(base_port=BASE)
     checks.requests_reach_every_replica(PORTS)

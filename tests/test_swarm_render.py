@@ -1,14 +1,16 @@
 """The Swarm stack file: pure, no engine. stack/swarm-stack.yml must be the renderer's output."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from stack.render.nginx import STRATEGY_DIRECTIVES
+from stack.docker.config import render_nginx_conf
 from stack.swarm.stackfile import (NGINX_SEED, NGINX_UPSTREAM, render_swarm_stack, repository_files, swarm_model,
-                                    upstream_conf)
+                                    task_addresses, upstream_conf)
 from stack.topology import Topology
 
 STACK = Path(__file__).resolve().parents[1] / "stack"
@@ -39,30 +41,55 @@ def test_nginx_seed_balances_over_every_task_and_is_copied_where_nginx_reads_it(
     after = swarm_model(Topology().with_changes(strategy="round_robin"))["services"]["nginx"]
     # The stack file a learner deploys carries the strategy: only the upstream config differs.
     assert before["configs"][0] == after["configs"][0] and before["configs"][1]["source"] != after["configs"][1]["source"]
-    # Swarm mounts configs read-only: nginx reads a copy, which the backend rewrites live.
-    assert before["configs"][1]["target"] == NGINX_SEED != NGINX_UPSTREAM
-    assert f"cp {NGINX_SEED} {NGINX_UPSTREAM} && exec nginx-start" in before["entrypoint"][-1]
+    # Swarm mounts configs read-only: the seed is mounted elsewhere and copied to the file that
+    # nginx.conf includes and nginx-start reads, then the image's own CMD runs.
+    assert before["configs"][1]["target"] == NGINX_SEED
+    assert f"include {NGINX_UPSTREAM};" in render_nginx_conf()
+    assert f"UPSTREAM={NGINX_UPSTREAM}\n" in (STACK / "docker/images/scripts/nginx-start").read_text()
+    script = before["entrypoint"][-1]
+    assert script.startswith(f"cp {NGINX_SEED} {NGINX_UPSTREAM} && ")
+    assert re.search(r'^CMD \["(\S+)"\]$', (STACK / "docker/images/nginx.Dockerfile").read_text(), re.M)[1] == \
+        script.rsplit("exec ", 1)[1]
     # Host-mode ports: a new nginx task can bind only after the old one stopped.
     assert before["deploy"]["update_config"]["order"] == "stop-first"
 
 
-def test_weights_name_each_running_task_in_slot_order_and_the_seed_ignores_them():
-    weighted = Topology().with_changes(weights=(3, 1, 1, 1))
+def servers(text: str) -> list[list[str]]:
+    return [line.split()[1:3] for line in text.splitlines() if line.strip().startswith("server ")]
+
+
+def test_each_task_is_a_server_with_its_own_slots_weight_and_the_seed_ignores_weights():
+    weighted = Topology().with_changes(weights=(3, 1, 1, 2))
     seed = upstream_conf(weighted)
     assert "server tasks.app:8000 weight=1 " in seed and "weight=3" not in seed
-    live = upstream_conf(weighted, {4: "10.0.1.9", 2: "10.0.1.7", 1: "10.0.1.12", 3: "10.0.1.3"})
-    servers = [line.split()[1:3] for line in live.splitlines() if line.strip().startswith("server ")]
-    assert servers == [["10.0.1.12:8000", "weight=3"], ["10.0.1.7:8000", "weight=1"],
-                       ["10.0.1.3:8000", "weight=1"], ["10.0.1.9:8000", "weight=1"]]
+    live = upstream_conf(weighted, [(4, "10.0.1.9"), (2, "10.0.1.7"), (1, "10.0.1.12"), (3, "10.0.1.3")])
+    assert servers(live) == [["10.0.1.12:8000", "weight=3"], ["10.0.1.7:8000", "weight=1"],
+                             ["10.0.1.3:8000", "weight=1"], ["10.0.1.9:8000", "weight=2"]]
     assert STRATEGY_DIRECTIVES["least_conn"] in live
-    # Mid-update, a fifth task: weight 1 until the update is done and nginx reloads again.
-    five = upstream_conf(weighted, {1: "10.0.1.2", 2: "10.0.1.3", 3: "10.0.1.4", 4: "10.0.1.5", 6: "10.0.1.6"})
-    assert [line.split()[2] for line in five.splitlines() if line.strip().startswith("server ")] == \
-        ["weight=3", "weight=1", "weight=1", "weight=1", "weight=1"]
+    # After a scale-down slots can have gaps: each task keeps its own slot's weight (app-4 is 2),
+    # and a task beyond the weights (leaving, or mid-update) gets 1.
+    assert servers(upstream_conf(weighted.with_changes(replicas=3, weights=(5, 1, 1)),
+                                 [(2, "10.0.1.3"), (4, "10.0.1.5"), (3, "10.0.1.4")])) == \
+        [["10.0.1.3:8000", "weight=1"], ["10.0.1.4:8000", "weight=1"], ["10.0.1.5:8000", "weight=1"]]
+    assert servers(upstream_conf(weighted, [(2, "10.0.1.3"), (4, "10.0.1.5"), (1, "10.0.1.2")])) == \
+        [["10.0.1.2:8000", "weight=3"], ["10.0.1.3:8000", "weight=1"], ["10.0.1.5:8000", "weight=2"]]
+    # Mid rolling update two tasks share a slot: both serve, both listed.
+    assert len(servers(upstream_conf(weighted, [(1, "10.0.1.2"), (1, "10.0.1.8"), (2, "10.0.1.3")]))) == 3
     # Without weights, still one server per task (a consistent hash places each on its ring by name).
-    plain = upstream_conf(Topology().with_changes(replicas=2, strategy="consistent_hash"), {1: "10.0.1.2", 2: "10.0.1.3"})
-    assert [line.split()[1:3] for line in plain.splitlines() if line.strip().startswith("server ")] == \
-        [["10.0.1.2:8000", "weight=1"], ["10.0.1.3:8000", "weight=1"]]
+    plain = upstream_conf(Topology().with_changes(replicas=2, strategy="consistent_hash"),
+                          [(1, "10.0.1.2"), (2, "10.0.1.3")])
+    assert servers(plain) == [["10.0.1.2:8000", "weight=1"], ["10.0.1.3:8000", "weight=1"]]
+
+
+def test_task_addresses_are_read_on_the_stacks_network_without_the_prefix_length():
+    def task(slot, *attachments):
+        return {"Slot": slot, "NetworksAttachments": [{"Network": {"Spec": {"Name": net}}, "Addresses": addrs}
+                                                      for net, addrs in attachments]}
+    tasks = [task(2, ("ingress", ["10.255.0.7/16"]), ("s_default", ["10.0.1.7/24"])),
+             task(1, ("s_default", ["10.0.1.12/24"])),
+             task(3, ("s_default", [])),          # not attached yet: left out
+             {"Slot": 4}]                         # no attachments at all
+    assert task_addresses(tasks, "s_default") == [(2, "10.0.1.7"), (1, "10.0.1.12")]
 
 
 def test_passwords_are_swarm_secrets_never_configs():

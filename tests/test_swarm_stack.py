@@ -5,7 +5,7 @@ its own dockerd with iptables on: host-mode published ports are iptables rules).
 is put in Swarm mode by SwarmStack.up() when it is in none, and left again by down().
 
 One stack for the module, on its own block of ports; changed step by step; taken down last.
-Timings (up, scale 4 -> 6, strategy rotation) go to $SCALELAB_SWARM_TIMINGS (JSON) if set.
+Timings (up, scale 4 -> 6, strategy change) go to $SCALELAB_SWARM_TIMINGS (JSON) if set.
 """
 from __future__ import annotations
 

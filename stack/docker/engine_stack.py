@@ -82,11 +82,13 @@ class EngineStack(Faults):
         return {}
 
     def _refuse_elsewhere(self, saved: dict, service: str, action: str, instead: str) -> None:
+        here = self._service_containers(saved)
+        if service in here:       # (mid-update, a slot can run here and elsewhere: here wins)
+            return
         node = self._elsewhere(saved).get(service)
         if node is not None:
-            here = sorted(self._service_containers(saved))
             raise StackError(f"service {service!r} runs on node {node!r}, not on this engine's: {action} reaches "
-                             f"only this engine's containers ({', '.join(here) or 'none'}). {instead}")
+                             f"only this engine's containers ({', '.join(sorted(here)) or 'none'}). {instead}")
 
     def logs(self, service: str, lines: int = 50) -> str:
         saved = self.state.load()

@@ -15,7 +15,7 @@ How each plan action becomes a Swarm operation:
     reload_nginx       the upstream rendered for the running tasks written into the nginx task,
                        then `nginx-reload` (graceful: no request dropped). A config rotation would
                        restart nginx's one task (stop-first: its host-mode port), failing every
-                       request for ~10 s; the deployed config is only nginx's seed
+                       request for ~12 s; the deployed config is only nginx's seed
     reload_postgres    ALTER SYSTEM SET + pg_reload_conf(), until pg_settings shows it
     restart_postgres   ALTER SYSTEM SET, then a forced service update (a new task, same volume)
     set_redis          CONFIG SET;  reload_pgbouncer: SET on PgBouncer's admin console
@@ -42,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from docker.errors import APIError
 from psycopg import sql
 
 from .. import clients, resharding
@@ -62,7 +63,7 @@ from ..rollback import RollbackReport
 from ..topology import Topology
 from .services import SwarmServices
 from .stackfile import (APP_CONFIG, NGINX_UPSTREAM, is_published, published_services, runtime_texts, secret_names,
-                        swarm_model, upstream_conf)
+                        swarm_model, task_addresses, upstream_conf)
 
 APP_UID = 10001                   # the app image's `scalelab` user
 HEADER = "# The stack this SwarmStack deployed (stack.swarm.stackfile), for `docker stack deploy -c`.\n"
@@ -102,7 +103,10 @@ class SwarmStack(EngineStack):
         tasks = [t for t in self._services(saved["stack"]).running_tasks("app") if t.get("NodeID") != here]
         if not tasks:
             return {}
-        names = {n["ID"]: n["Description"]["Hostname"] for n in self.client.api.nodes()}
+        try:
+            names = {n["ID"]: n["Description"]["Hostname"] for n in self.client.api.nodes()}
+        except APIError:     # a worker's engine cannot list nodes: name them by ID
+            names = {}
         return {f"app-{t['Slot']}": names.get(t["NodeID"], t["NodeID"]) for t in tasks}
 
     def _app_ports(self, saved: dict) -> dict[int, int]:
@@ -165,7 +169,7 @@ class SwarmStack(EngineStack):
         wanted = services_for(topology) if topology and saved.get("up") else []
         app_ports = self._app_ports(saved) if name and not error else {}
         elsewhere = self._elsewhere(saved) if name and not error else {}
-        here = self.client.info().get("Name") if name and not error else None
+        here = self.client.info().get("Name") if elsewhere else None     # nodes named on a multi-node swarm
         services = {}
         for service in sorted(set(listing) | set(wanted) | set(elsewhere)):
             c = listing.get(service)
@@ -476,33 +480,46 @@ class _Run:
                     conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(key),
                                                                            sql.Literal(str(value))))
 
-    def _view(self) -> list[str]:
+    def _view(self, app_tasks: list[dict] | None = None) -> list[str]:
         """The running nginx and app tasks, from the manager's task list: it sees every node's
         tasks (a container listing shows only this engine's), so a task Swarm moved to another
         node (a drained node, a failed one) changes the view and the next up() reloads nginx."""
-        return sorted(f"{short}={t['ID']}" for short in ("nginx", "app") for t in self.services.running_tasks(short))
+        app_tasks = self.services.running_tasks("app") if app_tasks is None else app_tasks
+        return sorted([f"nginx={t['ID']}" for t in self.services.running_tasks("nginx")] +
+                      [f"app={t['ID']}" for t in app_tasks])
+
+    def _settled_app_tasks(self, timeout: float = 3.0) -> list[dict]:
+        """The running app tasks, once Swarm has marked the ones a scale-down removes (it does so a
+        moment after the scale call; until then they still look wanted). At most `timeout`: mid
+        rolling update more tasks than replicas are wanted for a while, and each one serves."""
+        deadline = time.monotonic() + timeout
+        while True:
+            tasks = [t for t in self.services.tasks("app") if t["DesiredState"] == "running"]
+            if len(tasks) <= self.topology.app.replicas or time.monotonic() > deadline:
+                return [t for t in tasks if t["Status"]["State"] == "running"]
+            time.sleep(0.1)
 
     def reload_nginx(self, drain: float) -> None:
-        """Write the upstream for the running app tasks (each by its address, with its weight) into
-        the nginx task and reload it gracefully: how nginx learns of new tasks and forgets gone ones."""
-        view = self._view()
+        """Write the upstream for the running app tasks (each by its address, with its slot's weight)
+        into the nginx task and reload it gracefully: how nginx learns of new tasks and forgets gone
+        ones. A reload nginx refuses puts the previous file back (nginx goes on with it) and raises."""
         nginx = self.services.containers().get("nginx")
         if nginx is None:
             raise StackError("nginx has no running task to reload")
-        text = upstream_conf(self.topology, self._task_addresses())
-        self.services.put_file(nginx["Id"], NGINX_UPSTREAM, text, 0)
-        self.services.exec(nginx["Id"], ["nginx-reload", str(int(drain))])
-        self.nginx_view = view
-
-    def _task_addresses(self) -> dict[int, str]:
-        """{slot: address on the stack's network} of the running app tasks (on every node)."""
-        network = f"{self.name}_default"
-        found = {}
-        for task in self.services.running_tasks("app"):
-            for attachment in task.get("NetworksAttachments") or []:
-                if attachment["Network"]["Spec"]["Name"] == network and attachment.get("Addresses"):
-                    found[task["Slot"]] = attachment["Addresses"][0].split("/")[0]
-        return found
+        app_tasks = self._settled_app_tasks()
+        tasks = task_addresses(app_tasks, f"{self.name}_default")
+        if app_tasks and not tasks:
+            raise StackError(f"the running app tasks have no address on network {self.name}_default: "
+                             f"nginx cannot be given them")
+        previous = self.services.exec(nginx["Id"], ["cat", NGINX_UPSTREAM])
+        self.services.put_file(nginx["Id"], NGINX_UPSTREAM, upstream_conf(self.topology, tasks), 0, 0o644)
+        try:
+            self.services.exec(nginx["Id"], ["nginx-reload", str(int(drain))])
+        except StackError:
+            self.services.put_file(nginx["Id"], NGINX_UPSTREAM, previous, 0, 0o644)
+            self.nginx_view = None      # the next up() reloads again
+            raise
+        self.nginx_view = self._view(app_tasks)
 
     def _push_routing(self, routing: dict | None, expect: dict) -> None:
         """One phase of a reshard: every app task routes by `routing` (EngineStack._reshard). The
@@ -552,9 +569,10 @@ class _Run:
             self.push_app_config(None, every=False)
         if "nginx" in present and self._view() != self.nginx_view:
             self.reload_nginx(0)
-            note("reloaded nginx: it now resolves every running app task")
+            note(RELOADED_FOR_TASKS)
 
 
+RELOADED_FOR_TASKS = "reloaded nginx: its upstream now names every running app task"
 ROTATED_APP_CONFIG = ("rotated app config (ttl, pools, concurrency, read target) into the app service: "
                       "tasks on other nodes, a rolling update")
 

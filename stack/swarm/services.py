@@ -177,14 +177,15 @@ class SwarmServices:
     def exec(self, container_id: str, cmd: list[str]) -> str:
         return exec_in(self.client, container_id, cmd)
 
-    def put_file(self, container_id: str, path: str, text: str, uid: int) -> None:
-        """Write one file into a running container (its directory must exist)."""
+    def put_file(self, container_id: str, path: str, text: str, uid: int, mode: int = 0o600) -> None:
+        """Write one file into a running container (its directory must exist); 0600 by default:
+        the app config holds the admin token."""
         directory, name = path.rsplit("/", 1)
         data = text.encode()
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as tar:
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), 0o600, uid, uid, time.time()
+            info.size, info.mode, info.uid, info.gid, info.mtime = len(data), mode, uid, uid, time.time()
             tar.addfile(info, io.BytesIO(data))
         if not self.client.api.put_archive(container_id, directory, buffer.getvalue()):
             raise StackError(f"could not write {path} into container {container_id[:12]}")

@@ -7,8 +7,8 @@
 Differences from the compose project (stack.docker.compose), each forced by Swarm:
 
 * The app is ONE service, `app`, with `deploy.replicas` and `deploy.resources.limits`
-  (cpus, memory) from the topology, as in the article. Its tasks are interchangeable,
-  so the deployed nginx config balances over `tasks.app` (every task's address, resolved
+  (cpus, memory) from the topology, as in the article. Its tasks share one spec, so the
+  deployed nginx config balances over `tasks.app` (every task's address, resolved
   when nginx loads its config), with equal weights. That config is nginx's seed: it is
   copied where nginx reads it when the task starts, and the backend then writes the live
   upstream there and reloads nginx (a strategy, keepalive or retry change in about a second,
@@ -115,27 +115,37 @@ NGINX_UPSTREAM = f"{CONF_DIR}/nginx/upstream.conf"
 NGINX_SEED = f"{CONF_DIR}/nginx-seed/upstream.conf"
 
 
-def upstream_conf(topology: Topology, task_addresses: dict[int, str] | None = None) -> str:
-    """nginx's upstream. Without `task_addresses` (the deployed seed, and the stack file a learner
-    deploys by hand): one server line, `tasks.app`, which nginx expands to every task's address
-    when it loads its config; weights cannot apply to it. With them ({task slot: overlay address}
-    of the running app tasks): one line per task, in slot order, each with its weight (app-1's
-    first): what the backend writes into the running nginx. Each task must be a server of its own
-    for `hash ... consistent` too: nginx places a server's points on its ring by the server's
-    name, so the tasks behind one `tasks.app` line all share the same points, and a joining task
-    moved most keys instead of its share."""
+def upstream_conf(topology: Topology, tasks: list[tuple[int, str]] | None = None) -> str:
+    """nginx's upstream. Without `tasks` (the deployed seed, and the stack file a learner deploys by
+    hand): one server line, `tasks.app`, which nginx expands to every task's address when it loads
+    its config; weights cannot apply to it. With them ((slot, overlay address) of each running app
+    task): one line per task, in slot order, with the weight of its slot (app-N has weights[N-1]):
+    what the backend writes into the running nginx. Each task must be a server of its own for
+    `hash ... consistent` too: nginx places a server's points on its ring by the server's name, so
+    the tasks behind one `tasks.app` line all shared the same points, and a joining task moved most
+    keys instead of its share."""
     port = INTERNAL_PORTS["app"]
-    if not task_addresses:
+    if not tasks:
         one = topology.with_changes(replicas=1, weights=None)
         return render_upstream_conf(one, address=lambda _index: f"tasks.app:{port}", source="stack.swarm.stackfile")
-    slots = sorted(task_addresses)
-    # Mid-update (a rolling update, a task being replaced) the count can differ from the topology's:
-    # the tasks beyond the weights get weight 1 until the update is done and nginx reloads again.
+    ordered = sorted(tasks)
+    # Slots can have gaps after a scale-down ({1, 2, 4}), and mid-update two tasks can share a slot:
+    # each task gets its own slot's weight, and a slot beyond the weights (a task about to go) 1.
     weights = topology.balancer.weights or ()
-    per_task = tuple(weights[i] if i < len(weights) else 1 for i in range(len(slots)))
-    shaped = topology.with_changes(replicas=len(slots), weights=per_task)
-    return render_upstream_conf(shaped, address=lambda index: f"{task_addresses[slots[index - 1]]}:{port}",
+    per_task = tuple(weights[slot - 1] if slot <= len(weights) else 1 for slot, _ in ordered)
+    shaped = topology.with_changes(replicas=len(ordered), weights=per_task)
+    return render_upstream_conf(shaped, address=lambda index: f"{ordered[index - 1][1]}:{port}",
                                 source="stack.swarm.backend (live: the running tasks' addresses)")
+
+
+def task_addresses(tasks: list[dict], network: str) -> list[tuple[int, str]]:
+    """(slot, address on `network`) of each task (Swarm's task list entries), without the prefix length."""
+    found = []
+    for task in tasks:
+        for attachment in task.get("NetworksAttachments") or []:
+            if attachment["Network"]["Spec"]["Name"] == network and attachment.get("Addresses"):
+                found.append((task["Slot"], attachment["Addresses"][0].split("/")[0]))
+    return found
 
 
 def config_files(topology: Topology) -> dict[str, tuple[str, str]]:
