@@ -24,6 +24,8 @@ def _print_status(status: dict) -> None:
     for service, info in sorted(status["services"].items()):
         where = f"   node {info['node']}" if info.get("node") else ""      # a swarm's task
         print(f"  {service:18} {info['state']:8} {info['address'] or '':22} pid {info['pid'] or '-'}{where}")
+        if info.get("note"):
+            print(f"  {'':18} {info['note']}")
         if info["state"] == "exited" and "exit" in info:
             print(f"  {'':18} {info['exit']}; `up` restarts it. Last log lines:")
             for line in info.get("last_log_lines", []):

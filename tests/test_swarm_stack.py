@@ -28,7 +28,7 @@ from stack import clients, get_stack  # noqa: E402
 from docker_tier import FIRST_BASE, Timings, engine, free_base  # noqa: E402,F401 - engine: a fixture
 from stack.ports import Ports, port_is_free  # noqa: E402
 from stack.shardmap import ShardMap  # noqa: E402
-from stack.swarm.backend import SwarmStack  # noqa: E402
+from stack.swarm.backend import RELOADED_FOR_TASKS, SwarmStack  # noqa: E402
 from stack.topology import Topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,6 +299,30 @@ def test_a_killed_replica_is_replaced_by_swarm(stack, engine):
     time.sleep(0.5)
     stack.up()                     # pushes the applied config into the new task, reloads nothing else
     assert stack.status()["services"]["app-2"]["state"] == "running"
+
+
+def test_a_killed_nginx_runs_its_seed_until_up_writes_the_live_upstream(stack, engine):
+    def split(n):
+        return Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(n))
+
+    stack.apply(strategy="round_robin", weights=(3, 1, 1, 1))
+    try:
+        assert split(60) == {"app-1": 30, "app-2": 10, "app-3": 10, "app-4": 10}
+        old = containers(stack)["nginx"]
+        stack.kill("nginx")
+        deadline = time.monotonic() + 60
+        while containers(stack).get("nginx") in (None, old) or running_tasks(engine, stack, "nginx") != 1:
+            assert time.monotonic() < deadline, "Swarm did not restart nginx within 60 s"
+            time.sleep(0.2)
+        note = stack.status()["services"]["nginx"].get("note", "")
+        assert "seed upstream" in note, stack.status()["services"]["nginx"]
+        seed = split(40)            # least_conn (nginx's last deploy) over tasks.app, equal weights
+        assert set(seed) == {f"app-{i}" for i in range(1, 5)} and max(seed.values()) <= 13, seed
+        assert stack.up() == [RELOADED_FOR_TASKS]
+        assert "note" not in stack.status()["services"]["nginx"]
+        assert split(60) == {"app-1": 30, "app-2": 10, "app-3": 10, "app-4": 10}
+    finally:
+        stack.apply(strategy="least_conn", weights=None)
 
 
 def test_down_removes_the_stack_and_leaves_the_swarm_it_made(stack, engine):

@@ -185,6 +185,12 @@ class SwarmStack(EngineStack):
                 "state": c["State"] if c else ("unknown" if error else "missing"), "health": health,
                 "pid": None, "container": c["Id"][:12] if c else None,
                 "address": _address(service, ports, app_ports), "node": here if c else None}
+        nginx = services.get("nginx")
+        if nginx and nginx["state"] == "running" and saved.get("nginx_view") and not error:
+            running = {f"nginx={t['ID']}" for t in self._services(name).running_tasks("nginx")}
+            if not running & set(saved["nginx_view"]):
+                nginx["note"] = ("a new task (Swarm restarted it): it runs its seed upstream, the strategy of "
+                                 "nginx's last deploy over tasks.app with equal weights, until `up` writes the live one")
         result = {"backend": self.backend, "state_dir": str(self.state.path), "stack": name,
                   "url": f"http://{HOST}:{ports.nginx}" if ports else None,
                   "running": any(s["state"] == "running" for s in services.values()),
