@@ -470,7 +470,8 @@ class _Run:
         deadline = time.monotonic() + timeout
         while not self.services._converged("app", deadline, timeout):
             if self._view() != self.nginx_view:
-                self.reload_nginx(0)
+                # No settling: mid update more tasks than replicas are wanted, and every one serves.
+                self.reload_nginx(0, settle_s=0)
             time.sleep(0.2)
 
     # -- live settings -----------------------------------------------------------------------------------
@@ -505,14 +506,14 @@ class _Run:
                 return [t for t in tasks if t["Status"]["State"] == "running"]
             time.sleep(0.1)
 
-    def reload_nginx(self, drain: float) -> None:
+    def reload_nginx(self, drain: float, settle_s: float = 3.0) -> None:
         """Write the upstream for the running app tasks (each by its address, with its slot's weight)
         into the nginx task and reload it gracefully: how nginx learns of new tasks and forgets gone
         ones. A reload nginx refuses puts the previous file back (nginx goes on with it) and raises."""
         nginx = self.services.containers().get("nginx")
         if nginx is None:
             raise StackError("nginx has no running task to reload")
-        app_tasks = self._settled_app_tasks()
+        app_tasks = self._settled_app_tasks(settle_s)
         tasks = task_addresses(app_tasks, f"{self.name}_default")
         if app_tasks and not tasks:
             raise StackError(f"the running app tasks have no address on network {self.name}_default: "
