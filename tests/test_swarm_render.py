@@ -11,6 +11,7 @@ from stack.render.nginx import STRATEGY_DIRECTIVES
 from stack.docker.config import render_nginx_conf
 from stack.swarm.stackfile import (NGINX_SEED, NGINX_UPSTREAM, render_swarm_stack, repository_files, swarm_model,
                                     task_addresses, upstream_conf)
+from stack.swarm.services import SwarmServices
 from stack.topology import Topology
 
 STACK = Path(__file__).resolve().parents[1] / "stack"
@@ -173,3 +174,33 @@ def test_a_partial_deploy_of_one_new_shard_carries_only_its_configs():
 def test_shards_render_to_parseable_yaml():
     topology = Topology().with_changes(shards=8, shard_scheme="jump")
     assert yaml.safe_load(render_swarm_stack(topology)) == swarm_model(topology)
+
+
+class _Engine:
+    """The two engine calls placement() makes, answering as a manager on node n1 would."""
+    def __init__(self, tasks):
+        self.api = self
+        self._tasks = tasks
+
+    def info(self):
+        return {"Name": "manager-1", "Swarm": {"NodeID": "n1"}}
+
+    def tasks(self, filters):
+        assert filters == {"service": "scalelab_app"}
+        return self._tasks
+
+
+def _task(slot, node, state="running", port=None):
+    status = {"State": state}
+    if port:
+        status["PortStatus"] = {"Ports": [{"PublishedPort": port, "TargetPort": 8000}]}
+    return {"Slot": slot, "NodeID": node, "DesiredState": "running", "Status": status}
+
+
+def test_placement_splits_running_tasks_by_node_and_ports_come_only_from_this_node():
+    placement = SwarmServices(_Engine([_task(1, "n1", port=30001), _task(2, "n2", port=30002),
+                                       _task(3, "n1", state="starting", port=30003), _task(4, "n1")]),
+                              "scalelab").placement("app")
+    assert placement.node_name == "manager-1"
+    assert [t["Slot"] for t in placement.here] == [1, 4] and [t["Slot"] for t in placement.elsewhere] == [2]
+    assert placement.ports() == {1: 30001}       # slot 2 is another node's port; slot 4 has none yet

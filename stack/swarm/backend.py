@@ -42,7 +42,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from docker.errors import APIError
 from psycopg import sql
 
 from .. import clients, resharding
@@ -61,7 +60,7 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
-from .services import SwarmServices
+from .services import Placement, SwarmServices
 from .stackfile import (APP_CONFIG, NGINX_UPSTREAM, is_published, published_services, runtime_texts, secret_names,
                         swarm_model, task_addresses, upstream_conf)
 
@@ -94,34 +93,28 @@ class SwarmStack(EngineStack):
     def _service_containers(self, saved: dict) -> dict[str, dict]:
         return self._services(saved["stack"]).containers() if saved.get("stack") else {}
 
-    def _elsewhere(self, saved: dict) -> dict[str, str]:
-        """{app-N: node hostname} for the running app tasks on other nodes (read from the manager's
-        task list, which has every node's tasks; the other services are placed on a manager)."""
+    def _app_placement(self, saved: dict) -> Placement | None:
+        """Where the app tasks run (read from the manager's task list, which has every node's
+        tasks; the other services are placed on a manager); None when no stack is up."""
         if not saved.get("stack") or not saved.get("up"):
-            return {}
-        here = self.client.info()["Swarm"].get("NodeID")
-        tasks = [t for t in self._services(saved["stack"]).running_tasks("app") if t.get("NodeID") != here]
-        if not tasks:
-            return {}
-        try:
-            names = {n["ID"]: n["Description"]["Hostname"] for n in self.client.api.nodes()}
-        except APIError:     # a worker's engine cannot list nodes: name them by ID
-            names = {}
-        return {f"app-{t['Slot']}": names.get(t["NodeID"], t["NodeID"]) for t in tasks}
+            return None
+        return self._services(saved["stack"]).placement("app")
 
-    def _app_ports(self, saved: dict) -> dict[int, int]:
-        """{slot: host port} of the app tasks on this engine's node (the engine picked each port)."""
-        if not saved.get("stack") or not saved.get("up"):
+    def _elsewhere(self, saved: dict, placement: Placement | None = None) -> dict[str, str]:
+        """{app-N: node hostname} for the running app tasks on other nodes."""
+        placement = placement or self._app_placement(saved)
+        if not placement or not placement.elsewhere:
             return {}
-        here = self.client.info()["Swarm"].get("NodeID")
-        return self._services(saved["stack"]).published_ports("app", here)
+        names = self._services(saved["stack"]).node_names()     # by ID where they cannot be listed
+        return {f"app-{t['Slot']}": names.get(t["NodeID"], t["NodeID"]) for t in placement.elsewhere}
 
     def context(self, topology: Topology | None = None) -> clients.StackAccess:
         """Ports and secrets for talking to the running stack; each app task at the port the engine
         reports for it (asked on every call: a task Swarm replaced has another port)."""
         saved = self.state.load()
         topology = topology or Topology.from_state(saved) or Topology.from_env()
-        return clients.StackAccess(topology, self.state.secrets(), app_ports=self._app_ports(saved))
+        placement = self._app_placement(saved)
+        return clients.StackAccess(topology, self.state.secrets(), app_ports=placement.ports() if placement else {})
 
     # -- the swarm ----------------------------------------------------------------------------
     def _ensure_swarm(self, say) -> bool:
@@ -167,9 +160,10 @@ class SwarmStack(EngineStack):
             except StackError as exc:
                 error = str(exc)
         wanted = services_for(topology) if topology and saved.get("up") else []
-        app_ports = self._app_ports(saved) if name and not error else {}
-        elsewhere = self._elsewhere(saved) if name and not error else {}
-        here = self.client.info().get("Name") if elsewhere else None     # nodes named on a multi-node swarm
+        placement = self._app_placement(saved) if name and not error else None
+        app_ports = placement.ports() if placement else {}
+        elsewhere = self._elsewhere(saved, placement) if placement else {}
+        here = placement.node_name if elsewhere else None     # nodes named on a multi-node swarm
         services = {}
         for service in sorted(set(listing) | set(wanted) | set(elsewhere)):
             c = listing.get(service)
@@ -554,8 +548,7 @@ class _Run:
 
     def _app_tasks_elsewhere(self) -> bool:
         """Whether an app task runs on another node than this engine's (a multi-node swarm)."""
-        here = self.stack.client.info()["Swarm"].get("NodeID")
-        return any(t["NodeID"] != here for t in self.services.running_tasks("app"))
+        return bool(self.services.placement("app").elsewhere)
 
     def _seed_is_current(self, present: dict) -> bool:
         """Whether the app service's seed config secret holds this topology's app config."""

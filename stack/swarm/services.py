@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from docker.errors import APIError, NotFound
@@ -22,6 +23,25 @@ from ..errors import ServiceFailedError, StackError
 
 NAMESPACE = "com.docker.stack.namespace"
 FAILED = ("failed", "rejected", "orphaned")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One service's running tasks split by node: those on this engine's node (its container
+    calls reach them) and those on other nodes (only on a multi-node swarm)."""
+    node_name: str | None
+    here: list[dict]
+    elsewhere: list[dict]
+
+    def ports(self) -> dict[int, int]:
+        """{task slot: host port} of the tasks here (the engine reports the port it picked for
+        each task's host-mode published port)."""
+        found = {}
+        for task in self.here:
+            ports = (task["Status"].get("PortStatus") or {}).get("Ports") or []
+            if ports:
+                found[task["Slot"]] = ports[0]["PublishedPort"]
+        return found
 
 
 class SwarmServices:
@@ -43,15 +63,19 @@ class SwarmServices:
     def running_tasks(self, short: str) -> list[dict]:
         return [t for t in self.tasks(short) if t["DesiredState"] == "running" and t["Status"]["State"] == "running"]
 
-    def published_ports(self, short: str, node_id: str) -> dict[int, int]:
-        """{task slot: host port} of the running tasks of `short` on node `node_id` (the engine
-        reports the port it picked for each task's host-mode published port)."""
-        found = {}
-        for task in self.running_tasks(short):
-            ports = (task["Status"].get("PortStatus") or {}).get("Ports") or []
-            if task.get("NodeID") == node_id and ports:
-                found[task["Slot"]] = ports[0]["PublishedPort"]
-        return found
+    def placement(self, short: str) -> Placement:
+        info = self.client.info()
+        node = info["Swarm"].get("NodeID")
+        tasks = self.running_tasks(short)
+        return Placement(info.get("Name"), [t for t in tasks if t.get("NodeID") == node],
+                         [t for t in tasks if t.get("NodeID") != node])
+
+    def node_names(self) -> dict[str, str]:
+        """{node ID: hostname}; empty on a worker's engine, which cannot list nodes."""
+        try:
+            return {n["ID"]: n["Description"]["Hostname"] for n in self.client.api.nodes()}
+        except APIError:
+            return {}
 
     @staticmethod
     def container_id(task: dict) -> str | None:
