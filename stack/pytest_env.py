@@ -49,3 +49,21 @@ def pytest_unconfigure(config):
                 from . import get_stack
                 get_stack(root / state, backend=backend).down(purge=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+# -- where the suite's time goes: seconds per file (setup + call + teardown), the slowest first --
+_FILE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    path = report.nodeid.split("::", 1)[0]
+    _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if len(_FILE_SECONDS) < 2:
+        return
+    slowest = sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])[:15]
+    terminalreporter.section("seconds per file (slowest 15)")
+    for path, seconds in slowest:
+        terminalreporter.write_line(f"{seconds:8.1f}s  {path}")
