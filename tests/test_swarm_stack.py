@@ -327,6 +327,22 @@ def test_a_killed_nginx_runs_its_seed_until_up_writes_the_live_upstream(stack, e
         stack.apply(strategy="least_conn", weights=None)
 
 
+def test_up_while_swarm_restarts_a_killed_server_waits_for_it_instead_of_calling_its_port_taken(stack, engine):
+    """The new task's container holds the published port before its health check passes (the task
+    is `starting`, not `running`): up() must know the port is its own."""
+    old = containers(stack)["postgres-replica"]
+    stack.kill("postgres-replica")
+    deadline = time.monotonic() + 30
+    while containers(stack).get("postgres-replica") in (None, old):
+        assert time.monotonic() < deadline, "Swarm did not start a new postgres-replica task within 30 s"
+        time.sleep(0.1)
+    assert stack.status()["services"]["postgres-replica"]["health"] == "starting"   # the window under test
+    stack.up()
+    assert stack.status()["services"]["postgres-replica"]["health"] == "healthy"
+    with clients.connect(stack.context(), "replica") as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+
+
 def test_down_removes_the_stack_and_leaves_the_swarm_it_made(stack, engine):
     name = stack.status()["stack"]
     done = timed("down_s", stack.down)

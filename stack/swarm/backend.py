@@ -209,9 +209,12 @@ class SwarmStack(EngineStack):
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
             running = self._running_services(name, refs)
             refuse_other_base_port(old, new, running)
+            # A service of this stack holds its own port, also while Swarm restarts its task (a
+            # killed task is starting again, not yet running): only a port held by another program.
+            ours = set(self._services(name).services()) if saved.get("stack") else set()
             for service in published_services(new):
                 port = Ports(new.base_port).of(service)
-                if service not in running and not port_is_free(port):
+                if service not in running and service not in ours and not port_is_free(port):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
             done, note = recorder(say)
