@@ -26,7 +26,7 @@ import stack_checks as checks  # noqa: E402
 from conftest import Trickle, request  # noqa: E402
 from stack import clients, get_stack  # noqa: E402
 from docker_tier import FIRST_BASE, Timings, engine, free_base  # noqa: E402,F401 - engine: a fixture
-from stack.ports import Ports, port_is_free  # noqa: E402
+from stack.ports import HOST, Ports, port_is_free  # noqa: E402
 from stack.shardmap import ShardMap  # noqa: E402
 from stack.swarm.backend import RELOADED_FOR_TASKS, SwarmStack  # noqa: E402
 from stack.topology import Topology  # noqa: E402
@@ -85,6 +85,9 @@ def test_the_articles_deploy_block_is_what_the_engine_runs(stack, engine):
     spec = service(engine, stack, "app")["Spec"]
     assert spec["Mode"]["Replicated"]["Replicas"] == 4 and running_tasks(engine, stack, "app") == 4
     assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 512 * 1024 ** 2
+    # The stack file's timings, as the engine took them: an update done 1 s after its last task,
+    # a killed task restarted after 2 s.
+    assert spec["UpdateConfig"]["Monitor"] == 10 ** 9 and spec["TaskTemplate"]["RestartPolicy"]["Delay"] == 2 * 10 ** 9
     secrets = {s["File"]["Name"] for s in spec["TaskTemplate"]["ContainerSpec"]["Secrets"]}
     assert secrets == {"/run/scalelab/app/config.json"}        # a secret at an absolute path
 
@@ -337,6 +340,38 @@ def test_up_while_swarm_restarts_a_killed_server_waits_for_it_instead_of_calling
         assert time.monotonic() < deadline, "Swarm did not start a new postgres-replica task within 30 s"
         time.sleep(0.1)
     assert stack.status()["services"]["postgres-replica"]["health"] == "starting"   # the window under test
+    stack.up()
+    assert stack.status()["services"]["postgres-replica"]["health"] == "healthy"
+    with clients.connect(stack.context(), "replica") as conn:
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+
+
+def test_up_refuses_a_port_another_program_took_while_swarm_restarted_the_server(stack, engine):
+    """The other side of the test above: a program that grabs the killed server's port before
+    Swarm's restart is named as such, and nothing is changed; once it lets go, up() heals."""
+    import socket
+    from stack.errors import PortInUseError
+    port = PORTS.of("postgres-replica")
+    stack.kill("postgres-replica")
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # past the proxy's TIME_WAITs
+    deadline = time.monotonic() + 10
+    while True:                     # the port is free between the old task's end and the restart (2 s)
+        try:
+            squatter.bind((HOST, port))
+            squatter.listen()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, f"port {port} never came free after the kill"
+            time.sleep(0.01)
+    try:
+        while running_tasks(engine, stack, "postgres-replica"):    # until Swarm saw the task end
+            assert time.monotonic() < deadline, "Swarm still reports the killed postgres-replica running"
+            time.sleep(0.1)
+        with pytest.raises(PortInUseError, match=f"port {port} \\(postgres-replica\\) is already in use"):
+            stack.up()
+    finally:
+        squatter.close()
     stack.up()
     assert stack.status()["services"]["postgres-replica"]["health"] == "healthy"
     with clients.connect(stack.context(), "replica") as conn:

@@ -361,7 +361,8 @@ ensure_venv() {
 # port), then the solutions of labs 3 and 6 (SCALELAB_SWARM_SOLUTIONS: nginx's observed split; the
 # ring checked row by row on the swarm's shard servers; ~0.5 min each).
 # Lesson 2 also runs on swarm (SCALELAB_SWARM_LESSONS="lessons/0[1-8]_*.ipynb"; ~2.5 min more: four
-# CPU limits, each a rolling update; tests/test_swarm_stack.py tests one), as do the other solutions.
+# CPU limits, each a rolling update; tests/test_swarm_stack.py tests one); so do the other solutions
+# (SCALELAB_SWARM_SOLUTIONS; lab 2's capacity plan failed there once in three runs).
 # The lab solutions run on docker too (SCALELAB_DOCKER_SOLUTIONS), every one: lab 3's ip_hash
 # checks send from several 127.x addresses, which nginx in a container sees through Docker's port
 # proxy as one; it takes them from X-Forwarded-For instead (stack.render.nginx.PROXY_NETWORKS).

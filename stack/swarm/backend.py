@@ -102,8 +102,9 @@ class SwarmStack(EngineStack):
 
     def _elsewhere(self, saved: dict, placement: Placement | None = None) -> dict[str, str]:
         """{app-N: node hostname} for the running app tasks on other nodes."""
-        placement = placement or self._app_placement(saved)
-        if not placement or not placement.elsewhere:
+        if placement is None:
+            placement = self._app_placement(saved)
+        if placement is None or not placement.elsewhere:
             return {}
         names = self._services(saved["stack"]).node_names()     # by ID where they cannot be listed
         return {f"app-{t['Slot']}": names.get(t["NodeID"], t["NodeID"]) for t in placement.elsewhere}
@@ -209,12 +210,12 @@ class SwarmStack(EngineStack):
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
             running = self._running_services(name, refs)
             refuse_other_base_port(old, new, running)
-            # A service of this stack holds its own port, also while Swarm restarts its task (a
-            # killed task is starting again, not yet running): only a port held by another program.
-            ours = set(self._services(name).services()) if saved.get("stack") else set()
+            # A port our own container holds is not another program's: Swarm may be restarting
+            # that service's task (a killed server's new task binds before it counts as running).
+            ours = self._services(name).held_ports()
             for service in published_services(new):
                 port = Ports(new.base_port).of(service)
-                if service not in running and service not in ours and not port_is_free(port):
+                if service not in running and port not in ours and not port_is_free(port):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
             done, note = recorder(say)
@@ -465,7 +466,8 @@ class _Run:
         learns of tasks only on a reload, and without one it would know none of the new tasks
         once the last old one stopped (every GET a 502 until the end of the update)."""
         deadline = time.monotonic() + timeout
-        while not self.services._converged("app", deadline, timeout):
+        failed_before = self.services.failed_before("app")
+        while not self.services._converged("app", deadline, timeout, failed_before):
             if self._view() != self.nginx_view:
                 # No settling: mid update more tasks than replicas are wanted, and every one serves.
                 self.reload_nginx(0, settle_s=0)

@@ -98,6 +98,12 @@ class SwarmServices:
                 result[short] = c
         return result
 
+    def held_ports(self) -> set[int]:
+        """Host ports that this stack's containers on this node publish, also a task's that Swarm
+        is restarting (its port is bound before its health check passes)."""
+        return {p["PublicPort"] for c in self.containers().values() for p in c.get("Ports") or []
+                if p.get("PublicPort")}
+
     # -- changing ------------------------------------------------------------------------------
     def deploy(self, stack_file: Path) -> None:
         """`docker stack deploy` of a (possibly partial) stack file: the services in it are
@@ -161,13 +167,19 @@ class SwarmServices:
         update is complete) and no old task is still stopping. A task is `running` only once
         its health check passed (Swarm waits for it)."""
         deadline = time.monotonic() + timeout
+        before = {s: self.failed_before(s) for s in shorts}
         pending = list(shorts)
         while pending:
-            pending = [s for s in pending if not self._converged(s, deadline, timeout)]
+            pending = [s for s in pending if not self._converged(s, deadline, timeout, before[s])]
             if pending:
                 time.sleep(0.2)
 
-    def _converged(self, short: str, deadline: float, timeout: float) -> bool:
+    def failed_before(self, short: str) -> set[str]:
+        """IDs of the tasks that failed before a wait: a server killed three times in a lesson is
+        no reason to give up on its restart (only failures during the wait count)."""
+        return {t["ID"] for t in self.tasks(short) if t["Status"]["State"] in FAILED}
+
+    def _converged(self, short: str, deadline: float, timeout: float, failed_before: set[str]) -> bool:
         service = self.client.api.inspect_service(self.full_name(short))
         wanted = service["Spec"]["Mode"]["Replicated"]["Replicas"]
         template = _comparable(service["Spec"]["TaskTemplate"])
@@ -179,7 +191,7 @@ class SwarmServices:
         updating = (service.get("UpdateStatus") or {}).get("State") in ("updating", "rollback_started")
         if len(running) == wanted and len(current) == wanted and not stopping and not updating:
             return True
-        failed = [t for t in tasks if t["Status"]["State"] in FAILED
+        failed = [t for t in tasks if t["Status"]["State"] in FAILED and t["ID"] not in failed_before
                   and t["CreatedAt"] >= (service.get("UpdatedAt") or "")]
         if time.monotonic() > deadline or len(failed) >= 3:
             why = "; ".join(f"{t['Status']['State']}: {t['Status'].get('Err') or t['Status'].get('Message')}"
