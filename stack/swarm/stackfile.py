@@ -225,11 +225,11 @@ def _versioned(name: str, text: str) -> str:
 SWARM_HEALTH = {**HEALTH_TIMING, "interval": "2s"}
 
 
-# Written out: `docker stack deploy` leaves RestartPolicy unset and an update that sends the
-# engine's defaulted spec back (`docker service update`, docker-py) fills it in, which changes
-# the task template and so replaces every running task. Swarm's defaults but a 2 s delay (not 5 s):
-# a killed task (the lessons' faults) is back sooner; a crash loop still restarts at most every 2 s.
-RESTART_POLICY = {"condition": "any", "delay": "2s", "max_attempts": 0}
+# Swarm's own restart defaults, written out: `docker stack deploy` leaves RestartPolicy unset and
+# an update that sends the engine's defaulted spec back (`docker service update`, docker-py)
+# fills it in, which changes the task template and so replaces every running task. (A 2 s delay
+# was tried: a killed server's new task then bound its port while up() ran; see held_ports.)
+RESTART_POLICY = {"condition": "any", "delay": "5s", "max_attempts": 0}
 
 # An update counts as done only `monitor` after its last new task runs (Swarm's default 5 s: the
 # window in which a failing task pauses it). A task runs here only after its first passing health
