@@ -294,14 +294,19 @@ def test_cli_status_scale_set(stack):
     assert get_stack(stack.state.path, backend="swarm").backend == "swarm"
 
 
+def wait_replaced(stack, service: str, old: str, until=lambda: True, timeout: float = 30) -> None:
+    """Until a new container runs `service` in place of `old` (and `until()` holds)."""
+    deadline = time.monotonic() + timeout
+    while containers(stack).get(service) in (None, old) or not until():
+        assert time.monotonic() < deadline, f"Swarm did not replace {service} within {timeout:.0f} s: {containers(stack)}"
+        time.sleep(0.1)
+
+
 def test_a_killed_replica_is_replaced_by_swarm(stack, engine):
     replicas = stack.applied().app.replicas
     old = containers(stack)["app-2"]
     stack.kill("app-2")
-    deadline = time.monotonic() + 30
-    while containers(stack).get("app-2") in (None, old) or running_tasks(engine, stack, "app") != replicas:
-        assert time.monotonic() < deadline, f"Swarm did not replace app-2 within 30 s: {containers(stack)}"
-        time.sleep(0.2)
+    wait_replaced(stack, "app-2", old, until=lambda: running_tasks(engine, stack, "app") == replicas)
     stack.up()                     # pushes the applied config into the new task, reloads nothing else
     assert stack.status()["services"]["app-2"]["state"] == "running"
 
@@ -335,10 +340,7 @@ def test_up_while_swarm_restarts_a_killed_server_waits_for_it_instead_of_calling
     is `starting`, not `running`): up() must know the port is its own."""
     old = containers(stack)["postgres-replica"]
     stack.kill("postgres-replica")
-    deadline = time.monotonic() + 30
-    while containers(stack).get("postgres-replica") in (None, old):
-        assert time.monotonic() < deadline, "Swarm did not start a new postgres-replica task within 30 s"
-        time.sleep(0.1)
+    wait_replaced(stack, "postgres-replica", old)
     assert stack.status()["services"]["postgres-replica"]["health"] == "starting"   # the window under test
     stack.up()
     assert stack.status()["services"]["postgres-replica"]["health"] == "healthy"
@@ -356,7 +358,7 @@ def test_up_refuses_a_port_another_program_took_while_swarm_restarted_the_server
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)     # past the proxy's TIME_WAITs
     deadline = time.monotonic() + 10
-    while True:                     # the port is free between the old task's end and the restart (2 s)
+    while True:                     # the port is free between the old task's end and the restart (5 s)
         try:
             squatter.bind((HOST, port))
             squatter.listen()

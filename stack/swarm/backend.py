@@ -210,12 +210,12 @@ class SwarmStack(EngineStack):
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
             running = self._running_services(name, refs)
             refuse_other_base_port(old, new, running)
-            # A port our own container holds is not another program's: Swarm may be restarting
-            # that service's task (a killed server's new task binds before it counts as running).
-            ours = self._services(name).held_ports()
             for service in published_services(new):
                 port = Ports(new.base_port).of(service)
-                if service not in running and port not in ours and not port_is_free(port):
+                # A port our own container holds is not another program's: Swarm may be restarting
+                # that service's task (a killed server's new task binds before it counts as running).
+                if (service not in running and not port_is_free(port)
+                        and port not in self._services(name).held_ports()):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
             done, note = recorder(say)
