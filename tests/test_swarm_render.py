@@ -11,6 +11,7 @@ from stack.render.nginx import STRATEGY_DIRECTIVES
 from stack.docker.config import render_nginx_conf
 from stack.swarm.stackfile import (NGINX_SEED, NGINX_UPSTREAM, render_swarm_stack, repository_files, swarm_model,
                                     task_addresses, upstream_conf)
+from stack.errors import ServiceFailedError
 from stack.swarm.services import SwarmServices
 from stack.topology import Topology
 
@@ -204,3 +205,31 @@ def test_placement_splits_running_tasks_by_node_and_ports_come_only_from_this_no
     assert placement.node_name == "manager-1"
     assert [t["Slot"] for t in placement.here] == [1, 4] and [t["Slot"] for t in placement.elsewhere] == [2]
     assert placement.ports() == {1: 30001}       # slot 2 is another node's port; slot 4 has none yet
+
+
+class _Removals(SwarmServices):
+    """remove_all() with the two engine calls it makes recorded; `stuck` never loses its containers."""
+    def __init__(self, stuck=()):
+        super().__init__(None, "scalelab")
+        self.calls, self.stuck = [], set(stuck)
+
+    def remove(self, short):
+        self.calls.append(("remove", short))
+
+    def wait_gone(self, short, timeout=60):
+        self.calls.append(("wait", short))
+        if short in self.stuck:
+            raise ServiceFailedError(f"{short}: containers still there {timeout} s after removal")
+
+
+def test_remove_all_removes_every_service_before_waiting_and_waits_for_all_when_one_is_stuck():
+    services = _Removals()
+    services.remove_all(["postgres-shard-1", "postgres-shard-2", "postgres-shard-3"])
+    assert services.calls == [("remove", "postgres-shard-1"), ("remove", "postgres-shard-2"),
+                              ("remove", "postgres-shard-3"), ("wait", "postgres-shard-1"),
+                              ("wait", "postgres-shard-2"), ("wait", "postgres-shard-3")]
+    stuck = _Removals(stuck={"postgres-shard-1", "postgres-shard-2"})
+    with pytest.raises(ServiceFailedError, match="postgres-shard-1"):     # the first failure
+        stuck.remove_all(["postgres-shard-1", "postgres-shard-2", "postgres-shard-3"])
+    assert [c for c in stuck.calls if c[0] == "wait"] == [("wait", "postgres-shard-1"), ("wait", "postgres-shard-2"),
+                                                         ("wait", "postgres-shard-3")]

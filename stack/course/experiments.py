@@ -123,7 +123,7 @@ def _row(result, **settings) -> dict:
     lat = result.latency_ms()
     # Served rate over the whole run, including the tail a backlog takes to drain:
     # past capacity, this is what the server really delivered.
-    return {**settings, "served_rps": result.responses / result.elapsed_s, "throughput_rps": result.throughput_rps, "p50_ms": lat["p50_ms"], "p99_ms": lat["p99_ms"],
+    return {**settings, "served_rps": result.responses / result.elapsed_s, "throughput_rps": result.throughput_rps, "p50_ms": lat["p50_ms"], "p90_ms": lat["p90_ms"], "p99_ms": lat["p99_ms"],
             "max_ms": lat["max_ms"], "errors": result.error_count, "generator_bottleneck": result.generator_bottleneck,
             "send_lag_p99_ms": result.send_lag.percentile_ms(99.0) if result.send_lag else None,
             # The generator's own verdict (judge's words and limits), first: what fell behind, and how.

@@ -199,7 +199,8 @@ async def _bouncer_clients(dsn: str, clients_n: int, seconds: float, query_ms: i
 @experiment
 def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_ms: int = 20) -> pd.DataFrame:
     """`clients_n` client connections to PgBouncer, each running short queries; every 0.1 s, SHOW POOLS
-    (client and server connections) and the primary's own count of backends."""
+    (client and server connections) and the primary's own count of backends (attrs: its count
+    before the clients connected, the queries run, SHOW STATS over the run)."""
     dsn = clients.dsn(stack, "pgbouncer", user="app")
     readings = []
     began = time.time()
@@ -211,11 +212,15 @@ def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_m
         readings.append({"t": time.time() - began, **pools, "primary_backends": backends(stack, "primary")})
 
     stats_before = bouncer_stats(stack)
+    # What the primary held before any client came (health probes, pools' idle connections left
+    # by earlier experiments): the clients' cost is what they add to it.
+    before = backends(stack, "primary")
     with Poller(0.1, watch):
         queries = asyncio.run(_bouncer_clients(dsn, clients_n, seconds, query_ms)) if not _in_loop() else \
             _run_in_thread(lambda: asyncio.run(_bouncer_clients(dsn, clients_n, seconds, query_ms)))
     frame = pd.DataFrame(readings).set_index("t")
     frame.attrs["queries"] = queries
+    frame.attrs["primary_backends_before"] = before
     frame.attrs["stats"] = stats_delta(stats_before, bouncer_stats(stack))
     return frame
 

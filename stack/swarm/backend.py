@@ -56,7 +56,7 @@ from ..errors import PortInUseError, StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
                     RESHARD, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
-                    services_for)
+                    services_for, stop_rank)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
@@ -280,19 +280,13 @@ class SwarmStack(EngineStack):
                         conn.execute("ALTER SYSTEM RESET ALL")
                 except Exception as exc:   # noqa: BLE001 - said, and the removal goes on
                     say(f"could not reset {server}'s live settings ({exc}): the next up() keeps them")
-        # Every service at once: Swarm takes ~3 s to act on a removal and ~2-3 s more to destroy
-        # the container, however fast the process exits, so one service after another cost
-        # ~6 s per service (down took ~30 s). The whole stack goes, so no order protects a client.
-        done = []
-        shards = sorted(s for s in present if s.startswith("postgres-shard-"))
-        order = [s for s in ("nginx", "app", "pgbouncer", "redis", "postgres-replica", *shards, "postgres-primary")
-                 if s in present]
-        for short in order:
-            services.remove(short)
-        for short in order:
-            services.wait_gone(short)
-            done.append(f"stopped {short}")
-            say(done[-1])
+        # Every service at once (see remove_all: one after another took ~30 s). The whole stack
+        # goes, so no order protects a client; the order only makes the report read front to back.
+        order = sorted(present, key=lambda s: (stop_rank(s), s))
+        services.remove_all(order)
+        done = [f"stopped {short}" for short in order]
+        for line in done:
+            say(line)
         services.prune_unused()
         for net in self.client.networks.list(filters={"label": f"com.docker.stack.namespace={name}"}):
             try:
@@ -442,12 +436,15 @@ class _Run:
                 self.services.scale("app", wanted)      # (reload_nginx has done it when nginx runs)
                 self.services.wait_converged("app")
             note(f"scaled app to {wanted} replicas")
-        for short in [s for s in services if not s.startswith("app-")]:
-            self.services.remove(short)
-            self.services.wait_gone(short)
-            if is_published(short):     # free for the next start (a shard server coming back)
-                _wait_ports_released({short: Ports(self.topology.base_port).of(short)})
-            note(f"stopped {short}" + (" (writes now go straight to the primary)" if short == "pgbouncer" else ""))
+        others = [s for s in services if not s.startswith("app-")]
+        for rank in sorted({stop_rank(s) for s in others}):
+            stage = [s for s in others if stop_rank(s) == rank]     # e.g. four shard servers at once
+            self.services.remove_all(stage)
+            # Free for the next start (a shard server coming back); a port still held is said.
+            for held in _wait_ports_released({s: Ports(self.topology.base_port).of(s) for s in stage if is_published(s)}):
+                note(held)
+            for short in stage:
+                note(f"stopped {short}" + (" (writes now go straight to the primary)" if short == "pgbouncer" else ""))
 
     def _redeploy(self, shorts: tuple[str, ...]) -> None:
         """A service update from the stack file (rotated configs, new limits), until every task is new."""

@@ -142,6 +142,23 @@ class SwarmServices:
         except NotFound:
             pass
 
+    def remove_all(self, shorts) -> None:
+        """Remove every service, then wait until each one's containers are gone. Swarm takes ~3 s
+        to act on a removal and 2-3 s more to end a container however fast its process exits:
+        removed one after another, each service cost ~6 s. Every service is waited for even when
+        one wait fails; the first failure is raised then."""
+        shorts = list(shorts)
+        for short in shorts:
+            self.remove(short)
+        failure = None
+        for short in shorts:
+            try:
+                self.wait_gone(short)
+            except ServiceFailedError as exc:
+                failure = failure or exc
+        if failure:
+            raise failure
+
     def prune_unused(self) -> list[str]:
         """Remove the stack's configs and secrets no service uses (rotated out)."""
         used = set()
