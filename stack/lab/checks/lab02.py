@@ -125,8 +125,16 @@ def check_capacity_plan():
     measured = _p99(stack)
     if measured is None:
         return inconclusive()
+    runs = ""
+    if measured[1] or measured[0] > p["p99_ms"]:
+        # A miss is measured once more and the better run counts: one stall of a busy machine
+        # (30-50 ms seen on Swarm) can decide a p99, the 15th slowest of 1500 requests.
+        again = _p99(stack)
+        if again is not None:
+            runs = f" (the better of two runs: p99 {measured[0]:.1f} and {again[0]:.1f} ms)"
+            measured = min(measured, again, key=lambda m: (m[1] > 0, m[0]))
     p99, errors = measured
-    seen = f"{n} replicas: p99 {p99:.1f} ms at {p['target_rps']} req/s (Poisson arrivals), {errors} errors"
+    seen = f"{n} replicas: p99 {p99:.1f} ms at {p['target_rps']} req/s (Poisson arrivals), {errors} errors{runs}"
     seen += as_predicted("plan_p99_ms", " (you predicted {:.0f} ms)")
     if errors or p99 > p["p99_ms"]:
         return Verdict(False, f"p99 <= {p['p99_ms']} ms, no errors", f"p99 {p99:.1f} ms, {errors} errors",
