@@ -153,8 +153,8 @@ def latency_vs_offered_load(stack, rates, service_ms: float = 20, slots: int = 4
     """Open loop at each rate, for each arrival process; queueing theory's p99 beside each.
 
     3 s per rate (ten runs, ~32 s in all). 2 s measured the p99 within 2-8% of the model's in six
-    local sweeps, but on Swarm one sweep gave 1.64x at 150 req/s, past the lesson's +50%: the p99
-    of 300 requests is their third slowest, and one stall decides it.
+    local sweeps, but on Swarm one sweep gave 1.64x at 150 req/s: a p99 of a few hundred requests
+    is decided by a handful of the slowest, and one stall of the machine delays that many.
 
     One row per (arrivals, offered rate). `model_p99_ms` replays the very same seeded
     schedule through an ideal server with `slots` slots of `service_ms` (M/D/c for

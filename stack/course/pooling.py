@@ -212,8 +212,9 @@ def pgbouncer_sharing(stack, clients_n: int = 200, seconds: float = 3.0, query_m
         readings.append({"t": time.time() - began, **pools, "primary_backends": backends(stack, "primary")})
 
     stats_before = bouncer_stats(stack)
-    # What the primary held before any client came (health probes, pools' idle connections left
-    # by earlier experiments): the clients' cost is what they add to it.
+    # What the primary held before any client came (health probes, PgBouncer's idle server
+    # connections, pools' idle connections left by earlier experiments): the clients' cost is what
+    # they add to it.
     before = backends(stack, "primary")
     with Poller(0.1, watch):
         queries = asyncio.run(_bouncer_clients(dsn, clients_n, seconds, query_ms)) if not _in_loop() else \

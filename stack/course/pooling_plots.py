@@ -56,7 +56,7 @@ def bouncer_sharing(frame) -> go.Figure:
                     mode="lines", line=dict(color="#2ca02c", dash="dash"))
     if "primary_backends_before" in frame.attrs:
         reference_line(fig, "y", frame.attrs["primary_backends_before"], "primary's count before the clients",
-                       "#2ca02c")
+                       "#2ca02c", dash="dot")
     fig.update_layout(xaxis_title="seconds (SHOW POOLS every 0.1 s)", yaxis_title="connections")
     return _style(fig, "Hundreds of clients, a handful of server connections (PgBouncer, transaction mode)")
 

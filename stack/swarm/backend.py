@@ -56,7 +56,7 @@ from ..errors import PortInUseError, StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
                     RESHARD, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
-                    services_for, stop_rank)
+                    STOP_ORDER, services_for, stop_rank)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
@@ -282,7 +282,7 @@ class SwarmStack(EngineStack):
                     say(f"could not reset {server}'s live settings ({exc}): the next up() keeps them")
         # Every service at once (see remove_all: one after another took ~30 s). The whole stack
         # goes, so no order protects a client; the order only makes the report read front to back.
-        order = sorted(present, key=lambda s: (stop_rank(s), s))
+        order = sorted(present, key=lambda s: (_removal_rank(s), s))
         services.remove_all(order)
         done = [f"stopped {short}" for short in order]
         for line in done:
@@ -304,6 +304,14 @@ def _address(service: str, ports: Ports | None, app_ports: dict[int, int]) -> st
     return None
 
 
+def _removal_rank(short: str) -> int:
+    """STOP_ORDER's stage of a service of the stack; one it does not know (an older release's) goes last."""
+    try:
+        return stop_rank(short)
+    except StackError:
+        return len(STOP_ORDER)
+
+
 def _wait_ports_released(ports: dict, timeout_s: float = 15.0) -> list[str]:
     """A removed task's published port is released a moment after the task is gone: down() returns
     only once every port is free (on every interface: Swarm publishes on all), so the next up() can bind."""
@@ -311,7 +319,8 @@ def _wait_ports_released(ports: dict, timeout_s: float = 15.0) -> list[str]:
     while True:
         held = {name: port for name, port in ports.items() if not port_is_free(port, "0.0.0.0")}
         if not held or time.monotonic() > deadline:
-            return [f"port {port} ({name}) still bound {timeout_s:g} s after down" for name, port in held.items()]
+            return [f"port {port} ({name}) still bound {timeout_s:g} s after its service was removed"
+                    for name, port in held.items()]
         time.sleep(0.1)
 
 

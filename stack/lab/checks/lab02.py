@@ -104,6 +104,25 @@ def _p99(stack):
     return None if result is None else (result.latency_ms()["p99_ms"], result.error_count)
 
 
+def _judged_p99(stack):
+    """(p99 ms, errors, what was measured), or None when the generator was too busy to measure.
+
+    A miss is measured once more and the better run counts: one stall of a busy machine (30-50 ms
+    seen on Swarm) delays the ~15 requests that arrive during it, enough to decide the p99 of
+    1500. Both counts the check measures get the same second chance."""
+    first = _p99(stack)
+    if first is None:
+        return None
+    if not first[1] and first[0] <= PLAN["p99_ms"]:
+        return (*first, f"p99 {first[0]:.1f} ms, {first[1]} errors")
+    again = _p99(stack)
+    if again is None:
+        return None
+    best = min(first, again, key=lambda m: (m[1] > 0, m[0]))     # no errors first, then the lower p99
+    return (*best, f"p99 {best[0]:.1f} ms, {best[1]} errors (the better of two runs: p99 {first[0]:.1f} ms with "
+                   f"{first[1]} errors, {again[0]:.1f} ms with {again[1]} errors)")
+
+
 @check_definition("capacity_plan", LAB, "the fewest replicas that meet the p99 target, on the live stack", hints=(
     "Near capacity, random arrivals queue: plan for a utilisation well below 100%, then test the plan.",
     "Your replicas_needed with a 70% cap gives a count; set it with stack.apply(replicas=...). The check "
@@ -122,19 +141,11 @@ def check_capacity_plan():
                        f"The replicas report {sorted(reported.values())} work slots; this plan keeps "
                        f"{p['concurrency']} per replica and changes only their number.",
                        hint=f"stack.apply(concurrency={p['concurrency']}), then choose the replica count.")
-    measured = _p99(stack)
+    measured = _judged_p99(stack)
     if measured is None:
         return inconclusive()
-    runs = ""
-    if measured[1] or measured[0] > p["p99_ms"]:
-        # A miss is measured once more and the better run counts: one stall of a busy machine
-        # (30-50 ms seen on Swarm) can decide a p99, the 15th slowest of 1500 requests.
-        again = _p99(stack)
-        if again is not None:
-            runs = f" (the better of two runs: p99 {measured[0]:.1f} and {again[0]:.1f} ms)"
-            measured = min(measured, again, key=lambda m: (m[1] > 0, m[0]))
-    p99, errors = measured
-    seen = f"{n} replicas: p99 {p99:.1f} ms at {p['target_rps']} req/s (Poisson arrivals), {errors} errors{runs}"
+    p99, errors, said = measured
+    seen = f"{n} replicas at {p['target_rps']} req/s (Poisson arrivals): {said}"
     seen += as_predicted("plan_p99_ms", " (you predicted {:.0f} ms)")
     if errors or p99 > p["p99_ms"]:
         return Verdict(False, f"p99 <= {p['p99_ms']} ms, no errors", f"p99 {p99:.1f} ms, {errors} errors",
@@ -144,13 +155,13 @@ def check_capacity_plan():
     if n > 1:
         stack.apply(replicas=n - 1)
         try:
-            fewer = _p99(stack)
+            fewer = _judged_p99(stack)
         finally:
             stack.apply(replicas=n)
         if fewer is None:
             return inconclusive()
         if not fewer[1] and fewer[0] <= p["p99_ms"]:
             return Verdict(False, "the fewest replicas that meet the target", n,
-                           f"{seen}; but {n - 1} replicas also met it (p99 {fewer[0]:.1f} ms): the plan over-provisions.")
-        seen += f"; with {n - 1}, p99 was {fewer[0]:.1f} ms"
+                           f"{seen}; but {n - 1} replicas also met it ({fewer[2]}): the plan over-provisions.")
+        seen += f"; with {n - 1}: {fewer[2]}"
     return Verdict(True, n, n, f"{seen}: {n} is the fewest that meets p99 <= {p['p99_ms']} ms.")
