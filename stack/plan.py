@@ -59,6 +59,13 @@ def stop_rank(service: str) -> int:
     raise StackError(f"service={service!r} is not allowed: one of {', '.join(INFRA)} or app-N")
 
 
+def stop_stages(services) -> list[list[str]]:
+    """`services` grouped by STOP_ORDER stage, front to back, each in the order given: a backend
+    stops one stage at once (four shard servers together), then the next."""
+    services = list(services)
+    return [[s for s in services if stop_rank(s) == rank] for rank in sorted({stop_rank(s) for s in services})]
+
+
 # -- actions ----------------------------------------------------------------------------------
 START = "start"                      # services: start (and wait until each answers)
 STOP = "stop"                        # services: stop, in STOP_ORDER

@@ -219,3 +219,11 @@ def test_a_first_start_with_shards_loads_them():
 
 def test_shard_servers_stop_with_the_databases():
     assert P.stop_rank("postgres-shard-3") == P.stop_rank("postgres-replica") > P.stop_rank("app-1")
+
+
+def test_stop_stages_group_front_to_back_keeping_the_given_order_within_a_stage():
+    given = ["postgres-primary", "postgres-shard-2", "redis", "app-2", "postgres-replica", "nginx",
+             "pgbouncer", "app-1"]
+    assert P.stop_stages(given) == [["nginx"], ["app-2", "app-1"], ["redis", "pgbouncer"],
+                                    ["postgres-shard-2", "postgres-replica"], ["postgres-primary"]]
+    assert P.stop_stages([]) == []

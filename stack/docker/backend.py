@@ -39,7 +39,7 @@ from ..errors import StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESHARD,
                     RESTART_POSTGRES, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
-                    restore_plan, services_for, stop_rank)
+                    restore_plan, services_for, stop_rank, stop_stages)
 from ..render.addressing import IN_NETWORK
 from ..render.app import routing_as_move_starts
 from ..ports import HOST, Ports, refuse_ports_in_use
@@ -268,8 +268,7 @@ class DockerStack(EngineStack):
         done: list[str] = []
         existing = self._list(project)
         containers = self._containers(project)
-        for rank in sorted({stop_rank(s) for s in existing}):
-            batch = [s for s in existing if stop_rank(s) == rank]
+        for batch in stop_stages(existing):
             run_parallel([lambda s=s: containers.stop_remove(existing[s]) for s in batch])
             for service in sorted(batch):
                 done.append(f"stopped {service}")
@@ -303,8 +302,8 @@ class _Run:
             return
         if kind == STOP:
             listing = self.containers.listing()
-            for rank in sorted({stop_rank(s) for s in action.services}):
-                batch = [s for s in action.services if stop_rank(s) == rank and s in listing]
+            for stage in stop_stages(action.services):
+                batch = [s for s in stage if s in listing]
                 run_parallel([lambda s=s: self.containers.stop_remove(listing[s]) for s in batch])
                 for service in batch:
                     note(f"stopped {service}" + (" (writes now go straight to the primary)"

@@ -56,7 +56,7 @@ from ..errors import PortInUseError, StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
                     RESHARD, SET_CPU_QUOTA, SET_REDIS, START, STOP, Action, describe, plan, reshard_action,
-                    STOP_ORDER, services_for, stop_rank)
+                    STOP_ORDER, services_for, stop_rank, stop_stages)
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
@@ -445,10 +445,8 @@ class _Run:
                 self.services.scale("app", wanted)      # (reload_nginx has done it when nginx runs)
                 self.services.wait_converged("app")
             note(f"scaled app to {wanted} replicas")
-        others = [s for s in services if not s.startswith("app-")]
-        for rank in sorted({stop_rank(s) for s in others}):
-            stage = [s for s in others if stop_rank(s) == rank]     # e.g. four shard servers at once
-            self.services.remove_all(stage)
+        for stage in stop_stages(s for s in services if not s.startswith("app-")):
+            self.services.remove_all(stage)     # e.g. four shard servers at once
             # Free for the next start (a shard server coming back); a port still held is said.
             for held in _wait_ports_released({s: Ports(self.topology.base_port).of(s) for s in stage if is_published(s)}):
                 note(held)
