@@ -33,7 +33,16 @@ def free_base(start: int = FIRST_BASE, span: int = 32) -> int:
 
 
 class Timings(dict):
-    """name -> seconds of each timed call; written to $<env_var> as JSON when set."""
+    """name -> seconds of each timed call; written to $<env_var> as JSON when set, with each
+    target and whether the slowest call met it.
+
+    A target is the figure the tier reports (met or missed), not an assert: performance is
+    judged in benchmarks, and a first up on a machine whose page cache is cold once took
+    24.7 s against 7-8 s warm. The tests assert ceilings only a hang or a regression crosses."""
+
+    def __init__(self, targets: dict[str, float] | None = None):
+        super().__init__()
+        self.targets = dict(targets or {})
 
     def timed(self, name: str, fn, *args, **kwargs):
         started = time.monotonic()
@@ -41,8 +50,13 @@ class Timings(dict):
         self.setdefault(name, []).append(round(time.monotonic() - started, 3))
         return result
 
+    def against_targets(self) -> dict:
+        return {name: {"target_s": target, "slowest_s": max(self[name]), "met": max(self[name]) <= target}
+                for name, target in self.targets.items() if self.get(name)}
+
     def save(self, env_var: str, label: str) -> None:
+        figures = {**self, "targets": self.against_targets()}
         path = os.environ.get(env_var)
         if path:
-            Path(path).write_text(json.dumps(self, indent=2))
-        print(f"{label} timings:", json.dumps(self))
+            Path(path).write_text(json.dumps(figures, indent=2))
+        print(f"{label} timings:", json.dumps(figures))
