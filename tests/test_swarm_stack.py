@@ -382,6 +382,56 @@ def test_up_refuses_a_port_another_program_took_while_swarm_restarted_the_server
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
 
 
+def _replicas_behind(port: int, tries: int = 40) -> set[str]:
+    return {request(port, "GET", "/users/7")[1]["x-replica"] for _ in range(tries)}
+
+
+def test_the_stack_file_deploys_by_hand_and_nginx_follows_a_scale_by_hand(stack, engine, tmp_path):
+    """The repository's swarm-stack.yml, rendered for a free block of ports, deployed with the
+    commands its header gives (the `docker` CLI, no backend), then scaled by hand: nginx, running
+    the seed upstream (`tasks.app`), must send to the new tasks and drop the removed ones."""
+    from stack.docker.config import project_files
+    from stack.swarm.stackfile import render_swarm_stack, upstream_conf
+    base = free_base(BASE + 64)
+    topology = Topology(base_port=base)
+    files = {**project_files(topology), "docker/conf/swarm/upstream.conf": upstream_conf(topology),
+             "swarm-stack.yml": render_swarm_stack(topology)}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    init = subprocess.run([sys.executable, "-m", "stack.docker.runtime", "init", "docker/conf/topology.json",
+                           "docker/run"], cwd=tmp_path, capture_output=True, text=True)
+    assert init.returncode == 0, init.stderr
+    name = f"scalelab-byhand-{base}"
+    docker = ["docker"]                       # the tier's engine: DOCKER_HOST
+    try:
+        deploy = subprocess.run([*docker, "stack", "deploy", "--resolve-image", "never", "-c", "swarm-stack.yml", name],
+                                cwd=tmp_path, capture_output=True, text=True)
+        assert deploy.returncode == 0, deploy.stderr
+        deadline = time.monotonic() + 90
+        seen: set[str] = set()
+        while seen != {"app-1", "app-2", "app-3", "app-4"}:
+            assert time.monotonic() < deadline, f"replicas behind nginx after 90 s: {seen}"
+            time.sleep(1)
+            try:
+                seen = _replicas_behind(base)
+            except (OSError, KeyError):
+                seen = set()
+        for count, expected in ((6, {f"app-{i}" for i in range(1, 7)}), (3, {"app-1", "app-2", "app-3"})):
+            scaled = subprocess.run([*docker, "service", "scale", f"{name}_app={count}"], capture_output=True, text=True)
+            assert scaled.returncode == 0, scaled.stderr
+            deadline = time.monotonic() + 10      # the service converged; nginx-follow-tasks polls every 2 s
+            while (seen := _replicas_behind(base)) != expected:
+                assert time.monotonic() < deadline, f"after a scale to {count} by hand nginx sends to {seen}"
+                time.sleep(0.5)
+    finally:
+        subprocess.run([*docker, "stack", "rm", name], capture_output=True, text=True)
+        deadline = time.monotonic() + 60
+        while engine.api.containers(all=True, filters={"label": f"com.docker.stack.namespace={name}"}):
+            assert time.monotonic() < deadline, "the stack deployed by hand is still there 60 s after `stack rm`"
+            time.sleep(0.5)
+
+
 def test_down_removes_the_stack_and_leaves_the_swarm_it_made(stack, engine):
     name = stack.status()["stack"]
     done = timed("down_s", stack.down)

@@ -1,8 +1,9 @@
 """The topology as a Swarm stack file: one replicated app service with the article's deploy block.
 
-    docker swarm init --advertise-addr 127.0.0.1
-    python -m stack.docker.runtime init docker/conf/topology.json docker/run   # the secrets, once
-    docker stack deploy -c swarm-stack.yml scalelab                              # from stack/
+    docker swarm init --advertise-addr 127.0.0.1                      # from the repository's root:
+    .venv/bin/python -m stack.docker build
+    .venv/bin/python -m stack.docker.runtime init stack/docker/conf/topology.json stack/docker/run
+    docker stack deploy --resolve-image never -c stack/swarm-stack.yml scalelab
 
 Differences from the compose project (stack.docker.compose), each forced by Swarm:
 
@@ -62,11 +63,14 @@ HEADER = """\
 # Topology: edits are overwritten (`python -m stack.swarm render` rewrites it, and
 # tests/test_swarm_render.py fails when it drifts from the renderer).
 #
+# From the repository's root (inside stack/, `python -m` would import stack/docker for docker-py):
 #   docker swarm init --advertise-addr 127.0.0.1
-#   python -m stack.docker build                                                # images, on each node
-#   python -m stack.docker.runtime init docker/conf/topology.json docker/run     # secrets, once
-#   docker stack deploy -c swarm-stack.yml scalelab
-#   docker service scale scalelab_app=6
+#   .venv/bin/python -m stack.docker build                  # the images, on each node
+#   .venv/bin/python -m stack.docker.runtime init stack/docker/conf/topology.json stack/docker/run
+#   docker stack deploy --resolve-image never -c stack/swarm-stack.yml scalelab   # local images
+#   curl http://127.0.0.1:18080/users/1
+#   docker service scale scalelab_app=6                     # nginx follows the tasks within ~2 s
+#   docker stack rm scalelab
 #
 # Swarm publishes on every interface (no 127.0.0.1-only ports): see stack/swarm/stackfile.py.
 """
@@ -280,8 +284,12 @@ def _service(topology: Topology, name: str, images: dict, configs: dict, secret_
         svc["stop_grace_period"] = "5s"
     elif name == "nginx":
         svc["configs"] = use_configs("nginx_conf", "nginx_upstream")
-        # The image's CMD (nginx-start), after copying the seed upstream where nginx reads it.
-        svc["entrypoint"] = ["sh", "-c", f"cp {NGINX_SEED} {NGINX_UPSTREAM} && exec nginx-start"]
+        # The image's CMD (nginx-start), after copying the seed upstream where nginx reads it; beside
+        # it nginx-follow-tasks, which reloads a seed-running nginx when tasks come and go (a scale
+        # by hand: nobody else would). Started from a subshell, so that init adopts it: a child of
+        # this shell would become a child of the nginx master (the exec), and nginx-reload waits
+        # for every child of the master to be a new worker.
+        svc["entrypoint"] = ["sh", "-c", f"cp {NGINX_SEED} {NGINX_UPSTREAM} && (nginx-follow-tasks &) && exec nginx-start"]
         svc["healthcheck"] = _health("http-health", str(INTERNAL_PORTS["nginx"]), "/nginx-health")
         svc["stop_grace_period"] = "5s"
         svc["stop_signal"] = "SIGQUIT"      # graceful: in-flight requests finish
