@@ -88,8 +88,10 @@ def test_the_articles_deploy_block_is_what_the_engine_runs(stack, engine):
     assert spec["Mode"]["Replicated"]["Replicas"] == 4 and running_tasks(engine, stack, "app") == 4
     assert spec["TaskTemplate"]["Resources"]["Limits"]["MemoryBytes"] == 512 * 1024 ** 2
     # The stack file's timings, as the engine took them: an update done 1 s after its last task,
-    # a killed task restarted after 5 s.
-    assert spec["UpdateConfig"]["Monitor"] == 10 ** 9 and spec["TaskTemplate"]["RestartPolicy"]["Delay"] == 5 * 10 ** 9
+    # a crashed app task restarted after 1 s, a server (its port fixed) after 5 s.
+    assert spec["UpdateConfig"]["Monitor"] == 10 ** 9 and spec["TaskTemplate"]["RestartPolicy"]["Delay"] == 10 ** 9
+    primary = service(engine, stack, "postgres-primary")["Spec"]
+    assert primary["TaskTemplate"]["RestartPolicy"]["Delay"] == 5 * 10 ** 9
     secrets = {s["File"]["Name"] for s in spec["TaskTemplate"]["ContainerSpec"]["Secrets"]}
     assert secrets == {"/run/scalelab/app/config.json"}        # a secret at an absolute path
 
