@@ -37,8 +37,9 @@ class Timings(dict):
     target and whether the slowest call met it.
 
     A target is the figure the tier reports (met or missed), not an assert: performance is
-    judged in benchmarks, and a first up on a machine whose page cache is cold once took
-    24.7 s against 7-8 s warm. The tests assert ceilings only a hang or a regression crosses."""
+    judged in benchmarks, and the Docker backend's cold up once took 24.7 s in CI against
+    7-8 s in every run here (cause not found; a dropped page cache did not reproduce it). The
+    tests assert ceilings only a hang or a regression crosses."""
 
     def __init__(self, targets: dict[str, float] | None = None):
         super().__init__()

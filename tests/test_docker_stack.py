@@ -48,7 +48,7 @@ TIMINGS = Timings(targets={"up_cold_s": 15.0, **{key: 5.0 for key in CHANGES}})
 timed = TIMINGS.timed
 # Ceilings, not targets (those are reported: docker_tier.Timings). Docker runs a container's
 # first health check 5 s after its start and then every 5 s, so each failed check adds 5 s:
-# 7-8 s warm, 24.7 s once on a cold page cache. Nine services each waiting for the one before
+# 7-8 s here, 24.7 s once in CI (cause not found). Nine services each waiting for the one before
 # would take 45 s and more.
 CEILING_UP_S, CEILING_CHANGE_S = 40.0, 10.0
 

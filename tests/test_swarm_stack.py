@@ -393,11 +393,10 @@ def test_the_stack_file_deploys_by_hand_and_nginx_follows_a_scale_by_hand(stack,
     commands its header gives (the `docker` CLI, no backend), then scaled by hand: nginx, running
     the seed upstream (`tasks.app`), must send to the new tasks and drop the removed ones."""
     from stack.docker.config import project_files
-    from stack.swarm.stackfile import render_swarm_stack, upstream_conf
+    from stack.swarm.stackfile import repository_files
     base = free_base(BASE + 64)
     topology = Topology(base_port=base)
-    files = {**project_files(topology), "docker/conf/swarm/upstream.conf": upstream_conf(topology),
-             "swarm-stack.yml": render_swarm_stack(topology)}
+    files = {**project_files(topology), **repository_files(topology)}
     for rel, text in files.items():
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text(text)
@@ -405,9 +404,8 @@ def test_the_stack_file_deploys_by_hand_and_nginx_follows_a_scale_by_hand(stack,
                            "docker/run"], cwd=tmp_path, capture_output=True, text=True)
     assert init.returncode == 0, init.stderr
     name = f"scalelab-byhand-{base}"
-    docker = ["docker"]                       # the tier's engine: DOCKER_HOST
     try:
-        deploy = subprocess.run([*docker, "stack", "deploy", "--resolve-image", "never", "-c", "swarm-stack.yml", name],
+        deploy = subprocess.run(["docker", "stack", "deploy", "--resolve-image", "never", "-c", "swarm-stack.yml", name],
                                 cwd=tmp_path, capture_output=True, text=True)
         assert deploy.returncode == 0, deploy.stderr
         deadline = time.monotonic() + 90
@@ -420,14 +418,14 @@ def test_the_stack_file_deploys_by_hand_and_nginx_follows_a_scale_by_hand(stack,
             except (OSError, KeyError):
                 seen = set()
         for count, expected in ((6, {f"app-{i}" for i in range(1, 7)}), (3, {"app-1", "app-2", "app-3"})):
-            scaled = subprocess.run([*docker, "service", "scale", f"{name}_app={count}"], capture_output=True, text=True)
+            scaled = subprocess.run(["docker", "service", "scale", f"{name}_app={count}"], capture_output=True, text=True)
             assert scaled.returncode == 0, scaled.stderr
             deadline = time.monotonic() + 10      # the service converged; nginx-follow-tasks polls every 2 s
             while (seen := _replicas_behind(base)) != expected:
                 assert time.monotonic() < deadline, f"after a scale to {count} by hand nginx sends to {seen}"
                 time.sleep(0.5)
     finally:
-        subprocess.run([*docker, "stack", "rm", name], capture_output=True, text=True)
+        subprocess.run(["docker", "stack", "rm", name], capture_output=True, text=True)
         deadline = time.monotonic() + 60
         while engine.api.containers(all=True, filters={"label": f"com.docker.stack.namespace={name}"}):
             assert time.monotonic() < deadline, "the stack deployed by hand is still there 60 s after `stack rm`"

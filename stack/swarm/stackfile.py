@@ -370,8 +370,9 @@ def render_swarm_stack(topology: Topology | None = None, **kwargs) -> str:
                               default_flow_style=False, width=110)
 
 
-def repository_files() -> dict[str, str]:
-    """What the repository keeps for Swarm, relative to stack/: the stack file and its upstream."""
-    topology = Topology()
+def repository_files(topology: Topology | None = None) -> dict[str, str]:
+    """What the repository keeps for Swarm, relative to stack/: the stack file and its upstream
+    (for the default topology; another one for a copy on other ports)."""
+    topology = topology or Topology()
     return {"swarm-stack.yml": render_swarm_stack(topology),
             "docker/conf/swarm/upstream.conf": upstream_conf(topology)}
