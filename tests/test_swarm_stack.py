@@ -193,8 +193,16 @@ def test_strategy_and_weights_change_live_in_the_running_nginx_under_load(stack,
     # Ask the server: sequential requests under weighted round-robin split exactly 3:1:1:1:1:1.
     seen = Counter(request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(80))
     assert seen == {"app-1": 30, **{f"app-{i}": 10 for i in range(2, 7)}}, seen
-    stack.apply(strategy="least_conn", weights=None, replicas=4)
+    # Back to 4, under load: the backend signals the two leaving tasks itself once nginx no longer
+    # names them (Swarm's agent would wait ~3 s first); a request in flight on one must still finish.
+    with Trickle(PORTS.nginx) as load:
+        done = timed("scale_6_to_4_s", stack.apply, strategy="least_conn", weights=None, replicas=4)
+        time.sleep(0.3)
+    TIMINGS["scale_6_to_4_outcomes"] = {str(k): v for k, v in load.outcomes.items()}
+    assert load.outcomes and {k: v for k, v in load.outcomes.items() if k != 200} == {}, load.outcomes
+    assert TIMINGS["scale_6_to_4_s"][0] <= CEILING_SCALE_S, TIMINGS
     assert running_tasks(engine, stack, "app") == 4
+    assert len([c for c in containers(stack) if c.startswith("app-")]) == 4, containers(stack)
     assert len({request(PORTS.nginx, "GET", "/health")[1]["x-replica"] for _ in range(20)}) == 4
 
 

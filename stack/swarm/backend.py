@@ -363,6 +363,7 @@ class _Run:
                 # while the leaving ones finish their requests (stop_grace_period).
                 self.services.scale("app", self.topology.app.replicas)
                 self.reload_nginx(0)
+                self.services.stop_leaving("app", self.topology.app.replicas)
                 self.services.wait_converged("app")
             self.reload_nginx(0)
         elif kind == RELOAD_POSTGRES:
@@ -443,10 +444,11 @@ class _Run:
             wanted = self.topology.app.replicas
             if self.services.services()["app"]["Spec"]["Mode"]["Replicated"]["Replicas"] != wanted:
                 self.services.scale("app", wanted)      # (reload_nginx has done it when nginx runs)
+                self.services.stop_leaving("app", wanted)
                 self.services.wait_converged("app")
             note(f"scaled app to {wanted} replicas")
         for stage in stop_stages(s for s in services if not s.startswith("app-")):
-            self.services.remove_all(stage)     # e.g. four shard servers at once
+            self.services.remove_all(stage, until="stopped")     # e.g. four shard servers at once
             # Free for the next start (a shard server coming back); a port still held is said.
             for held in _wait_ports_released({s: Ports(self.topology.base_port).of(s) for s in stage if is_published(s)}):
                 note(held)

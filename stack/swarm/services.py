@@ -142,22 +142,68 @@ class SwarmServices:
         except NotFound:
             pass
 
-    def remove_all(self, shorts) -> None:
-        """Remove every service, then wait until each one's containers are gone. Swarm takes ~3 s
-        to act on a removal and 2-3 s more to end a container however fast its process exits:
-        removed one after another, each service cost ~6 s. Every service is waited for even when
-        one wait fails; the first failure is raised then."""
+    def remove_all(self, shorts, until: str = "gone") -> None:
+        """Remove every service, signal its containers here to stop (see stop_now), then wait
+        until each one's containers are `gone` (down(): its network and volumes can go next) or
+        only `stopped` (a server the plan stops: its port is free once its process exited; Swarm
+        destroys the container 2-3 s later). Removed one after another, each service cost ~6 s.
+        Every service is waited for even when one wait fails; the first failure is raised then."""
         shorts = list(shorts)
+        leaving = {short: self._running_containers(short) for short in shorts}
+        signals = {short: self._stop_signal(short) for short in shorts}
         for short in shorts:
             self.remove(short)
+        for short in shorts:
+            self.stop_now(leaving[short], signals[short])
+        wait = self.wait_gone if until == "gone" else self.wait_stopped
         failure = None
         for short in shorts:
             try:
-                self.wait_gone(short)
+                wait(short)
             except ServiceFailedError as exc:
                 failure = failure or exc
         if failure:
             raise failure
+
+    def stop_leaving(self, short: str, replicas: int, timeout: float = 3.0) -> None:
+        """After a scale-down to `replicas`: once Swarm has marked the tasks that leave (a moment
+        after the scale call), signal those on this node to stop now (see stop_now)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            tasks = self.tasks(short)
+            if sum(t["DesiredState"] == "running" for t in tasks) <= replicas or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        here = self.client.info()["Swarm"].get("NodeID")
+        self.stop_now([self.container_id(t) for t in tasks if t["DesiredState"] != "running"
+                       and t["Status"]["State"] == "running" and t.get("NodeID") == here
+                       and self.container_id(t)], self._stop_signal(short))
+
+    def stop_now(self, container_ids, signal: str) -> None:
+        """Send the service's own stop signal to containers whose task Swarm is ending (desired
+        state shutdown or remove), without waiting for Swarm's agent: before it signals a task
+        it takes it out of Swarm's own load balancing and sleeps 2 s for that to gossip (moby's
+        defaultGossipConvergeDelay; ~3 s in all here, seen with `docker events`). Nothing of the
+        course goes through that balancing: nginx names each app task and was reloaded without
+        the leaving ones; the servers are reached at their published ports. The agent's shutdown
+        still follows (its SIGKILL after the grace period is the backstop); a container that has
+        exited meanwhile is no error. Only this engine's containers: other nodes wait for Swarm."""
+        for cid in container_ids:
+            try:
+                self.client.api.kill(cid, signal=signal)
+            except (NotFound, APIError):   # exited or removed meanwhile: what was wanted
+                pass
+
+    def _running_containers(self, short: str) -> list[str]:
+        label = f"com.docker.swarm.service.name={self.full_name(short)}"
+        return [c["Id"] for c in self.client.api.containers(filters={"label": label})]
+
+    def _stop_signal(self, short: str) -> str:
+        try:
+            spec = self.client.api.inspect_service(self.full_name(short))["Spec"]
+        except NotFound:
+            return "SIGTERM"
+        return spec["TaskTemplate"]["ContainerSpec"].get("StopSignal") or "SIGTERM"
 
     def prune_unused(self) -> list[str]:
         """Remove the stack's configs and secrets no service uses (rotated out)."""
@@ -191,6 +237,15 @@ class SwarmServices:
             if pending:
                 time.sleep(0.2)
 
+    def _still_running(self, short: str, stopping: list[dict]) -> list[dict]:
+        """The stopping tasks whose process still runs: one on this node whose container has
+        exited (stop_now) is done, although Swarm reports it running until its agent's own
+        shutdown (~3 s later) has run."""
+        here = self.client.info()["Swarm"].get("NodeID")
+        running = set(self._running_containers(short))
+        return [t for t in stopping if t.get("NodeID") != here or self.container_id(t) in running
+                or not self.container_id(t)]
+
     def failed_before(self, short: str) -> set[str]:
         """IDs of the tasks that failed before a wait: a server killed three times in a lesson is
         no reason to give up on its restart (only failures during the wait count)."""
@@ -205,6 +260,8 @@ class SwarmServices:
         running = [t for t in current if t["Status"]["State"] == "running" and _comparable(t["Spec"]) == template]
         stopping = [t for t in tasks if t["DesiredState"] != "running" and t["Status"]["State"] in
                     ("running", "starting", "preparing", "assigned", "accepted", "ready")]
+        if stopping:
+            stopping = self._still_running(short, stopping)
         updating = (service.get("UpdateStatus") or {}).get("State") in ("updating", "rollback_started")
         if len(running) == wanted and len(current) == wanted and not stopping and not updating:
             return True
@@ -216,6 +273,14 @@ class SwarmServices:
             raise ServiceFailedError(f"{short}: {len(running)}/{wanted} tasks running after "
                                      f"{timeout:.0f} s ({why})")
         return False
+
+    def wait_stopped(self, short: str, timeout: float = 60) -> None:
+        """Until no container of the (removed) service runs: its process has exited."""
+        deadline = time.monotonic() + timeout
+        while self._running_containers(short):
+            if time.monotonic() > deadline:
+                raise ServiceFailedError(f"{short}: containers still running {timeout:.0f} s after removal")
+            time.sleep(0.1)
 
     def wait_gone(self, short: str, timeout: float = 60) -> None:
         """Until no container of the (removed) service is left: its published port is free then."""
