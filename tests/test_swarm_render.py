@@ -208,28 +208,49 @@ def test_placement_splits_running_tasks_by_node_and_ports_come_only_from_this_no
 
 
 class _Removals(SwarmServices):
-    """remove_all() with the two engine calls it makes recorded; `stuck` never loses its containers."""
+    """remove_all() with the engine calls it makes recorded; `stuck` never loses its containers."""
     def __init__(self, stuck=()):
         super().__init__(None, "scalelab")
         self.calls, self.stuck = [], set(stuck)
 
+    def _running_containers(self, short):
+        return [f"{short}-container"]
+
+    def _stop_signal(self, short):
+        return "SIGINT"
+
     def remove(self, short):
         self.calls.append(("remove", short))
 
-    def wait_gone(self, short, timeout=60):
-        self.calls.append(("wait", short))
+    def stop_now(self, container_ids, signal):
+        self.calls.append(("signal", *container_ids, signal))
+
+    def _wait(self, kind, short, timeout):
+        self.calls.append((kind, short))
         if short in self.stuck:
             raise ServiceFailedError(f"{short}: containers still there {timeout} s after removal")
+
+    def wait_gone(self, short, timeout=60):
+        self._wait("wait", short, timeout)
+
+    def wait_stopped(self, short, timeout=60):
+        self._wait("wait stopped", short, timeout)
+
+
+SHARDS = ["postgres-shard-1", "postgres-shard-2", "postgres-shard-3"]
 
 
 def test_remove_all_removes_every_service_before_waiting_and_waits_for_all_when_one_is_stuck():
     services = _Removals()
-    services.remove_all(["postgres-shard-1", "postgres-shard-2", "postgres-shard-3"])
-    assert services.calls == [("remove", "postgres-shard-1"), ("remove", "postgres-shard-2"),
-                              ("remove", "postgres-shard-3"), ("wait", "postgres-shard-1"),
-                              ("wait", "postgres-shard-2"), ("wait", "postgres-shard-3")]
+    services.remove_all(SHARDS)
+    # Every service removed, then each one's containers (listed before the removal) signalled with
+    # its own stop signal without waiting for Swarm's agent, then every wait.
+    assert services.calls == [("remove", s) for s in SHARDS] + [("signal", f"{s}-container", "SIGINT") for s in SHARDS] + [
+        ("wait", s) for s in SHARDS]
+    stopped = _Removals()
+    stopped.remove_all(SHARDS, until="stopped")       # the plan's stop: a free port is enough
+    assert [c for c in stopped.calls if c[0].startswith("wait")] == [("wait stopped", s) for s in SHARDS]
     stuck = _Removals(stuck={"postgres-shard-1", "postgres-shard-2"})
     with pytest.raises(ServiceFailedError, match="postgres-shard-1"):     # the first failure
-        stuck.remove_all(["postgres-shard-1", "postgres-shard-2", "postgres-shard-3"])
-    assert [c for c in stuck.calls if c[0] == "wait"] == [("wait", "postgres-shard-1"), ("wait", "postgres-shard-2"),
-                                                         ("wait", "postgres-shard-3")]
+        stuck.remove_all(SHARDS)
+    assert [c for c in stuck.calls if c[0] == "wait"] == [("wait", s) for s in SHARDS]
