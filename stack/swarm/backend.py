@@ -478,11 +478,6 @@ class _Run:
             if self._view() != self.nginx_view:
                 # No settling: mid update more tasks than replicas are wanted, and every one serves.
                 self.reload_nginx(0, settle_s=0)
-            if self.nginx_view is not None:
-                # An old task Swarm has replaced and nginx no longer names stops now, not ~3 s
-                # later (services.stop_now): a CPU-limit change of one replica 6.3 -> ~3.5 s.
-                named = {entry.split("=", 1)[1] for entry in self.nginx_view if entry.startswith("app=")}
-                signalled.update(self.services.signal_leaving("app", spare=named | signalled))
             time.sleep(0.2)
 
     # -- live settings -----------------------------------------------------------------------------------

@@ -251,8 +251,8 @@ class SwarmServices:
         shutdown (~3 s later) has run."""
         here = self.client.info()["Swarm"].get("NodeID")
         running = set(self._running_containers(short))
-        return [t for t in stopping if t.get("NodeID") != here or self.container_id(t) in running
-                or not self.container_id(t)]
+        return [t for t in stopping if t.get("NodeID") != here or t["Status"]["State"] != "running"
+                or not self.container_id(t) or self.container_id(t) in running]
 
     def failed_before(self, short: str) -> set[str]:
         """IDs of the tasks that failed before a wait: a server killed three times in a lesson is
