@@ -473,7 +473,6 @@ class _Run:
         once the last old one stopped (every GET a 502 until the end of the update)."""
         deadline = time.monotonic() + timeout
         failed_before = self.services.failed_before("app")
-        signalled: set[str] = set()
         while not self.services._converged("app", deadline, timeout, failed_before):
             if self._view() != self.nginx_view:
                 # No settling: mid update more tasks than replicas are wanted, and every one serves.

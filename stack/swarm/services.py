@@ -174,18 +174,11 @@ class SwarmServices:
             if sum(t["DesiredState"] == "running" for t in tasks) <= replicas or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        self.signal_leaving(short, tasks)
-
-    def signal_leaving(self, short: str, tasks: list[dict] | None = None, spare=()) -> list[str]:
-        """Signal (stop_now) the tasks on this node that Swarm is ending but whose process still
-        runs, except those whose ID is in `spare`; returns the IDs signalled."""
-        tasks = self.tasks(short) if tasks is None else tasks
         here = self.client.info()["Swarm"].get("NodeID")
         leaving = [t for t in tasks if t["DesiredState"] != "running" and t["Status"]["State"] == "running"
-                   and t.get("NodeID") == here and self.container_id(t) and t["ID"] not in spare]
+                   and t.get("NodeID") == here and self.container_id(t)]
         if leaving:
             self.stop_now([self.container_id(t) for t in leaving], self._stop_signal(short))
-        return [t["ID"] for t in leaving]
 
     def stop_now(self, container_ids, signal: str) -> None:
         """Send the service's own stop signal to containers whose task Swarm is ending (desired
