@@ -214,16 +214,14 @@ class _Removals(SwarmServices):
         self.calls, self.stuck = [], set(stuck)
 
     def _running_containers(self, short):
+        self.calls.append(("list", short))
         return [f"{short}-container"]
-
-    def _stop_signal(self, short):
-        return "SIGINT"
 
     def remove(self, short):
         self.calls.append(("remove", short))
 
-    def stop_now(self, container_ids, signal):
-        self.calls.append(("signal", *container_ids, signal))
+    def stop_now(self, container_ids):
+        self.calls.append(("signal", *container_ids))
 
     def _wait(self, kind, short, timeout):
         self.calls.append((kind, short))
@@ -243,10 +241,10 @@ SHARDS = ["postgres-shard-1", "postgres-shard-2", "postgres-shard-3"]
 def test_remove_all_removes_every_service_before_waiting_and_waits_for_all_when_one_is_stuck():
     services = _Removals()
     services.remove_all(SHARDS)
-    # Every service removed, then each one's containers (listed before the removal) signalled with
-    # its own stop signal without waiting for Swarm's agent, then every wait.
-    assert services.calls == [("remove", s) for s in SHARDS] + [("signal", f"{s}-container", "SIGINT") for s in SHARDS] + [
-        ("wait", s) for s in SHARDS]
+    # Each one's containers listed (a removed service's tasks are unlisted at once), every service
+    # removed, then its containers signalled without waiting for Swarm's agent, then every wait.
+    assert services.calls == ([("list", s) for s in SHARDS] + [("remove", s) for s in SHARDS] +
+                              [("signal", f"{s}-container") for s in SHARDS] + [("wait", s) for s in SHARDS])
     stopped = _Removals()
     stopped.remove_all(SHARDS, until="stopped")       # the plan's stop: a free port is enough
     assert [c for c in stopped.calls if c[0].startswith("wait")] == [("wait stopped", s) for s in SHARDS]
@@ -254,3 +252,65 @@ def test_remove_all_removes_every_service_before_waiting_and_waits_for_all_when_
     with pytest.raises(ServiceFailedError, match="postgres-shard-1"):     # the first failure
         stuck.remove_all(SHARDS)
     assert [c for c in stuck.calls if c[0] == "wait"] == [("wait", s) for s in SHARDS]
+    with pytest.raises(ValueError, match="until='soon' is not allowed"):
+        _Removals().remove_all(SHARDS, until="soon")
+
+
+class _ScaledDown:
+    """An engine (manager on node n1) right after a scale-down of the app from 4 to 2: slot 3 on
+    n1 and slot 4 on n2 are leaving, slot 5 was still starting when Swarm dropped it. Records kills;
+    a killed container no longer runs."""
+    def __init__(self):
+        self.api = self
+        self.killed = []
+        self.running = {"c1", "c2", "c3", "c4"}
+        self._tasks = [self._task("t1", 1, "n1", "c1"), self._task("t2", 2, "n2", "c2"),
+                       self._task("t3", 3, "n1", "c3", desired="shutdown"),
+                       self._task("t4", 4, "n2", "c4", desired="shutdown"),
+                       self._task("t5", 5, "n1", "c5", desired="shutdown", state="starting")]
+
+    @staticmethod
+    def _task(tid, slot, node, cid, desired="running", state="running"):
+        return {"ID": tid, "Slot": slot, "NodeID": node, "DesiredState": desired,
+                "Status": {"State": state, "ContainerStatus": {"ContainerID": cid}},
+                "Spec": {"ContainerSpec": {"Image": "app"}}, "CreatedAt": "1"}
+
+    def info(self):
+        return {"Name": "manager-1", "Swarm": {"NodeID": "n1"}}
+
+    def tasks(self, filters):
+        return self._tasks
+
+    def inspect_container(self, cid):
+        return {"Config": {"StopSignal": "SIGQUIT"}}
+
+    def kill(self, cid, signal):
+        self.killed.append((cid, signal))
+        self.running.discard(cid)
+
+    def containers(self, filters, all=False):
+        return [{"Id": c} for c in sorted(self.running)]
+
+    def inspect_service(self, name):
+        return {"Spec": {"Mode": {"Replicated": {"Replicas": 2}}, "TaskTemplate": {"ContainerSpec": {"Image": "app"}}},
+                "UpdatedAt": "0"}
+
+
+def test_a_scale_down_signals_only_the_leaving_running_tasks_of_this_node_and_counts_them_stopped():
+    engine = _ScaledDown()
+    services = SwarmServices(engine, "scalelab")
+    assert not services._converged("app", 1e18, 60, set()), "slot 3 still runs: not converged"
+    services.stop_leaving("app", 2, spare={"t9"})
+    # Only slot 3: slot 4 runs on another node (Swarm stops it), slot 5 never ran, 1 and 2 stay;
+    # with the signal Swarm's agent would send (the container's configured stop signal).
+    assert engine.killed == [("c3", "SIGQUIT")]
+    # Slot 3 has exited, although Swarm still reports it running; slot 4 on n2 still stops.
+    assert [t["ID"] for t in services._still_running("app", [engine._tasks[2], engine._tasks[3]])] == ["t4"]
+    engine._tasks[3]["Status"]["State"] = "shutdown"     # Swarm's agent on n2 did its part
+    assert not services._converged("app", 1e18, 60, set()), "slot 5 is still starting: Swarm ends it"
+    engine._tasks[4]["Status"]["State"] = "shutdown"
+    assert services._converged("app", 1e18, 60, set())
+    engine.killed.clear()
+    engine.running.add("c3")
+    services.stop_leaving("app", 2, spare={"t3"})        # nginx still names it: left to Swarm
+    assert engine.killed == []

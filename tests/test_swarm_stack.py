@@ -196,7 +196,7 @@ def test_strategy_and_weights_change_live_in_the_running_nginx_under_load(stack,
     # Back to 4, under load: the backend signals the two leaving tasks itself once nginx no longer
     # names them (Swarm's agent would wait ~3 s first); a request in flight on one must still finish.
     with Trickle(PORTS.nginx) as load:
-        done = timed("scale_6_to_4_s", stack.apply, strategy="least_conn", weights=None, replicas=4)
+        timed("scale_6_to_4_s", stack.apply, strategy="least_conn", weights=None, replicas=4)
         time.sleep(0.3)
     TIMINGS["scale_6_to_4_outcomes"] = {str(k): v for k, v in load.outcomes.items()}
     assert load.outcomes and {k: v for k, v in load.outcomes.items() if k != 200} == {}, load.outcomes

@@ -258,6 +258,7 @@ class SwarmStack(EngineStack):
             if topology:
                 done += _wait_ports_released(Ports(topology.base_port).all_for(topology))
         if purge and name:
+            self._services(name).wait_stack_gone()
             for volume in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}):
                 volume.remove(force=True)
                 done.append(f"deleted volume {volume.name}")
@@ -359,11 +360,12 @@ class _Run:
             return
         if kind == RELOAD_NGINX:
             if action.drain_s:
-                # Replicas leave: Swarm picks which, so scale first, then let nginx resolve the rest
-                # while the leaving ones finish their requests (stop_grace_period).
+                # Replicas leave: Swarm picks which, so scale first, reload nginx without them, then
+                # signal them at once (they finish their requests within stop_grace_period).
                 self.services.scale("app", self.topology.app.replicas)
                 self.reload_nginx(0)
-                self.services.stop_leaving("app", self.topology.app.replicas)
+                named = {entry.split("=", 1)[1] for entry in self.nginx_view or () if entry.startswith("app=")}
+                self.services.stop_leaving("app", self.topology.app.replicas, spare=named)
                 self.services.wait_converged("app")
             self.reload_nginx(0)
         elif kind == RELOAD_POSTGRES:

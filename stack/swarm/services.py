@@ -146,15 +146,17 @@ class SwarmServices:
         """Remove every service, signal its containers here to stop (see stop_now), then wait
         until each one's containers are `gone` (down(): its network and volumes can go next) or
         only `stopped` (a server the plan stops: its port is free once its process exited; Swarm
-        destroys the container 2-3 s later). Removed one after another, each service cost ~6 s.
-        Every service is waited for even when one wait fails; the first failure is raised then."""
+        destroys the container 2-3 s later). Removed one after another and each waited for, the
+        services cost ~6 s each. Every service is waited for even when one wait fails; the first
+        failure is raised then."""
+        if until not in ("gone", "stopped"):
+            raise ValueError(f"until={until!r} is not allowed: 'gone' or 'stopped'")
         shorts = list(shorts)
-        leaving = {short: self._running_containers(short) for short in shorts}
-        signals = {short: self._stop_signal(short) for short in shorts}
+        leaving = {short: self._running_containers(short) for short in shorts}   # before they are unlisted
         for short in shorts:
             self.remove(short)
         for short in shorts:
-            self.stop_now(leaving[short], signals[short])
+            self.stop_now(leaving[short])
         wait = self.wait_gone if until == "gone" else self.wait_stopped
         failure = None
         for short in shorts:
@@ -165,46 +167,47 @@ class SwarmServices:
         if failure:
             raise failure
 
-    def stop_leaving(self, short: str, replicas: int, timeout: float = 3.0) -> None:
+    def stop_leaving(self, short: str, replicas: int, spare=(), timeout: float = 3.0) -> None:
         """After a scale-down to `replicas`: once Swarm has marked the tasks that leave (a moment
-        after the scale call), signal those on this node to stop now (see stop_now)."""
+        after the scale call), signal those on this node to stop now (see stop_now), but not the
+        tasks whose ID is in `spare` (those nginx still names, had it been reloaded too early)."""
         deadline = time.monotonic() + timeout
         while True:
             tasks = self.tasks(short)
             if sum(t["DesiredState"] == "running" for t in tasks) <= replicas or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        here = self.client.info()["Swarm"].get("NodeID")
-        leaving = [t for t in tasks if t["DesiredState"] != "running" and t["Status"]["State"] == "running"
-                   and t.get("NodeID") == here and self.container_id(t)]
-        if leaving:
-            self.stop_now([self.container_id(t) for t in leaving], self._stop_signal(short))
+        here = self.node_id()
+        self.stop_now([self.container_id(t) for t in tasks if t["DesiredState"] != "running"
+                       and t["Status"]["State"] == "running" and t.get("NodeID") == here
+                       and self.container_id(t) and t["ID"] not in spare])
 
-    def stop_now(self, container_ids, signal: str) -> None:
-        """Send the service's own stop signal to containers whose task Swarm is ending (desired
-        state shutdown or remove), without waiting for Swarm's agent: before it signals a task
-        it takes it out of Swarm's own load balancing and sleeps 2 s for that to gossip (moby's
-        defaultGossipConvergeDelay; ~3 s in all here, seen with `docker events`). Nothing of the
-        course goes through that balancing: nginx names each app task and was reloaded without
-        the leaving ones; the servers are reached at their published ports. The agent's shutdown
-        still follows (its SIGKILL after the grace period is the backstop); a container that has
-        exited meanwhile is no error. Only this engine's containers: other nodes wait for Swarm."""
+    def stop_now(self, container_ids) -> None:
+        """Send containers whose task Swarm is ending (desired state shutdown or remove) the signal
+        Swarm's agent would send (their configured stop signal: the service's `stop_signal`, else
+        the image's STOPSIGNAL), without waiting for the agent: before it signals a task it takes
+        it out of Swarm's own name resolution and sleeps 2 s for that to gossip (moby's
+        defaultGossipConvergeDelay; ~3 s in all here, seen with `docker events`). Nothing needs
+        that wait: nginx names each app task and was reloaded without the leaving ones, and the
+        plan has moved every client off a server before it stops it. The agent's own shutdown
+        still follows (its SIGKILL after the grace period is the backstop). Only this engine's
+        containers: tasks on other nodes wait for Swarm."""
         for cid in container_ids:
             try:
+                signal = self.client.api.inspect_container(cid)["Config"].get("StopSignal") or "SIGTERM"
                 self.client.api.kill(cid, signal=signal)
-            except (NotFound, APIError):   # exited or removed meanwhile: what was wanted
+            except APIError:   # gone or exited meanwhile, or refused: the agent signals it ~3 s later
                 pass
+
+    def node_id(self) -> str | None:
+        """This engine's node in the swarm (asked once: it cannot change while a stack runs)."""
+        if not hasattr(self, "_node_id"):
+            self._node_id = self.client.info()["Swarm"].get("NodeID")
+        return self._node_id
 
     def _running_containers(self, short: str) -> list[str]:
         label = f"com.docker.swarm.service.name={self.full_name(short)}"
         return [c["Id"] for c in self.client.api.containers(filters={"label": label})]
-
-    def _stop_signal(self, short: str) -> str:
-        try:
-            spec = self.client.api.inspect_service(self.full_name(short))["Spec"]
-        except NotFound:
-            return "SIGTERM"
-        return spec["TaskTemplate"]["ContainerSpec"].get("StopSignal") or "SIGTERM"
 
     def prune_unused(self) -> list[str]:
         """Remove the stack's configs and secrets no service uses (rotated out)."""
@@ -242,7 +245,7 @@ class SwarmServices:
         """The stopping tasks whose process still runs: one on this node whose container has
         exited (stop_now) is done, although Swarm reports it running until its agent's own
         shutdown (~3 s later) has run."""
-        here = self.client.info()["Swarm"].get("NodeID")
+        here = self.node_id()
         running = set(self._running_containers(short))
         return [t for t in stopping if t.get("NodeID") != here or t["Status"]["State"] != "running"
                 or not self.container_id(t) or self.container_id(t) in running]
@@ -276,11 +279,23 @@ class SwarmServices:
         return False
 
     def wait_stopped(self, short: str, timeout: float = 60) -> None:
-        """Until no container of the (removed) service runs: its process has exited."""
+        """Until every container of the (removed) service has exited (one created but not yet
+        started is waited for too: it could still start and bind the port)."""
         deadline = time.monotonic() + timeout
-        while self._running_containers(short):
+        label = f"com.docker.swarm.service.name={self.full_name(short)}"
+        while [c for c in self.client.api.containers(all=True, filters={"label": label})
+               if c["State"] not in ("exited", "dead")]:
             if time.monotonic() > deadline:
                 raise ServiceFailedError(f"{short}: containers still running {timeout:.0f} s after removal")
+            time.sleep(0.1)
+
+    def wait_stack_gone(self, timeout: float = 60) -> None:
+        """Until no container of the stack is left: a data volume can be deleted only then (a server
+        the plan stopped may still be waiting for Swarm to destroy its exited container)."""
+        deadline = time.monotonic() + timeout
+        while self.client.api.containers(all=True, filters={"label": f"{NAMESPACE}={self.stack}"}):
+            if time.monotonic() > deadline:
+                raise ServiceFailedError(f"stack {self.stack}: containers still there {timeout:.0f} s after removal")
             time.sleep(0.1)
 
     def wait_gone(self, short: str, timeout: float = 60) -> None:
