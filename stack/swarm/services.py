@@ -205,9 +205,11 @@ class SwarmServices:
             self._node_id = self.client.info()["Swarm"].get("NodeID")
         return self._node_id
 
+    def _service_label(self, short: str) -> str:
+        return f"com.docker.swarm.service.name={self.full_name(short)}"
+
     def _running_containers(self, short: str) -> list[str]:
-        label = f"com.docker.swarm.service.name={self.full_name(short)}"
-        return [c["Id"] for c in self.client.api.containers(filters={"label": label})]
+        return [c["Id"] for c in self.client.api.containers(filters={"label": self._service_label(short)})]
 
     def prune_unused(self) -> list[str]:
         """Remove the stack's configs and secrets no service uses (rotated out)."""
@@ -281,30 +283,25 @@ class SwarmServices:
     def wait_stopped(self, short: str, timeout: float = 60) -> None:
         """Until every container of the (removed) service has exited (one created but not yet
         started is waited for too: it could still start and bind the port)."""
-        deadline = time.monotonic() + timeout
-        label = f"com.docker.swarm.service.name={self.full_name(short)}"
-        while [c for c in self.client.api.containers(all=True, filters={"label": label})
-               if c["State"] not in ("exited", "dead")]:
-            if time.monotonic() > deadline:
-                raise ServiceFailedError(f"{short}: containers still running {timeout:.0f} s after removal")
-            time.sleep(0.1)
+        self._wait_containers(self._service_label(short), short, timeout,
+                              left=lambda c: c["State"] not in ("exited", "dead"), what="still running")
 
     def wait_stack_gone(self, timeout: float = 60) -> None:
         """Until no container of the stack is left: a data volume can be deleted only then (a server
         the plan stopped may still be waiting for Swarm to destroy its exited container)."""
-        deadline = time.monotonic() + timeout
-        while self.client.api.containers(all=True, filters={"label": f"{NAMESPACE}={self.stack}"}):
-            if time.monotonic() > deadline:
-                raise ServiceFailedError(f"stack {self.stack}: containers still there {timeout:.0f} s after removal")
-            time.sleep(0.1)
+        self._wait_containers(f"{NAMESPACE}={self.stack}", f"stack {self.stack}", timeout)
 
     def wait_gone(self, short: str, timeout: float = 60) -> None:
         """Until no container of the (removed) service is left: its published port is free then."""
+        self._wait_containers(self._service_label(short), short, timeout)
+
+    def _wait_containers(self, label: str, name: str, timeout: float, left=lambda c: True,
+                         what: str = "still there") -> None:
+        """Until no container with `label` (running or not) is `left`."""
         deadline = time.monotonic() + timeout
-        label = f"com.docker.swarm.service.name={self.full_name(short)}"
-        while self.client.api.containers(all=True, filters={"label": label}):
+        while [c for c in self.client.api.containers(all=True, filters={"label": label}) if left(c)]:
             if time.monotonic() > deadline:
-                raise ServiceFailedError(f"{short}: containers still there {timeout:.0f} s after removal")
+                raise ServiceFailedError(f"{name}: containers {what} {timeout:.0f} s after removal")
             time.sleep(0.1)
 
     # -- inside a task's container ----------------------------------------------------------------
