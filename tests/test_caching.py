@@ -43,3 +43,18 @@ def test_figures_build_from_tables_shaped_like_the_experiments():
     frame = pd.DataFrame({"completed": [100, 98], "p99_ms": [5, 9], "err_5xx": [0, 0]}, index=[0.5, 1.0])
     frame.attrs["total"] = {"killed_at_s": 0.7}
     assert len(caching_plots.outage(frame).data) == 3
+
+
+def test_busiest_window_counts_the_most_stamps_in_any_window_wherever_it_starts():
+    burst = [1.0 + i * 0.001 for i in range(50)]                  # 50 lookups within 50 ms
+    spread = [i * 0.03 for i in range(100)]                       # one every 30 ms: 4 per 100 ms
+    assert caching.busiest_window(sorted(spread + burst), 0.1) == 50 + 4     # [0.99, 1.09)
+    assert caching.busiest_window(spread, 0.1) == 4
+    assert caching.busiest_window([], 0.1) == 0
+    assert caching.busiest_window([0.0, 0.1], 0.1) == 1            # a window is half-open: [t, t + width)
+
+
+def test_cumulative_is_what_a_counter_polled_every_step_would_read():
+    frame = caching.cumulative([0.01, 0.02, 0.07, 0.2], seconds=0.2, step_s=0.05)
+    assert frame["t"].tolist() == [0.0, 0.05, 0.1, 0.15, 0.2]
+    assert frame["lookups"].tolist() == [0, 2, 3, 3, 4]

@@ -235,17 +235,21 @@ def stale_after_put(stack, tries: int = 40, user_id: int = 88) -> pd.DataFrame:
 
 # -- cache-aside in a few lines of Python (the lab's subject) ------------------------------
 
-SLOW_LOOKUP = ("SELECT id, name, email, region, updated_at::text FROM users, pg_sleep(%s) AS slow_lookup "
-               "WHERE id = %s")
+# The last column is the server's clock when it ran the lookup (seconds since the epoch).
+SLOW_LOOKUP = ("SELECT id, name, email, region, updated_at::text, extract(epoch FROM clock_timestamp())::float8 "
+               "FROM users, pg_sleep(%s) AS slow_lookup WHERE id = %s")
+USER_FIELDS = ("id", "name", "email", "region", "updated_at")
 SLOW_LOOKUP_PATTERN = "%pg_sleep($1) AS slow_lookup%"
 
 
 class LabDB:
     """The database side for `CacheAside` and the lab: user lookups on the primary, counted by
-    PostgreSQL itself. `cost_ms` models an expensive query (pg_sleep: the wait is in the server)."""
+    PostgreSQL itself. `cost_ms` models an expensive query (pg_sleep: the wait is in the server).
+    With `timed`, `ran_at` collects the server's clock of every lookup that found its user."""
 
-    def __init__(self, stack, cost_ms: float = 0.0):
+    def __init__(self, stack, cost_ms: float = 0.0, timed: bool = False):
         self.stack, self.cost_ms = stack, cost_ms
+        self.ran_at: list[float] | None = [] if timed else None
         self._local = threading.local()
         servers.ensure_pg_stat_statements(stack)
 
@@ -257,9 +261,12 @@ class LabDB:
         return conn
 
     def fetch_user(self, user_id: int) -> dict | None:
-        cur = self._conn().execute(SLOW_LOOKUP, (self.cost_ms / 1000, user_id))
-        row = cur.fetchone()
-        return None if row is None else dict(zip(("id", "name", "email", "region", "updated_at"), row))
+        row = self._conn().execute(SLOW_LOOKUP, (self.cost_ms / 1000, user_id)).fetchone()
+        if row is None:
+            return None
+        if self.ran_at is not None:
+            self.ran_at.append(row[-1])         # list.append is atomic: reader threads share it
+        return dict(zip(USER_FIELDS, row))
 
     def update_user(self, user_id: int, **fields) -> None:
         sets = ", ".join(f"{name} = %s" for name in fields if name in ("name", "email", "region"))
@@ -269,6 +276,9 @@ class LabDB:
     def lookups(self) -> int:
         """User lookups this kind of client ever ran, as pg_stat_statements on the primary counts them."""
         return servers.statement_calls(self.stack, SLOW_LOOKUP_PATTERN, "primary")
+
+    def server_clock(self) -> float:
+        return self._conn().execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()[0]
 
 
 class CacheAside:
@@ -430,44 +440,60 @@ def stampede(stack, strategies=("plain", "jitter", "lock", "early"), clients: in
 
 @experiment
 def synchronized_expiry(stack, jitters=(0.0, 0.5), keys: int = 200, ttl_s: float = 1.0, cost_ms: float = 5,
-                        clients: int = 16, seconds: float = 2.5) -> pd.DataFrame:
+                        clients: int = 16, seconds: float | None = None) -> pd.DataFrame:
     """Many keys cached at the same moment (a warm-up, a deploy) expire together. Readers hit random
-    keys; PostgreSQL's lookup count is read every 50 ms: the worst 100 ms shows the spike."""
+    keys; PostgreSQL stamps every lookup with its own clock, so the worst 100 ms is counted exactly
+    (a sampler thread polling a counter would be starved by the readers on a busy machine).
+    The run lasts `seconds` (default 1.6 TTLs: every key's first expiry, even at +50% jitter, and
+    not yet the second one of keys cached together)."""
+    seconds = 1.6 * ttl_s if seconds is None else seconds
     cache = servers.redis_client(stack)
     rows = []
     for jitter in jitters:
-        db = LabDB(stack, cost_ms=cost_ms)
+        db = LabDB(stack, cost_ms=cost_ms, timed=True)
         warm = CacheAside(cache, db, ttl_s=ttl_s, jitter=jitter)
         for uid in range(1, keys + 1):
             cache.delete(key(uid))
-        pipe = cache.pipeline()
-        for uid in range(1, keys + 1):            # every key cached within a few ms of the others
-            pipe.set(key(uid), json.dumps({"user": {"id": uid}, "cost_s": cost_ms / 1000}), px=warm.ttl_ms())
-        pipe.execute()
-        stop = threading.Event()
+        connected, go, stop = threading.Barrier(clients + 1), threading.Event(), threading.Event()
 
         def reader(i):
             mine = CacheAside(cache, db, ttl_s=ttl_s, jitter=jitter, rng=random.Random(100 + i))
             pick = random.Random(i)
+            db._conn()          # connected before the keys expire: no connection set-up inside the spike
+            connected.wait()
+            go.wait()
             while not stop.is_set():
                 mine.get(pick.randint(1, keys))
         threads = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(clients)]
-        counts = []
-        t0 = time.perf_counter()
         for t in threads:
             t.start()
-        while time.perf_counter() - t0 < seconds:
-            counts.append((time.perf_counter() - t0, db.lookups()))
-            time.sleep(0.05)
+        connected.wait()
+        before, started = db.lookups(), db.server_clock()
+        pipe = cache.pipeline()
+        for uid in range(1, keys + 1):            # every key cached within a few ms of the others
+            pipe.set(key(uid), json.dumps({"user": {"id": uid}, "cost_s": cost_ms / 1000}), px=warm.ttl_ms())
+        pipe.execute()
+        go.set()
+        time.sleep(seconds)
         stop.set()
         for t in threads:
             t.join()
-        frame = pd.DataFrame(counts, columns=["t", "lookups"])
-        frame["lookups"] -= frame["lookups"].iloc[0]
-        per_100ms = frame["lookups"].diff(2).fillna(0)     # samples are 50 ms apart
-        rows.append({"jitter": jitter, "db_lookups": int(frame["lookups"].iloc[-1]),
-                     "worst_100ms": int(per_100ms.max()), "timeline": frame})
+        ran_at = sorted(t - started for t in db.ran_at)
+        rows.append({"jitter": jitter, "db_lookups": db.lookups() - before, "stamped_lookups": len(ran_at),
+                     "worst_100ms": busiest_window(ran_at, 0.1), "timeline": cumulative(ran_at, seconds, 0.05)})
     return pd.DataFrame(rows).set_index("jitter")
+
+
+def busiest_window(times: list[float], width_s: float) -> int:
+    """The most of the sorted `times` that fall in any `width_s` window."""
+    ends = pd.Series(times).searchsorted([t + width_s for t in times])
+    return int(max((end - i for i, end in enumerate(ends)), default=0))
+
+
+def cumulative(times: list[float], seconds: float, step_s: float) -> pd.DataFrame:
+    """How many of the sorted `times` came before each step: the curve a counter polled every step draws."""
+    steps = [round(i * step_s, 6) for i in range(int(seconds / step_s) + 1)]
+    return pd.DataFrame({"t": steps, "lookups": pd.Series(times).searchsorted(steps, side="right")})
 
 
 # -- 6. eviction -------------------------------------------------------------------------
