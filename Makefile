@@ -4,6 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP_INPUTS := requirements.txt pyproject.toml stack/jupyter/overrides.json
 STAMP  := $(VENV)/.installed-$(shell cat $(STAMP_INPUTS) | cksum | cut -d' ' -f1)
+# TEST_WORKERS=2 runs the test files on two pytest-xdist workers (one file stays on one worker, in
+# order; each worker has its own stacks and port block; lessons run alone: stack/pytest_env.py).
+# In series by default: see the README ("For course maintainers") for why.
+TEST_WORKERS ?= 0
 JUPYTER_FLAGS := --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: lab test test-docker bench system-deps down clean
@@ -28,7 +32,7 @@ lab: $(STAMP) system-deps        ## open the course; the first lesson cell start
 test: $(STAMP)                   ## every test: unit, live stack, notebooks, browser
 	SCALELAB_WITH_WRK=1 SCALELAB_WITH_BROWSER=1 bash stack/scripts/system-deps.sh
 	$(PY) -m stack.lab.make_labs --check
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-docker: $(STAMP)            ## the Docker tier: its own dockerd, a debootstrap base image, build, integration tests (root)
 	bash stack/scripts/docker-tier.sh
