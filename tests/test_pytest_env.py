@@ -37,10 +37,12 @@ def test_a_file_that_runs_alone_waits_for_the_others_and_then_goes_before_newcom
     """shared-1 holds; alone arrives and waits; shared-2 arrives later and must wait for alone."""
     path, events = str(tmp_path / "files.lock"), multiprocessing.Queue()
     procs = []
-    for name, alone, hold_s in (("shared-1", False, 0.6), ("alone", True, 0.3), ("shared-2", False, 0.1)):
+    # Arrivals 0.4 s apart, shared-1 held 1.2 s: each arrives while the one before it holds or waits,
+    # with room for a slow process start on a busy machine.
+    for name, alone, hold_s in (("shared-1", False, 1.2), ("alone", True, 0.3), ("shared-2", False, 0.1)):
         procs.append(multiprocessing.Process(target=_hold, args=(path, alone, hold_s, events, name)))
         procs[-1].start()
-        time.sleep(0.2)                 # each arrives while the one before it holds or waits
+        time.sleep(0.4)
     for p in procs:
         p.join(10)
     order = [(name, what) for _, name, what in sorted(events.get(timeout=5) for _ in range(6))]
@@ -50,7 +52,7 @@ def test_a_file_that_runs_alone_waits_for_the_others_and_then_goes_before_newcom
 
 def test_two_shared_holders_overlap(tmp_path):
     path, events = str(tmp_path / "files.lock"), multiprocessing.Queue()
-    procs = [multiprocessing.Process(target=_hold, args=(path, False, 0.4, events, n)) for n in ("a", "b")]
+    procs = [multiprocessing.Process(target=_hold, args=(path, False, 1.0, events, n)) for n in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:
