@@ -80,7 +80,7 @@ def short_and_long(long_ratio: float = 0.1, short_ms: float = SHORT_MS, long_ms:
 
 @experiment
 def short_long_by_strategy(stack, strategies=("round_robin", "least_conn"), rate: float = 150,
-                           seconds: float = 4.0, concurrency: int = 4, replicas: int = 4,
+                           seconds: float = 8.0, concurrency: int = 4, replicas: int = 4,
                            long_ratio: float = 0.1, progress=None) -> pd.DataFrame:
     """The same seeded stream of short (5 ms) and long (500 ms) requests under each strategy.
 
