@@ -196,11 +196,13 @@ def stale_reads_by_ttl(stack, ttls=(1, 2), user_id: int = 77, poll_ms: float = 5
         stack.apply(ttl_s=ttl)
         servers.redis_client(stack).delete(key(user_id))
         http(stack, "GET", f"/users/{user_id}")            # populate: the TTL starts now
-        remaining = servers.redis_client(stack).pttl(key(user_id)) / 1000
         new = f"renamed-{time.time_ns()}"
         _write_behind_the_cache(stack, user_id, new)
-        _wait_replayed(stack, user_id, new)
+        # The clock starts at the commit, and the TTL is read after it: the copy cannot expire
+        # earlier than `remaining` from now, however long the replica then takes to replay.
         written = time.perf_counter()
+        remaining = servers.redis_client(stack).pttl(key(user_id)) / 1000
+        _wait_replayed(stack, user_id, new)
         stale = reads = 0
         while True:
             body, _ = http(stack, "GET", f"/users/{user_id}")
