@@ -324,6 +324,11 @@ class CacheAside:
             # SET NX PX: one caller wins; the lock expires by itself if its holder dies.
             if self.cache.set(lock, "1", nx=True, px=max(1000, int(self.db.cost_ms * 10))):
                 try:
+                    # Check again: the last holder may have filled the key and let go of the lock
+                    # between our miss and our win (a busy machine widens that gap to many ms).
+                    cached = self.cache.get(key(user_id))
+                    if cached is not None:
+                        return json.loads(cached)["user"]
                     return self._populate(user_id)
                 finally:
                     self.cache.delete(lock)
