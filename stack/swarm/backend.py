@@ -332,6 +332,7 @@ class _Run:
                  nginx_view: list | None = None):
         self.stack, self.name, self.old, self.topology, self.images = stack, name, old, topology, images
         self.nginx_view = nginx_view    # the containers (nginx, app tasks) when nginx last reloaded
+        self.pushed: dict[str, str] = {}   # container id -> the app config this run pushed into it
         self.services = stack._services(name)
         self.access = clients.StackAccess(topology, stack.state.secrets())
 
@@ -550,13 +551,17 @@ class _Run:
 
         def push(name: str, container: dict) -> None:
             cid = container["Id"]
-            if not every and self.services.read_json_file(cid, APP_CONFIG) == wanted:
+            # A task this run already pushed to holds the file: not asked again (each ask is a
+            # docker exec, ~0.1-0.4 s when the machine is busy: it showed in the dashboards' reaction).
+            if not every and (self.pushed.get(cid) == text
+                              or self.services.read_json_file(cid, APP_CONFIG) == wanted):
                 return
             self.services.put_file(cid, APP_CONFIG, text, APP_UID)
             reported = json.loads(self.services.exec(cid, ["python3", "-c", _POST_CONFIG, APP_CONFIG]))
             if expect and {k: reported.get(k) for k in expect} != expect:
                 raise StackError(f"{name} did not take the new config: expected {expect}, it reports "
                                  f"{ {k: reported.get(k) for k in expect} }")
+            self.pushed[cid] = text
         run_parallel([lambda n=n, c=c: push(n, c) for n, c in apps.items()])
 
     def _app_tasks_elsewhere(self) -> bool:
