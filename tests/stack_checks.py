@@ -14,8 +14,10 @@ import psycopg
 import pytest
 
 from conftest import request
-from stack.errors import PortInUseError, TopologyError
+from stack.errors import PortInUseError, StackError, TopologyError
 from stack import clients, resharding
+from stack.docker.volumes import SECRETS_LABEL, secrets_mark
+from stack.topology import Topology
 
 
 def replica_name_of_user(stack, ports, user_id: int) -> str:
@@ -159,3 +161,32 @@ def requests_route_by_the_map(ports, shard_map, user_ids=(1, 42, 777, 9999)) -> 
         assert headers["x-shard"] == home, (user_id, headers)
     status, headers, body = request(ports.nginx, "GET", "/users?region=eu")
     assert status == 200 and headers["x-shard"] == f"all({shard_map.count})", headers
+
+
+def data_volumes_carry_this_states_mark(stack, volumes: list) -> None:
+    """Every data volume the stack made names the passwords it was initialised with (a hash)."""
+    assert volumes, "the stack made no data volume"
+    mark = secrets_mark(stack.state.secrets())
+    assert {v.name: (v.attrs.get("Labels") or {}).get(SECRETS_LABEL) for v in volumes} == \
+        {v.name: mark for v in volumes}
+
+
+def foreign_data_volume_is_refused(new_stack, engine, base: int, maker_labels: dict, made_by: str) -> None:
+    """A data volume of the name `new_stack` needs, made by another stack (the other backend, or a
+    state directory since deleted): `up` refuses it by name before anything starts."""
+    project = f"scalelab-{base}"
+    name = f"{project}_primary-data"
+    swarm_before = engine.info()["Swarm"].get("LocalNodeState")
+    volume = engine.volumes.create(name, labels=maker_labels)
+    try:
+        with pytest.raises(StackError) as refused:
+            new_stack.up(Topology(base_port=base))
+        message = str(refused.value)
+        assert f"{name} ({made_by})" in message and "Nothing was changed" in message, message
+        assert f"docker volume rm {name}" in message, message
+        assert [c.name for c in engine.containers.list(all=True) if c.name.startswith(project)] == []
+        assert sorted(v.name for v in engine.volumes.list() if v.name.startswith(project)) == [name]
+        assert engine.info()["Swarm"].get("LocalNodeState") == swarm_before, "the engine's swarm mode changed"
+        assert not new_stack.state.load().get("up")
+    finally:
+        volume.remove(force=True)

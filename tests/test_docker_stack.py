@@ -288,6 +288,20 @@ def test_resharding_moves_rows_live_and_sharding_off_stops_the_servers(stack):
 
 
 # -- reconciling ------------------------------------------------------------------------------
+def test_data_volumes_carry_the_mark_of_this_states_passwords(stack, engine):
+    project = stack.state.load()["project"]
+    checks.data_volumes_carry_this_states_mark(
+        stack, engine.volumes.list(filters={"label": f"scalelab.project={project}"}))
+
+
+def test_a_data_volume_another_stack_made_is_refused_before_anything_starts(stack, engine, tmp_path):
+    """Swarm names its volumes as this backend does: the same base port, another backend's data."""
+    base = free_base(BASE + 64)
+    checks.foreign_data_volume_is_refused(DockerStack(tmp_path / "other-state"), engine, base,
+                                          {"com.docker.stack.namespace": f"scalelab-{base}"},
+                                          made_by=f"Swarm stack scalelab-{base}")
+
+
 def test_up_twice_changes_nothing(stack):
     checks.up_twice_changes_nothing(stack, containers)
 

@@ -143,6 +143,21 @@ def test_postgres_pgbouncer_and_redis_settings_change_live(stack):
     assert containers(stack) == before
 
 
+def test_data_volumes_carry_the_mark_of_this_states_passwords(stack, engine):
+    name = stack.state.load()["stack"]
+    checks.data_volumes_carry_this_states_mark(
+        stack, engine.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}))
+
+
+def test_a_data_volume_another_stack_made_is_refused_before_anything_starts(stack, engine, tmp_path):
+    """The docker backend names its volumes as Swarm does: the same base port, another backend's data."""
+    base = free_base(BASE + 64)
+    project = f"scalelab-{base}"
+    checks.foreign_data_volume_is_refused(SwarmStack(tmp_path / "other-state"), engine, base,
+                                          {"scalelab.project": project, "com.docker.compose.project": project},
+                                          made_by=f"docker backend project {project}")
+
+
 def test_up_twice_changes_nothing(stack):
     checks.up_twice_changes_nothing(stack, containers)
 

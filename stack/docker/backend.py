@@ -45,7 +45,7 @@ from ..render.app import routing_as_move_starts
 from ..ports import HOST, Ports, refuse_ports_in_use
 from ..rollback import RollbackReport
 from ..topology import Topology
-from .compose import compose_model, container_spec, host_port, to_yaml
+from .compose import compose_model, container_spec, data_volumes, host_port, to_yaml
 from .config import project_files
 from .containers import Containers
 from ..progress import Progress, quiet, recorder
@@ -53,6 +53,7 @@ from .engine_stack import EngineStack, refuse_other_base_port
 from .images import ensure_images
 from .runtime import write_runtime
 from .state import DockerState
+from .volumes import refuse_foreign_volumes, volume_labels
 
 LIVE_SPEC_KEYS = ("cpu_period", "cpu_quota", "labels")   # changed with `docker update`, not a recreate
 BACKEND_HEADER = """\
@@ -159,12 +160,9 @@ class DockerStack(EngineStack):
             running = {s for s, c in existing.items() if c["State"] in ("running", "paused")}
             refuse_other_base_port(old, new, running)
             refuse_ports_in_use(new, running)
-            if not self.state.has_secrets() and self._volumes(project):
-                raise StackError(
-                    f"Docker volumes of project {project!r} exist, but this state directory "
-                    f"({self.state.path}) has no secrets for them (was it deleted?). Remove the old "
-                    f"project's data: DockerStack(...).down(purge=True), or "
-                    f"`docker volume rm {project}_primary-data {project}_replica-data`.")
+            refuse_foreign_volumes(self.client, [f"{project}_{v}" for v in data_volumes(new)],
+                                   self.state.secrets() if self.state.has_secrets() else None,
+                                   owner=("scalelab.project", project))
             refs = self._images(saved, check_images, say)
             done, note = recorder(say)
 
@@ -208,9 +206,9 @@ class DockerStack(EngineStack):
         for volume in model["volumes"]:
             name = f"{project}_{volume}"
             if name not in have:
-                self.client.volumes.create(name, labels={"com.docker.compose.project": project,
-                                                         "com.docker.compose.volume": volume,
-                                                         "scalelab.project": project})
+                self.client.volumes.create(name, labels=volume_labels(
+                    self.state.secrets(), **{"com.docker.compose.project": project,
+                                             "com.docker.compose.volume": volume, "scalelab.project": project}))
 
     def _specs(self, project: str, topology: Topology, model: dict, network: str) -> dict:
         specs = {}

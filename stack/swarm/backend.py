@@ -51,7 +51,9 @@ from ..docker.engine_stack import EngineStack, refuse_other_base_port
 from ..progress import Progress, quiet, recorder
 from ..docker.images import ensure_images
 from ..docker.runtime import write_runtime
+from ..docker.compose import data_volumes
 from ..docker.state import DockerState
+from ..docker.volumes import refuse_foreign_volumes, volume_labels
 from ..errors import PortInUseError, StackError
 from ..files import run_parallel
 from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELOAD_POSTGRES, RESTART_POSTGRES,
@@ -206,6 +208,9 @@ class SwarmStack(EngineStack):
             old = Topology.from_state(saved)
             new = topology or old or Topology.from_env()
             name = saved.get("stack") or stack_name(new)
+            volumes = [f"{name}_{v}" for v in data_volumes(new)]
+            refuse_foreign_volumes(self.client, volumes, self.state.secrets() if self.state.has_secrets() else None,
+                                   owner=("com.docker.stack.namespace", name))
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
             running = self._running_services(name, refs)
@@ -218,6 +223,7 @@ class SwarmStack(EngineStack):
                         and port not in self._services(name).held_ports()):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
+            self._ensure_volumes(name, volumes)
             done, note = recorder(say)
 
             live = old if (old is not None and running) else None
@@ -244,6 +250,15 @@ class SwarmStack(EngineStack):
             self.state.save({"backend": "swarm", "stack": name, "topology": new.to_dict(), "images": refs,
                              "up": True, "swarm_created": created, "nginx_view": run.nginx_view})
             return done
+
+    def _ensure_volumes(self, name: str, volumes: list[str]) -> None:
+        """Made before `docker stack deploy` (which would make them unmarked, and use them as they are),
+        with the stack's label and the mark of this state's passwords."""
+        have = {v.name for v in self.client.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"})}
+        for volume in volumes:
+            if volume not in have:
+                self.client.volumes.create(volume, labels=volume_labels(
+                    self.state.secrets(), **{"com.docker.stack.namespace": name}))
 
     DOWN_STATE = {"up": False, "swarm_created": False}
 
