@@ -163,9 +163,11 @@ def requests_route_by_the_map(ports, shard_map, user_ids=(1, 42, 777, 9999)) -> 
     assert status == 200 and headers["x-shard"] == f"all({shard_map.count})", headers
 
 
-def data_volumes_carry_this_states_mark(stack, volumes: list) -> None:
-    """Every data volume the stack made names the passwords it was initialised with (a hash)."""
-    assert volumes, "the stack made no data volume"
+def data_volumes_carry_this_states_mark(stack, engine, label: str) -> None:
+    """Every data volume the stack made (`label`: how its backend labels them) names the passwords
+    it was initialised with (a hash)."""
+    volumes = engine.volumes.list(filters={"label": label})
+    assert volumes, f"the stack made no data volume labelled {label}"
     mark = secrets_mark(stack.state.secrets())
     assert {v.name: (v.attrs.get("Labels") or {}).get(SECRETS_LABEL) for v in volumes} == \
         {v.name: mark for v in volumes}

@@ -289,9 +289,7 @@ def test_resharding_moves_rows_live_and_sharding_off_stops_the_servers(stack):
 
 # -- reconciling ------------------------------------------------------------------------------
 def test_data_volumes_carry_the_mark_of_this_states_passwords(stack, engine):
-    project = stack.state.load()["project"]
-    checks.data_volumes_carry_this_states_mark(
-        stack, engine.volumes.list(filters={"label": f"scalelab.project={project}"}))
+    checks.data_volumes_carry_this_states_mark(stack, engine, f"scalelab.project={stack.state.load()['project']}")
 
 
 def test_a_data_volume_another_stack_made_is_refused_before_anything_starts(stack, engine, tmp_path):

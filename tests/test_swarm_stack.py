@@ -144,9 +144,8 @@ def test_postgres_pgbouncer_and_redis_settings_change_live(stack):
 
 
 def test_data_volumes_carry_the_mark_of_this_states_passwords(stack, engine):
-    name = stack.state.load()["stack"]
-    checks.data_volumes_carry_this_states_mark(
-        stack, engine.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"}))
+    checks.data_volumes_carry_this_states_mark(stack, engine,
+                                               f"com.docker.stack.namespace={stack.state.load()['stack']}")
 
 
 def test_a_data_volume_another_stack_made_is_refused_before_anything_starts(stack, engine, tmp_path):
