@@ -160,10 +160,11 @@ class DockerStack(EngineStack):
             running = {s for s, c in existing.items() if c["State"] in ("running", "paused")}
             refuse_other_base_port(old, new, running)
             refuse_ports_in_use(new, running)
-            refuse_foreign_volumes(self.client, [f"{project}_{v}" for v in data_volumes(new)],
-                                   self.state.secrets() if self.state.has_secrets() else None,
+            refuse_foreign_volumes(self.client, [f"{project}_{v}" for v in data_volumes(new)], self.state,
                                    owner=("scalelab.project", project))
             refs = self._images(saved, check_images, say)
+            if not saved.get("project"):    # a first up that fails: down(purge=True) still finds what it made
+                self.state.save({**saved, "backend": "docker", "project": project})
             done, note = recorder(say)
 
             live = old if (old is not None and running) else None

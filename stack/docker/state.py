@@ -54,6 +54,10 @@ class DockerState(JsonState):
     def has_secrets(self) -> bool:
         return (self.path / "secrets.json").exists()
 
+    def secrets_made_at(self) -> float:
+        """When this state's passwords were generated (the file is written once, never again)."""
+        return (self.path / "secrets.json").stat().st_mtime
+
     def secrets(self) -> dict:
         """Generated once per state directory; readable by the owner only."""
         path = self.path / "secrets.json"

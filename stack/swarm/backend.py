@@ -209,8 +209,7 @@ class SwarmStack(EngineStack):
             new = topology or old or Topology.from_env()
             name = saved.get("stack") or stack_name(new)
             volumes = [f"{name}_{v}" for v in data_volumes(new)]
-            refuse_foreign_volumes(self.client, volumes, self.state.secrets() if self.state.has_secrets() else None,
-                                   owner=("com.docker.stack.namespace", name))
+            refuse_foreign_volumes(self.client, volumes, self.state, owner=("com.docker.stack.namespace", name))
             created = self._ensure_swarm(say) or saved.get("swarm_created", False)
             refs = saved.get("images") if not check_images and saved.get("images") else ensure_images(self.client, say)
             running = self._running_services(name, refs)
@@ -223,7 +222,6 @@ class SwarmStack(EngineStack):
                         and port not in self._services(name).held_ports()):
                     raise PortInUseError(f"port {port} ({service}) is already in use by another program: stop it, "
                                          f"or choose other ports with Topology(base_port=...). Nothing was changed.")
-            self._ensure_volumes(name, volumes)
             done, note = recorder(say)
 
             live = old if (old is not None and running) else None
@@ -235,6 +233,9 @@ class SwarmStack(EngineStack):
                     f"allowed while app tasks run on other nodes: resharding pushes each phase's routing into "
                     f"every app task, and this engine reaches only its own node's. Allowed: a shard change on a "
                     f"one-node swarm (or with every app task on this node). Nothing was changed.")
+            if not saved.get("stack"):      # a first up that fails: down(purge=True) still finds what it made
+                self.state.save({**saved, "backend": "swarm", "stack": name, "swarm_created": created})
+            self._ensure_volumes(name, volumes)
             try:
                 for action in actions:
                     run.execute(action, note)

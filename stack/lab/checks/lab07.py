@@ -153,7 +153,8 @@ STAMPEDE = {"clients": 16, "cost_ms": 100, "ttl_s": 60}
     "When many callers miss the same key at once, let one of them fetch; the others wait until the cache "
     "has the value, then read it.",
     "An atomic 'set if not exists' with an expiry (SET lock:KEY 1 NX PX ...) elects the one that fetches; the "
-    "losers poll the cache briefly. The expiry frees the lock if its holder dies.",
+    "losers poll the cache briefly. The expiry frees the lock if its holder dies. A caller that wins the lock "
+    "looks in the cache once more before it queries: the last holder may have filled it a moment ago.",
     "Worked example with other numbers: 40 callers miss product:12 whose query takes 200 ms: one wins SET NX, "
     "queries, fills the cache and deletes its lock; the other 39 poll every 10 ms and find the value after "
     "about 200 ms. PostgreSQL counts 1 query instead of 40.",
