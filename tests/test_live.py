@@ -47,10 +47,14 @@ def test_plots_follow_load_scaling_and_weights(stack):
         dash.start()
         try:
             share, throughput = dash.panels["share"], dash.panels["throughput"]
-            await until(lambda: len(share.trace_data().get("app-1", ((), ()))[1]) >= 3, what="share points")
+            await until(lambda: len(share.trace_data().get("app-1", ((), ()))[1]) >= 3
+                        and len(throughput.trace_data().get("throughput", ((), ()))[1]) >= 3, what="3 points")
             assert set(share.trace_data()) == {"app-1", "app-2"}
             assert all(35 <= y <= 65 for y in recent(share, "app-1") + recent(share, "app-2"))
-            assert all(150 <= y <= 450 for y in recent(throughput, "throughput"))
+            # About the offered 300 req/s: the median of the last three points (one point a stall of
+            # the two cores stretched or squeezed does not decide it).
+            rates = sorted(recent(throughput, "throughput", points=3))
+            assert 150 <= rates[len(rates) // 2] <= 450, rates
 
             def plotted(control):
                 return lambda: dash.changes and dash.changes[-1].control == control \

@@ -17,7 +17,6 @@ from stack.errors import StackError
 
 OWNER = ("scalelab.project", "scalelab-18080")
 OTHER = {"postgres_password": "b" * 32}
-LATER, EARLIER = time.time() + 60, time.time() - 3600
 
 
 class Volumes:
@@ -40,12 +39,14 @@ def state(tmp_path):
     return s
 
 
-def check(state, labels, created=LATER):
+def check(state, labels, created=None):
+    """`created`: seconds after the state's passwords were made (None: a minute after)."""
+    created = state.secrets_made_at() + (60 if created is None else created)
     client = type("Client", (), {"volumes": Volumes({"v_replica-data": (labels, created)})})()
     refuse_foreign_volumes(client, ["v_primary-data", "v_replica-data"], state, OWNER)
 
 
-def refused(state, labels, created=LATER) -> str:
+def refused(state, labels, created=None) -> str:
     with pytest.raises(StackError) as error:
         check(state, labels, created)
     message = str(error.value)
@@ -65,13 +66,13 @@ def test_volumes_made_with_this_states_passwords_or_absent_are_accepted(state):
     client = type("Client", (), {"volumes": Volumes({})})()
     refuse_foreign_volumes(client, ["v_primary-data"], state, OWNER)
     check(state, volume_labels(state.secrets()))
-    check(state, {OWNER[0]: OWNER[1]}, created=LATER)       # made before volumes were marked, after the passwords
+    check(state, {OWNER[0]: OWNER[1]}, created=60)          # made before volumes were marked, after the passwords
 
 
 def test_an_unmarked_volume_older_than_this_states_passwords_is_not_taken_for_its_own(state):
     """A state directory deleted, then passwords made anew (any call that needs them): the volume
     the old passwords initialised must not pass for one the new ones did."""
-    assert "Swarm" not in refused(state, {OWNER[0]: OWNER[1]}, created=EARLIER)
+    assert "Swarm" not in refused(state, {OWNER[0]: OWNER[1]}, created=-3600)
 
 
 @pytest.mark.parametrize("labels, maker, frees", [
@@ -89,6 +90,9 @@ def test_volumes_another_stack_made_are_refused_naming_the_maker_and_what_frees_
 
 def test_a_state_directory_without_passwords_says_so_and_where(tmp_path):
     fresh = DockerState(tmp_path / "fresh")
-    message = refused(fresh, {OWNER[0]: OWNER[1]})
+    client = type("Client", (), {"volumes": Volumes({"v_replica-data": ({OWNER[0]: OWNER[1]}, time.time())})})()
+    with pytest.raises(StackError) as error:
+        refuse_foreign_volumes(client, ["v_replica-data"], fresh, OWNER)
+    message = str(error.value)
     assert f"this state directory ({fresh.path}) holds no passwords for them" in message, message
     assert not fresh.has_secrets() and not os.path.exists(fresh.path / "secrets.json")
