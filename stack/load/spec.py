@@ -49,7 +49,8 @@ class LoadSpec:
     source_addresses: tuple[str, ...] = ()
     arrivals: str = "poisson"          # open loop: "poisson" or "uniform" (see stack.load.schedule)
     seed: int = 1                      # the arrivals and the keys repeat for the same seed
-    max_send_lag_ms: float = 5.0       # open loop: p99 send lag above this = generator bottleneck
+    max_send_lag_ms: float = 5.0       # open loop: p99 send lag above this (or above half the mean gap
+                                       # between sends, if larger) = generator bottleneck
     cpu_limit: float = 0.9             # generator CPU (cores) above this = generator bottleneck
     client: str = "auto"               # "fast" (lean, http only), "aiohttp", or "auto": fast for http
 
