@@ -239,7 +239,8 @@ def test_requests_spread_across_client_source_addresses(client):
 
 def test_generator_bottleneck_is_reported_when_it_cannot_keep_its_schedule_or_cpu():
     with TestServer() as server:
-        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=200, duration_s=0.5,
+        # 2,000 req/s: half the gap between sends (0.25 ms) is no floor for the lag a busy loop shows.
+        r = run_load(url=server.url, mode="open", arrivals="uniform", rate=2000, duration_s=0.5,
                      max_send_lag_ms=0.001, cpu_limit=0.0001)
         # (a loose lag limit: on a busy shared machine a 5 ms hiccup is not this test's business)
         ok = run_load(url=server.url, mode="open", arrivals="uniform", rate=100, duration_s=0.5, max_send_lag_ms=250)
@@ -369,3 +370,18 @@ def test_poisson_arrivals_send_the_rate_on_average_and_repeat_for_a_seed():
     assert runs[0].sent == runs[1].sent                       # the same seed, the same schedule
     assert all(abs(r.sent - 400) <= 80 for r in runs)         # ~ +-4 standard deviations of Poisson(400)
     assert runs[0].sent != 400 or runs[2].sent != 400         # not the uniform schedule's exact count
+
+
+def test_send_lag_limit_is_half_the_gap_between_sends_at_low_rates():
+    """8.4 ms late at 50 req/s (sends 20 ms apart) does not bunch the load; at 200 req/s it does."""
+    from types import SimpleNamespace
+    from stack.load.bottleneck import judge
+
+    def judged(rate):
+        lag = SimpleNamespace(percentile_ms=lambda q: 8.4)
+        result = SimpleNamespace(cpu=0.1, send_lag=lag, send_rps=rate, throughput_rps=rate, pool_waits=0,
+                                 error_count=0, errors={}, sent=rate, connections=8)
+        return judge(LoadSpec(url="http://127.0.0.1:1", mode="open", rate=rate, duration_s=1), result)
+    assert judged(50) == (False, [])
+    bottleneck, warnings = judged(200)
+    assert bottleneck and "p99 send lag was 8.4 ms (limit 5 ms)" in warnings[0], warnings
