@@ -8,14 +8,17 @@ machine (two checkouts, parallel workers) never meet on a port.
 """
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import fnmatch
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
+
+from . import quiet
 
 # pytest-xdist runs each worker (gw0, gw1, ...) in its own process: each gets its own port block.
 WORKER_PORT_STRIDE = 5000
@@ -57,8 +60,10 @@ def pytest_configure(config):
     os.environ["SCALELAB_DOCKER_STATE"] = str(root / "docker-state")
     os.environ["SCALELAB_SWARM_STATE"] = str(root / "swarm-state")
     config._scalelab_notebook_root = root
-    if "PYTEST_XDIST_WORKER" not in os.environ:          # the controller (or a run in series)
-        os.environ["SCALELAB_TEST_FILE_LOCK"] = str(root / "files.lock")   # xdist's workers inherit it
+    if "PYTEST_XDIST_WORKER" not in os.environ and config.getoption("numprocesses", None):
+        # The controller of an xdist run: its workers (and their kernels) share one board.
+        os.environ.setdefault(quiet.DIR_ENV, str(root / "quiet"))
+    os.environ[quiet.WORKER_ENV] = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.getpid()}"
 
 
 def pytest_unconfigure(config):
@@ -73,69 +78,60 @@ def pytest_unconfigure(config):
         shutil.rmtree(root, ignore_errors=True)
 
 
-# -- files that run alone ------------------------------------------------------------------------
-# Every lesson, and the tests that compare rates or tail latencies measured in separate windows on a
-# CPU-bound stack (a quota on and off; p99 before and after a fix or a wrong fix; the generator's
-# send lag). A lesson compares windows measured one after the other (1 replica then 4, plain then
-# early refresh, ...): another worker's load, heavier in one window than in the next, changes what
-# it compares. Of four runs with two workers and shorter lists (none; lessons 1-2; lessons 1, 2, 5, 8
-# and the three tests), three failed, each on one such comparison: lesson 2's vertical scaling,
-# tests/test_cpu_quota.py, lesson 7's stampede. Such a
-# file waits until the other pytest-xdist workers have finished their current file, and they start
-# no new one until it is done; the rest (unit tests, the labs' checks, faults, the browser, ...)
-# share the machine. A run in series (no xdist worker) neither reorders nor locks anything.
-RUNS_ALONE = ("lessons/*.ipynb", "tests/test_cpu_quota.py", "tests/test_scenarios.py", "tests/test_load_runs.py")
+# -- measurement windows have the machine to themselves ------------------------------------------
+# With several pytest-xdist workers (or test sessions sharing SCALELAB_QUIET_DIR, as the Docker tier's
+# two backends do), every test item is recorded on a board (stack/quiet.py), and every measurement
+# window (a load run, a lesson's timed experiment, a live lab check) waits until no other worker is
+# running an item, while the others start none until it ends. Between windows the workers share the
+# two cores. A lesson compares windows measured one after another (1 replica then 4, plain then
+# early refresh): another worker's load in one window and not the next would change what it
+# compares (with whole files run alone instead, three of four runs with shorter lists failed on such
+# a comparison: lesson 2's vertical scaling, tests/test_cpu_quota.py, lesson 7's stampede).
+# Tests that measure without the course's helpers run as one window per test item (WHOLE_WINDOWS).
+# A run in series (no xdist worker, no SCALELAB_QUIET_DIR) records nothing.
+WHOLE_WINDOWS = ("tests/test_cpu_quota.py", "tests/test_scenarios.py", "tests/test_load_runs.py")
+
+# Longest files first (seconds measured in series here): a long file that starts last leaves one
+# worker alone at the end. Files not listed follow in their usual order.
+EXPECTED_SECONDS = {
+    "tests/test_labs.py": 265, "lessons/01_what_scalability_means.ipynb": 75,
+    "lessons/03_load_balancer_strategies.ipynb": 72, "tests/test_browser.py": 68, "tests/test_faults.py": 68,
+    "lessons/02_horizontal_vs_vertical.ipynb": 67, "lessons/05_connection_pooling.ipynb": 58,
+    "lessons/08_profile_first.ipynb": 54, "lessons/07_caching.ipynb": 54, "tests/test_scenarios.py": 46,
+    "lessons/04_read_replicas.ipynb": 35, "tests/test_load_runs.py": 35, "lessons/06_sharding.ipynb": 27,
+    "tests/test_stack.py": 24, "tests/test_sample.py": 18,
+}
 
 
 def _file(item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-def _runs_alone(path: str) -> bool:
-    return any(fnmatch.fnmatch(path, pattern) for pattern in RUNS_ALONE)
+def _whole_window(path: str) -> bool:
+    return any(fnmatch.fnmatch(path, pattern) for pattern in WHOLE_WINDOWS)
 
 
 def pytest_collection_modifyitems(config, items):
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return
-    # Files that run alone go first: then the others wait for them at the start, not behind a long file.
-    items.sort(key=lambda item: not _runs_alone(_file(item)))      # stable: each file stays in order
-
-
-class FileLock:
-    """Shared for an ordinary file, exclusive for one that runs alone. A gate taken around every
-    acquisition lets a waiting exclusive holder in before new shared ones (no starvation)."""
-
-    def __init__(self, path: str):
-        self.main, self.gate = open(path, "a"), open(path + ".gate", "a")
-
-    def acquire(self, alone: bool) -> None:
-        fcntl.flock(self.gate, fcntl.LOCK_EX)
-        try:
-            fcntl.flock(self.main, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
-        finally:
-            fcntl.flock(self.gate, fcntl.LOCK_UN)
-
-    def release(self) -> None:
-        fcntl.flock(self.main, fcntl.LOCK_UN)
-
-
-_LOCK: dict = {}
+    items.sort(key=lambda item: -EXPECTED_SECONDS.get(_file(item), 0))   # stable: each file stays in order
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    path = os.environ.get("SCALELAB_TEST_FILE_LOCK")
-    if "PYTEST_XDIST_WORKER" not in os.environ or not path:
+    board = quiet.board()
+    if board is None:
         yield
         return
-    if _LOCK.get("file") != _file(item):
-        _LOCK.setdefault("lock", FileLock(path)).acquire(alone=_runs_alone(_file(item)))
-        _LOCK["file"] = _file(item)
-    yield
-    if nextitem is None or _file(nextitem) != _file(item):
-        _LOCK["lock"].release()
-        _LOCK["file"] = None
+    asked = time.time()
+    board.item_started()
+    began = time.time()
+    try:
+        with quiet.window() if _whole_window(_file(item)) else contextlib.nullcontext():
+            yield
+    finally:
+        board.item_ended()
+        board.log(item.nodeid, asked, began)
 
 
 # -- where the suite's time goes: seconds per file (setup + call + teardown), the slowest first --
@@ -147,7 +143,26 @@ def pytest_runtest_logreport(report):
     _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
 
 
+def _window_report(terminalreporter) -> None:
+    """On a parallel run: how much of it the windows held the machine, and how long items waited."""
+    directory = os.environ.get(quiet.DIR_ENV)
+    log = Path(directory) / "log.tsv" if directory else None
+    if "PYTEST_XDIST_WORKER" in os.environ or log is None or not log.exists():
+        return
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    windows = [r for r in rows if r[1] == "window"]
+    items = [r for r in rows if r[1] != "window"]
+    held = sum(float(r[4]) - float(r[3]) for r in windows)
+    waited_w = sum(float(r[3]) - float(r[2]) for r in windows)
+    waited_i = sum(float(r[3]) - float(r[2]) for r in items)
+    span = max(float(r[4]) for r in rows) - min(float(r[2]) for r in rows)
+    terminalreporter.section("measurement windows (stack/quiet.py)")
+    terminalreporter.write_line(f"{len(windows)} windows held the machine {held:.0f} s of {span:.0f} s; "
+                                f"windows waited {waited_w:.0f} s for items, items waited {waited_i:.0f} s for windows")
+
+
 def pytest_terminal_summary(terminalreporter):
+    _window_report(terminalreporter)
     if len(_FILE_SECONDS) < 2:
         return
     slowest = sorted(_FILE_SECONDS.items(), key=lambda item: -item[1])[:15]

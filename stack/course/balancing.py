@@ -78,7 +78,7 @@ def short_and_long(long_ratio: float = 0.1, short_ms: float = SHORT_MS, long_ms:
                       Keys("uniform", 1000))
 
 
-@experiment
+@experiment(each_run=True)
 def short_long_by_strategy(stack, strategies=("round_robin", "least_conn"), rate: float = 150,
                            seconds: float = 8.0, concurrency: int = 4, replicas: int = 4,
                            long_ratio: float = 0.1, progress=None) -> pd.DataFrame:

@@ -147,7 +147,7 @@ def generator_fell_behind(frame: pd.DataFrame) -> str:
             "not the stack.")
 
 
-@experiment
+@experiment(each_run=True)
 def latency_vs_offered_load(stack, rates, service_ms: float = 20, slots: int = 4, seconds: float = 3.0,
                             arrivals=("poisson", "uniform"), progress=None) -> pd.DataFrame:
     """Open loop at each rate, for each arrival process; queueing theory's p99 beside each.
@@ -173,7 +173,7 @@ def latency_vs_offered_load(stack, rates, service_ms: float = 20, slots: int = 4
     return pd.DataFrame(rows).set_index(["arrivals", "offered_rps"])
 
 
-@experiment
+@experiment(each_run=True)
 def capacity_by_replicas(stack, counts, concurrency: int = 4, service_ms: float = 20, kind: str = "io",
                          seconds: float = 2.0, progress=None) -> pd.DataFrame:
     """Closed loop at saturation for each replica count; Little's law's prediction beside it."""
@@ -190,7 +190,7 @@ def capacity_by_replicas(stack, counts, concurrency: int = 4, service_ms: float 
     return pd.DataFrame(rows).set_index("replicas")
 
 
-@experiment
+@experiment(each_run=True)
 def capacity_by_cpu_quota(stack, quotas, cpu_ms: float = 5, seconds: float = 2.0, progress=None) -> pd.DataFrame:
     """One replica, CPU-bound work, growing CPU quota: vertical scaling and its ceiling."""
     rows = []
@@ -205,7 +205,7 @@ def capacity_by_cpu_quota(stack, quotas, cpu_ms: float = 5, seconds: float = 2.0
     return pd.DataFrame(rows).set_index("cpu_quota")
 
 
-@experiment
+@experiment(each_run=True)
 def capacity_by_concurrency(stack, slots, service_ms: float = 20, seconds: float = 2.0, progress=None) -> pd.DataFrame:
     """One replica with more work slots: the 'bigger box' model where CPU quotas are not available."""
     rows = []

@@ -13,6 +13,7 @@ was changed after the measurement it is compared with.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import math
@@ -20,6 +21,7 @@ import time
 from dataclasses import dataclass
 from numbers import Real
 
+from .. import quiet
 from . import progress_store
 
 _last_experiment_started: float | None = None   # set by experiments as they begin (see `experiment_started`)
@@ -36,13 +38,22 @@ def experiment_started() -> float:
     return _last_experiment_started
 
 
-def experiment(fn):
+def experiment(fn=None, *, each_run: bool = False):
     """Decorator for a course experiment: marks when its measurement began, so reveal() can flag a
-    prediction stored after that."""
+    prediction stored after that.
+
+    When test workers share the machine (stack/quiet.py), the experiment is one measurement window
+    with the machine to itself. `each_run=True` is for sweeps whose only measurements are load runs
+    (each already a window of its own): the steps between them (scaling, reloads) share the machine.
+    """
+    if fn is None:
+        return functools.partial(experiment, each_run=each_run)
+
     @functools.wraps(fn)
     def run_experiment(*args, **kwargs):
         experiment_started()
-        return fn(*args, **kwargs)
+        with contextlib.nullcontext() if each_run else quiet.window():
+            return fn(*args, **kwargs)
     return run_experiment
 
 

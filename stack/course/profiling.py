@@ -268,7 +268,7 @@ def suspect(prof: Profile) -> str | None:
 
 # -- fixing in the article's order ------------------------------------------------------------------
 
-@experiment
+@experiment(each_run=True)
 def fix_in_order(stack, sc, seconds: float = 3.0, progress=None) -> pd.DataFrame:
     """Measure the scenario, then apply the article's fixes one at a time (each on top of the last),
     measuring after each (the better of two windows): p50, p99, throughput. Ends with the stack
