@@ -4,9 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP_INPUTS := requirements.txt pyproject.toml stack/jupyter/overrides.json
 STAMP  := $(VENV)/.installed-$(shell cat $(STAMP_INPUTS) | cksum | cut -d' ' -f1)
-# The test files run on two pytest-xdist workers (one file stays on one worker, in order; each
-# worker has its own stacks and port block); every measurement window has the machine to itself
-# (stack/quiet.py). TEST_WORKERS=0 runs them in series.
+# TEST_WORKERS=2 runs the test files on two pytest-xdist workers (one file stays on one worker, in
+# order; each has its own stacks and port block); every measurement window has the machine to
+# itself (stack/quiet.py). In series by default: see the README ("For course maintainers") for why.
 TEST_WORKERS ?= 0
 JUPYTER_FLAGS := --ip=127.0.0.1 $(if $(filter 0,$(shell id -u)),--allow-root,)
 

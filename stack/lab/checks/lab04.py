@@ -4,6 +4,7 @@ from __future__ import annotations
 from ...clients import lsn_to_int
 from ...course.predictions import as_predicted
 from ..registry import Verdict, check_definition
+from ... import quiet
 from ._cases import first_mismatch
 
 LAB = "lab04"
@@ -107,6 +108,7 @@ READ_AFTER_S = (0.0, 0.15, 0.45)      # the last read comes well after the repli
     "the replica reports '0/5000000': ann reads the primary; 400 ms later it reports '0/5000180': the replica, "
     "and ann's kept LSN can be forgotten. Client 'bob' never wrote: the replica every time.",
 ), needs_stack=True)
+@quiet.measurement      # timed against the live servers: the machine to itself in a parallel test run
 def check_rw_router(router_class):
     from ...course.replication import router_trial
     from ._live import learner_stack
@@ -164,6 +166,7 @@ def _replica_delay_ms(stack) -> float:
     "Worked example with another setting: to make commits survive the loss of the primary's disk you would "
     "wait for the replica to have the change in memory or on disk (remote_write); reads need more than that.",
 ), solution_state={"synchronous_commit": "remote_apply", "read_from": "replica", "replica_delay_ms": LAB_DELAY_MS})
+@quiet.measurement      # timed against the live servers: the machine to itself in a parallel test run
 def check_consistent_reads():
     from ...course.replication import summarise_pairs, write_read_pairs
     from ._live import learner_stack

@@ -12,6 +12,7 @@ import threading
 
 from ...course.predictions import as_predicted
 from ..registry import Verdict, check_definition
+from ... import quiet
 from ._cases import first_mismatch
 
 LAB = "lab07"
@@ -45,6 +46,7 @@ def _user_name(value) -> str | None:
     "Worked example with other names: product 12 with a 60 s TTL: GET product:12 -> nothing -> query the "
     "products table -> SET product:12 '{...}' EX 60 -> the next GET finds it, and the database is not asked.",
 ), needs_stack=True)
+@quiet.measurement      # timed against the live servers: the machine to itself in a parallel test run
 def check_cache_aside(fn):
     if not callable(fn):
         return Verdict(False, "a function", fn, "Pass the function itself (no parentheses).")
@@ -119,6 +121,7 @@ class _RacingDB:
     "Worked example with other names: renaming product 12: UPDATE products ... (committed), then DEL product:12; "
     "the next GET product:12 misses and caches the new name.",
 ), needs_stack=True)
+@quiet.measurement      # timed against the live servers: the machine to itself in a parallel test run
 def check_invalidate_on_write(fn):
     if not callable(fn):
         return Verdict(False, "a function", fn, "Pass the function itself (no parentheses).")
@@ -159,6 +162,7 @@ STAMPEDE = {"clients": 16, "cost_ms": 100, "ttl_s": 60}
     "queries, fills the cache and deletes its lock; the other 39 poll every 10 ms and find the value after "
     "about 200 ms. PostgreSQL counts 1 query instead of 40.",
 ), needs_stack=True)
+@quiet.measurement      # timed against the live servers: the machine to itself in a parallel test run
 def check_single_flight(fn):
     if not callable(fn):
         return Verdict(False, "a function", fn, "Pass the function itself (no parentheses).")
