@@ -131,6 +131,8 @@ def pytest_runtest_protocol(item, nextitem):
             yield
     finally:
         board.item_ended()
+        if not quiet._held["count"]:      # a window or wait an interrupt left in this process
+            board.release()
         board.log(item.nodeid, asked, began)
 
 

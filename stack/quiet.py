@@ -38,13 +38,12 @@ WAIT_LIMIT_S = 900.0                    # pytest's own timeout; a wait this long
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie, killed but not yet reaped, holds nothing)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Board:
@@ -139,7 +138,17 @@ class Board:
     def window_ended(self, pid: int | None = None) -> None:
         with self._state() as state:
             windows = self._mine(state)["windows"]
-            windows.remove(pid or os.getpid())
+            if (pid or os.getpid()) in windows:      # gone if the board was reset meanwhile
+                windows.remove(pid or os.getpid())
+
+    def release(self, pid: int | None = None) -> None:
+        """Drop every window and waiting ticket of `pid` (a test item's process, after the item:
+        an interrupted wait or window must not hold the other workers forever)."""
+        pid = pid or os.getpid()
+        with self._state() as state:
+            mine = self._mine(state)
+            mine["windows"] = [p for p in mine["windows"] if p != pid]
+            mine["waiting"] = [w for w in mine["waiting"] if w[0] != pid]
 
     def log(self, what: str, asked: float, began: float) -> None:
         """One line per item or window (times from time.time()): where a parallel run's time went."""
@@ -164,7 +173,22 @@ _held_lock = threading.Lock()
 _opening = threading.Lock()
 
 
-def _enter_blocking(b: Board) -> None:
+class _Abandoned(Exception):
+    """The caller stopped waiting (its coroutine was cancelled)."""
+
+
+def _reset_after_fork() -> None:
+    # A forked child starts with no window of its own, whatever a parent's thread held or awaited.
+    global _held_lock, _opening
+    _held_lock, _opening = threading.Lock(), threading.Lock()
+    _held.clear()
+    _held["count"] = 0
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _enter_blocking(b: Board, abandoned: threading.Event | None = None) -> None:
     with _opening:
         with _held_lock:
             if _held["count"]:
@@ -175,6 +199,8 @@ def _enter_blocking(b: Board) -> None:
         try:
             deadline = time.monotonic() + WAIT_LIMIT_S
             while not b.window_granted(ticket):
+                if abandoned is not None and abandoned.is_set():
+                    raise _Abandoned
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"a measurement window waited {WAIT_LIMIT_S:.0f} s for other test workers")
                 time.sleep(POLL_S)
@@ -190,9 +216,10 @@ def _exit(b: Board) -> None:
     with _held_lock:
         _held["count"] -= 1
         last = _held["count"] == 0
+        since = _held.get("since")
     if last:
         b.window_ended()
-        b.log("window", *_held["since"])
+        b.log("window", *since)
 
 
 @contextlib.contextmanager
@@ -215,14 +242,19 @@ async def async_window():
     if b is None:
         yield
         return
-    # The wait runs in a thread that cannot be cancelled: if the coroutine is (a dashboard stopped
-    # before its load began), the window is given back the moment that thread is granted it.
-    claim = {"abandoned": False, "entered": False}
+    # The wait runs in a thread, which asyncio cannot cancel: if the coroutine is cancelled (a
+    # dashboard stopped before its load began), the thread stops waiting at its next poll, and a
+    # window granted in the meantime is given back.
+    claim = {"entered": False}
+    abandoned = threading.Event()
 
     def enter():
-        _enter_blocking(b)
+        try:
+            _enter_blocking(b, abandoned)
+        except _Abandoned:
+            return
         with _held_lock:
-            if not claim["abandoned"]:
+            if not abandoned.is_set():
                 claim["entered"] = True
                 return
         _exit(b)
@@ -231,7 +263,7 @@ async def async_window():
         await asyncio.get_running_loop().run_in_executor(None, enter)
     except BaseException:
         with _held_lock:
-            claim["abandoned"] = True
+            abandoned.set()
             entered = claim["entered"]
         if entered:
             _exit(b)

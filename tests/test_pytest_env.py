@@ -235,3 +235,48 @@ def test_a_window_that_spans_cells_lets_its_own_worker_go_on(tmp_path, monkeypat
     a.window_ended(pid=os.getppid())
     a.item_ended()
     assert b.window_granted(ticket)
+
+
+def _child_window(directory, out):
+    with quiet.window():
+        board = quiet.Board(directory, os.environ[quiet.WORKER_ENV])
+        with board._state() as state:
+            out.put(os.getpid() in board._mine(state)["windows"])
+
+
+def test_a_process_forked_inside_a_window_records_its_own(tmp_path, monkeypatch):
+    """A forked child inherits the parent's count of windows held: it must not count itself in
+    (unrecorded, it would go on measuring after the parent's window closed)."""
+    monkeypatch.setenv(quiet.DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(quiet.WORKER_ENV, "a")
+    out = multiprocessing.get_context("fork").Queue()
+    with quiet.window():
+        child = multiprocessing.get_context("fork").Process(target=_child_window, args=(tmp_path, out))
+        child.start()
+        child.join(10)
+    assert child.exitcode == 0 and out.get(timeout=5) is True
+
+
+def test_a_cancelled_wait_stops_waiting_at_once(tmp_path, monkeypatch):
+    """Its ticket would otherwise stay the oldest, and hold every other worker's items back."""
+    import asyncio
+    monkeypatch.setenv(quiet.DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(quiet.WORKER_ENV, "a")
+    other = quiet.Board(tmp_path, "b")
+    assert other.window_granted(other.window_requested(pid=os.getppid()), pid=os.getppid())   # held for good
+
+    async def cancel_a_waiting_load():
+        async def load():
+            async with quiet.async_window():
+                pass
+        task = asyncio.ensure_future(load())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    started = time.monotonic()
+    asyncio.run(cancel_a_waiting_load())        # waits for the waiting thread to end
+    assert time.monotonic() - started < 3
+    mine = quiet.Board(tmp_path, "a")
+    with mine._state() as state:
+        assert mine._mine(state)["waiting"] == [] and mine._mine(state)["windows"] == []
