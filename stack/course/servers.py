@@ -9,6 +9,7 @@ pg_stat_statements), never the configuration.
 """
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 import psycopg
@@ -37,15 +38,30 @@ def pg(stack, role: str = "primary", user: str = "postgres"):
         yield conn
 
 
-def ensure_pg_stat_statements(stack) -> None:
-    """The extension's view in the app database (created on the primary; the standby replays it)."""
+def ensure_pg_stat_statements(stack, replay_timeout_s: float = 10.0) -> None:
+    """The extension's view in the app database (created on the primary; the standby replays it).
+
+    When this call creates it, it waits until the standby has replayed that too: a count read from
+    the standby right after would find no view (Swarm, CI41: "relation pg_stat_statements does
+    not exist"). A standby that is down is not waited for."""
     with pg(stack, "primary") as conn:
         try:
+            created = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone() is None
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             conn.execute("SELECT 1 FROM pg_stat_statements LIMIT 1")
         except psycopg.errors.ObjectNotInPrerequisiteState:
             raise RuntimeError("PostgreSQL was started before pg_stat_statements was preloaded: restart the "
                                "stack once (stack.down(); stack.up())") from None
+    if created:
+        deadline = time.monotonic() + replay_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                with pg(stack, "replica") as standby:
+                    if standby.execute("SELECT 1 FROM pg_extension WHERE extname = 'pg_stat_statements'").fetchone():
+                        return
+            except psycopg.OperationalError:
+                return
+            time.sleep(0.05)
 
 
 def statement_calls(stack, pattern: str, role: str = "primary") -> int:
