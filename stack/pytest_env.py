@@ -79,9 +79,9 @@ def pytest_unconfigure(config):
 
 
 # -- measurement windows have the machine to themselves ------------------------------------------
-# With several pytest-xdist workers (or test sessions sharing SCALELAB_QUIET_DIR, as the Docker tier's
-# two backends do), every test item is recorded on a board (stack/quiet.py), and every measurement
-# window (a load run, a lesson's timed experiment, a live lab check) waits until no other worker is
+# With several pytest-xdist workers (or test sessions given one SCALELAB_QUIET_DIR), every test item
+# is recorded on a board (stack/quiet.py), and every measurement window (a load run, a lesson's
+# experiment, a lab check that times the servers itself) waits until no other worker is
 # running an item, while the others start none until it ends. Between windows the workers share the
 # two cores. A lesson compares windows measured one after another (1 replica then 4, plain then
 # early refresh): another worker's load in one window and not the next would change what it
@@ -130,9 +130,7 @@ def pytest_runtest_protocol(item, nextitem):
         with quiet.window() if _whole_window(_file(item)) else contextlib.nullcontext():
             yield
     finally:
-        board.item_ended()
-        if not quiet._held["count"]:      # a window or wait an interrupt left in this process
-            board.release()
+        board.item_ended(holding=quiet.holding())
         board.log(item.nodeid, asked, began)
 
 

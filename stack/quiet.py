@@ -80,16 +80,14 @@ class Board:
     def _others(self, state):
         return [e for w, e in state["workers"].items() if w != self.worker]
 
-    def _wait(self, try_once, what: str) -> None:
-        deadline = time.monotonic() + WAIT_LIMIT_S
-        while True:
-            with self._state() as state:
-                if try_once(state):
-                    return
-                holders = {w: e for w, e in state["workers"].items() if w != self.worker}
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} waited {WAIT_LIMIT_S:.0f} s for other test workers: {holders}")
-            time.sleep(POLL_S)
+    def _attempt(self, try_once) -> bool:
+        with self._state() as state:
+            return try_once(state)
+
+    def holders(self) -> dict:
+        """What the other workers hold or wait for (for a wait that took too long)."""
+        with self._state() as state:
+            return {w: e for w, e in state["workers"].items() if w != self.worker}
 
     # -- test items (the pytest plugin, around each item) --
     def item_started(self, pid: int | None = None) -> None:
@@ -104,11 +102,19 @@ class Board:
                 return False
             self._mine(state)["item"] = pid or os.getpid()
             return True
-        self._wait(try_once, "a test item")
+        _poll(lambda: self._attempt(try_once), self, "a test item")
 
-    def item_ended(self) -> None:
+    def item_ended(self, holding: bool = False) -> None:
+        """The item is over. Unless this process still holds a window on purpose (`holding`: a
+        dashboard's load across cells), a window or wait an interrupt left behind is dropped too:
+        it must not hold the other workers forever."""
+        pid = os.getpid()
         with self._state() as state:
-            self._mine(state)["item"] = None
+            mine = self._mine(state)
+            mine["item"] = None
+            if not holding:
+                mine["windows"] = [p for p in mine["windows"] if p != pid]
+                mine["waiting"] = [w for w in mine["waiting"] if w[0] != pid]
 
     # -- windows --
     def window_requested(self, pid: int | None = None) -> int:
@@ -140,15 +146,6 @@ class Board:
             windows = self._mine(state)["windows"]
             if (pid or os.getpid()) in windows:      # gone if the board was reset meanwhile
                 windows.remove(pid or os.getpid())
-
-    def release(self, pid: int | None = None) -> None:
-        """Drop every window and waiting ticket of `pid` (a test item's process, after the item:
-        an interrupted wait or window must not hold the other workers forever)."""
-        pid = pid or os.getpid()
-        with self._state() as state:
-            mine = self._mine(state)
-            mine["windows"] = [p for p in mine["windows"] if p != pid]
-            mine["waiting"] = [w for w in mine["waiting"] if w[0] != pid]
 
     def log(self, what: str, asked: float, began: float) -> None:
         """One line per item or window (times from time.time()): where a parallel run's time went."""
@@ -188,6 +185,22 @@ def _reset_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def _poll(attempt, b: Board, what: str, abandoned: threading.Event | None = None) -> None:
+    """Until `attempt()` succeeds; _Abandoned once `abandoned` is set, TimeoutError past WAIT_LIMIT_S."""
+    deadline = time.monotonic() + WAIT_LIMIT_S
+    while not attempt():
+        if abandoned is not None and abandoned.is_set():
+            raise _Abandoned
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} waited {WAIT_LIMIT_S:.0f} s for other test workers: {b.holders()}")
+        time.sleep(POLL_S)
+
+
+def holding() -> bool:
+    """Whether this process is inside a window now."""
+    return _held["count"] > 0
+
+
 def _enter_blocking(b: Board, abandoned: threading.Event | None = None) -> None:
     with _opening:
         with _held_lock:
@@ -197,13 +210,7 @@ def _enter_blocking(b: Board, abandoned: threading.Event | None = None) -> None:
         asked = time.time()
         ticket = b.window_requested()
         try:
-            deadline = time.monotonic() + WAIT_LIMIT_S
-            while not b.window_granted(ticket):
-                if abandoned is not None and abandoned.is_set():
-                    raise _Abandoned
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"a measurement window waited {WAIT_LIMIT_S:.0f} s for other test workers")
-                time.sleep(POLL_S)
+            _poll(lambda: b.window_granted(ticket), b, "a measurement window", abandoned)
         except BaseException:
             b.window_abandoned(ticket)
             raise

@@ -218,7 +218,7 @@ def test_a_load_cancelled_while_waiting_gives_its_window_back_once_granted(tmp_p
                 break
         time.sleep(0.05)
     assert not entry["windows"] and not entry["waiting"], entry
-    assert quiet._held["count"] == 0
+    assert not quiet.holding()
 
 
 def test_a_window_that_spans_cells_lets_its_own_worker_go_on(tmp_path, monkeypatch):
@@ -280,3 +280,18 @@ def test_a_cancelled_wait_stops_waiting_at_once(tmp_path, monkeypatch):
     mine = quiet.Board(tmp_path, "a")
     with mine._state() as state:
         assert mine._mine(state)["waiting"] == [] and mine._mine(state)["windows"] == []
+
+
+def test_an_item_that_ends_drops_what_an_interrupt_left_unless_it_holds_a_window_on_purpose(tmp_path):
+    """A wait or window the pytest process left (pytest-timeout's alarm, Ctrl-C) must not hold the
+    other workers forever; a dashboard's window across cells (`holding`) stays."""
+    a = quiet.Board(tmp_path, "a")
+    for holding in (False, True):
+        a.item_started()
+        assert a.window_granted(a.window_requested())    # a window held...
+        a.window_requested()                             # ...and a wait left behind
+        a.item_ended(holding=holding)
+        with a._state() as state:
+            mine = a._mine(state)
+            assert (len(mine["windows"]), len(mine["waiting"])) == ((1, 1) if holding else (0, 0)), mine
+            mine["windows"], mine["waiting"] = [], []
