@@ -159,7 +159,9 @@ def _server_max_connections(stack) -> dict:
 
 def _rush_and_steady(stack):
     """The rush (closed loop) then the steady load (open loop), with both servers' backends watched.
-    Returns (peaks, rush result, steady result); steady is None when the generator fell behind twice."""
+    Returns (peaks, rush result, steady result). Steady is SKIPPED when the rush already filled a
+    server (the verdict is decided: no need to make the learner wait for a second load), and None
+    when the generator fell behind twice."""
     from ...course.pooling import PeakBackends
     from ...load.mix import Request, RequestMix
     from ...load import LoadSpec, run_load
@@ -174,13 +176,24 @@ def _rush_and_steady(stack):
         # busy the machine is, so its generator is not second-guessed (the servers count the backends).
         rush = run_load(LoadSpec(url=entry_url(stack), mode="closed", connections=f["rush_clients"],
                                  duration_s=f["rush_s"], mix=rush_mix, timeout_s=10))
-        # 256 connections: a queue forms at the app's pools, where the check looks, not in the generator.
-        # Send lag up to 50 ms is tolerated (40-48 ms seen with the machine's load average at 10, the
-        # generator itself using 10% of a core): latency counts from the intended send time anyway, and
-        # the verdict's band (p99 <= 500 ms of 100 ms queries) is ten times wider than that.
-        steady = measure(stack, mode="open", rate=f["read_rps"] + f["write_rps"], connections=256,
-                         duration_s=f["steady_s"], mix=steady_mix, timeout_s=10, seed=5, max_send_lag_ms=50)
+        if _full({"primary": primary.peak, "replica": replica.peak}):
+            steady = SKIPPED
+        else:
+            # 256 connections: a queue forms at the app's pools, where the check looks, not in the
+            # generator. Send lag up to 50 ms is tolerated (40-48 ms seen with the machine's load average
+            # at 10, the generator itself using 10% of a core): latency counts from the intended send
+            # time anyway, and the verdict's band (p99 <= 500 ms of 100 ms queries) is ten times wider.
+            steady = measure(stack, mode="open", rate=f["read_rps"] + f["write_rps"], connections=256,
+                             duration_s=f["steady_s"], mix=steady_mix, timeout_s=10, seed=5, max_send_lag_ms=50)
     return {"primary": primary.peak, "replica": replica.peak}, rush, steady
+
+
+SKIPPED = "skipped"     # the steady load was not run: the rush had decided the verdict
+
+
+def _full(peaks: dict) -> list:
+    """The servers whose app backends at the peak leave less than FIT's free slots."""
+    return [server for server, peak in peaks.items() if peak > peak_allowed()]
 
 
 def _errors(result) -> str:
@@ -222,13 +235,14 @@ def check_fits_connections():
     if rush is None or steady is None:
         return inconclusive()
     allowed = peak_allowed()
-    p99 = steady.latency_ms()["p99_ms"]
+    steady_seen = ("not run (the rush had decided)" if steady is SKIPPED else
+                   f"{_errors(steady)}, p99 {steady.latency_ms()['p99_ms']:.0f} ms")
     seen = (f"rush of {f['rush_clients']} clients: {_errors(rush)}; steady {f['read_rps']} reads/s + "
-            f"{f['write_rps']} writes/s: {_errors(steady)}, p99 {p99:.0f} ms; app backends at the peak (the servers' "
+            f"{f['write_rps']} writes/s: {steady_seen}; app backends at the peak (the servers' "
             f"pg_stat_activity): primary {peaks['primary']}, replica {peaks['replica']} (at most {allowed} leaves "
             f"{f['free_slots']} of the {f['max_connections'] - f['reserved']} free)")
     seen += as_predicted("rush_peak_backends", "; you predicted {:.0f} on the replica")
-    full = [server for server, peak in peaks.items() if peak > allowed]
+    full = _full(peaks)
     if full:
         server = full[0]
         hint = ("The read pools of all replicas together are more than the replica server can hold: lower "
@@ -240,6 +254,7 @@ def check_fits_connections():
     # The rush only has to leave room on the servers: its requests may queue, and a few may time out while
     # hundreds of new connections log in at once (PgBouncer checks each password on one core). The steady
     # load is the one that must be served.
+    p99 = steady.latency_ms()["p99_ms"]
     if steady.error_count or p99 > f["p99_ms"]:
         return Verdict(False, f"steady load: no errors and p99 <= {f['p99_ms']} ms",
                        f"{steady.error_count} errors, p99 {p99:.0f} ms",
