@@ -32,6 +32,8 @@ def _print_status(status: dict) -> None:
                 print(f"  {'':20} {line}")
     if not status["services"]:
         print("  (nothing has run yet: python -m stack up)")
+    if status.get("listening"):
+        print(f"note: {status['listening']}")
 
 
 def _split_psql_args(argv: list[str]) -> tuple[list[str], list[str]]:

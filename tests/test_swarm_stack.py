@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 if os.environ.get("SCALELAB_DOCKER_TESTS") != "1":
@@ -96,10 +97,18 @@ def test_the_articles_deploy_block_is_what_the_engine_runs(stack, engine):
     assert secrets == {"/run/scalelab/app/config.json"}        # a secret at an absolute path
 
 
-def test_published_ports_are_on_every_interface_as_swarm_does(stack, engine):
+def test_every_published_port_listens_on_loopback_only(stack, engine):
+    """Swarm has no host address for a published port: up() made the swarm on a docker_gwbridge
+    whose binding address is 127.0.0.1. Asked of the kernel: what listens at the stack's ports."""
     ports = service(engine, stack, "nginx")["Endpoint"]["Ports"]
     assert [(p["PublishedPort"], p["PublishMode"]) for p in ports] == [(BASE, "host")]
-    assert not port_is_free(BASE, "0.0.0.0")
+    published = {int(info["address"].rsplit(":", 1)[1]) for info in stack.status()["services"].values()}
+    assert len(published) == 9, published              # 4 app tasks and 5 servers
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port in published}
+    assert {port for _, port in listening} == published, listening
+    assert {ip for ip, _ in listening} == {HOST}, listening
+    assert "listening" not in stack.status()          # status() warns only when something listens wider
 
 
 def test_requests_through_nginx_reach_every_replica(stack):
@@ -254,7 +263,7 @@ def test_shard_servers_are_services_and_every_row_lands_where_the_map_says(stack
     volumes = {v.name for v in engine.volumes.list(filters={"label": f"com.docker.stack.namespace={name}"})}
     checks.shard_servers_are_primaries_with_own_volumes(stack, 2, volumes, name)
     for i in (1, 2):
-        # Published as Swarm does (host mode, every interface), like the other PostgreSQL servers.
+        # Published in host mode, like the other PostgreSQL servers (on loopback: see the test above).
         ports = service(engine, stack, f"postgres-shard-{i}")["Spec"]["EndpointSpec"]["Ports"]
         assert [(p["TargetPort"], p["PublishedPort"], p["PublishMode"]) for p in ports] == [
             (5432, PORTS.shard(i), "host")], ports
