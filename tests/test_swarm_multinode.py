@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -57,7 +58,9 @@ PORTS = Ports(26400)
 
 
 def tier(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(TIER), *args], capture_output=True, text=True, timeout=timeout)
+    # SCALELAB_PYTHON: nodes-up runs `python -m stack.swarm gateway-bridge` with this test's interpreter.
+    return subprocess.run(["bash", str(TIER), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "SCALELAB_PYTHON": sys.executable})
 
 
 def leftovers() -> list[str]:

@@ -314,3 +314,17 @@ def test_a_scale_down_signals_only_the_leaving_running_tasks_of_this_node_and_co
     engine.running.add("c3")
     services.stop_leaving("app", 2, spare={"t3"})        # nginx still names it: left to Swarm
     assert engine.killed == []
+
+
+def test_status_says_when_published_ports_listen_wider_than_loopback():
+    from stack.swarm.gateway import listening_note
+    from stack.swarm.services import published_bindings
+    listing = {"nginx": {"Ports": [{"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": 18080, "Type": "tcp"}]},
+               "app-1": {"Ports": [{"PrivatePort": 8000, "Type": "tcp"}]}}          # not published
+    assert published_bindings(listing) == {("127.0.0.1", 18080)}
+    assert listening_note(published_bindings(listing)) is None
+    listing["redis"] = {"Ports": [{"IP": "0.0.0.0", "PrivatePort": 6379, "PublicPort": 18081, "Type": "tcp"},
+                                  {"IP": "::", "PrivatePort": 6379, "PublicPort": 18081, "Type": "tcp"}]}
+    note = listening_note(published_bindings(listing))
+    assert note.startswith("published ports listen on 0.0.0.0, ::, not 127.0.0.1 only"), note
+

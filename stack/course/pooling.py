@@ -41,7 +41,8 @@ def backends(stack, server: str = "primary") -> int:
 
 
 class PeakBackends(Poller):
-    """Samples a server's client backends every `every_s` in a thread; .peak after stop().
+    """Samples a server's client backends every `every_s` in a thread; .peak is the running maximum
+    (read it at any time; after stop() it covers the whole run).
     With `application_name`, only the backends of clients that gave that name."""
 
     def __init__(self, stack, server: str, every_s: float = 0.1, application_name: str | None = None):

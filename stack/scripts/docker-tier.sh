@@ -256,7 +256,8 @@ nodes_up() {   # nodes_up N [IMAGE...]: N workers joined to a swarm the tier's e
         wait_dockerd "$NODES_RUN/w$i/docker.sock" "${pids[$((i - 1))]}" "$NODES_ROOT/w$i/dockerd.log" >/dev/null
     done
     echo "started $n worker engine(s) in network namespaces ${NODE_PREFIX}1..$NODE_PREFIX$n (pids ${pids[*]})"
-    loopback_gateway_bridge
+    # Published ports on the manager listen on 127.0.0.1 only, as in a swarm SwarmStack.up makes.
+    "${SCALELAB_PYTHON:-$ROOT/.venv/bin/python}" -m stack.swarm gateway-bridge
     "$DOCKER" swarm init --advertise-addr "$NODES_NET.1" --listen-addr "$NODES_NET.1:2377" >/dev/null
     touch "$NODES_RUN/manager-in-swarm"
     local token; token=$("$DOCKER" swarm join-token -q worker)
@@ -280,17 +281,6 @@ nodes_up() {   # nodes_up N [IMAGE...]: N workers joined to a swarm the tier's e
         sleep 0.1
     done
     "$DOCKER" node ls
-}
-
-# Swarm publishes a host-mode port at docker_gwbridge's binding address: made with 127.0.0.1 before
-# `swarm init`, the manager's published ports listen on loopback only (as SwarmStack.up does).
-loopback_gateway_bridge() {
-    local opt=com.docker.network.bridge
-    [ "$("$DOCKER" network inspect docker_gwbridge --format "{{index .Options \"$opt.host_binding_ipv4\"}}" 2>/dev/null)" \
-        = 127.0.0.1 ] && return 0
-    "$DOCKER" network rm docker_gwbridge >/dev/null 2>&1 || true
-    "$DOCKER" network create --opt "$opt.name=docker_gwbridge" --opt "$opt.enable_icc=false" \
-        --opt "$opt.enable_ip_masquerade=true" --opt "$opt.host_binding_ipv4=127.0.0.1" docker_gwbridge >/dev/null
 }
 
 wait_all() {   # wait_all WHAT: wait for every background job; die if one failed

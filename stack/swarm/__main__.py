@@ -1,4 +1,6 @@
-"""python -m stack.swarm render [--check]: rewrite (or check) stack/swarm-stack.yml and its upstream."""
+"""python -m stack.swarm render [--check]: rewrite (or check) stack/swarm-stack.yml and its upstream.
+python -m stack.swarm gateway-bridge: before `docker swarm init`, make this engine's docker_gwbridge
+bind published ports on 127.0.0.1 (stack.swarm.gateway; DOCKER_HOST names the engine)."""
 from __future__ import annotations
 
 import sys
@@ -10,6 +12,11 @@ STACK_DIR = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["gateway-bridge"]:
+        from ..docker.engine import connect
+        from .gateway import loopback_bridge
+        print(loopback_bridge(connect()))
+        return 0
     if argv[:1] != ["render"]:
         print(__doc__.strip(), file=sys.stderr)
         return 2

@@ -31,11 +31,10 @@ How each plan action becomes a Swarm operation:
 
 nginx, PostgreSQL (shard servers too), PgBouncer and Redis are published at their fixed ports (host
 mode), each app task on a port its engine picks; context() and status() report each one (the course
-asks one replica for its /metrics), and traffic goes through nginx. A published port has no host
-address in Swarm: the engine binds it at docker_gwbridge's default address, 0.0.0.0 unless the bridge
-says otherwise. So when up() makes the swarm, it first makes that bridge with 127.0.0.1 as its
-binding address, and every port listens on loopback only. On an engine already in a swarm its
-bridge is left as it is, and status() says where the ports listen (read from the containers).
+asks one replica for its /metrics), and traffic goes through nginx. When up() makes the swarm, it
+first makes the engine's docker_gwbridge bind published ports on 127.0.0.1 (stack.swarm.gateway),
+so they listen on loopback only; an engine already in a swarm keeps its bridge, and status() says
+where its ports listen (read from the containers).
 """
 from __future__ import annotations
 
@@ -65,18 +64,12 @@ from ..plan import (KINDS, PUSH_APP_CONFIG, RELOAD_NGINX, RELOAD_PGBOUNCER, RELO
 from ..ports import HOST, Ports, port_is_free
 from ..rollback import RollbackReport
 from ..topology import Topology
-from .services import Placement, SwarmServices
+from . import gateway
+from .services import Placement, SwarmServices, published_bindings
 from .stackfile import (APP_CONFIG, NGINX_UPSTREAM, is_published, published_services, runtime_texts, secret_names,
                         swarm_model, task_addresses, upstream_conf)
 
 APP_UID = 10001                   # the app image's `scalelab` user
-# Swarm publishes a host-mode port at its gateway bridge's binding address (see the top).
-GATEWAY_BRIDGE = "docker_gwbridge"
-BINDING_OPTION = "com.docker.network.bridge.host_binding_ipv4"
-# What the engine gives docker_gwbridge itself (Docker's docs, "Customize the docker_gwbridge interface").
-GATEWAY_BRIDGE_OPTIONS = {"com.docker.network.bridge.name": GATEWAY_BRIDGE,
-                          "com.docker.network.bridge.enable_icc": "false",
-                          "com.docker.network.bridge.enable_ip_masquerade": "true"}
 HEADER = "# The stack this SwarmStack deployed (stack.swarm.stackfile), for `docker stack deploy -c`.\n"
 
 
@@ -139,27 +132,10 @@ class SwarmStack(EngineStack):
         if state != "inactive":
             raise StackError(f"this engine's swarm state is {state!r}: expected 'active' or 'inactive' "
                              f"(`docker swarm leave --force` or `docker swarm init` first)")
-        self._loopback_gateway_bridge(say)
+        say(gateway.loopback_bridge(self.client))
         self.client.swarm.init(advertise_addr=HOST)
         say(f"initialised a one-node swarm (advertise address {HOST})")
         return True
-
-    def _loopback_gateway_bridge(self, say) -> None:
-        """Before `swarm init`: docker_gwbridge with 127.0.0.1 as its binding address (see the top)."""
-        from docker.errors import NotFound
-        try:
-            bridge = self.client.networks.get(GATEWAY_BRIDGE)
-        except NotFound:
-            bridge = None
-        if bridge is not None:
-            if bridge.attrs.get("Options", {}).get(BINDING_OPTION) == HOST:
-                return
-            if bridge.attrs.get("Containers"):
-                say(f"{GATEWAY_BRIDGE} is in use: published ports listen where it says (python -m stack status)")
-                return
-            bridge.remove()
-        self.client.networks.create(GATEWAY_BRIDGE, driver="bridge", options={**GATEWAY_BRIDGE_OPTIONS, BINDING_OPTION: HOST})
-        say(f"made {GATEWAY_BRIDGE} with {HOST} as its binding address: published ports listen on loopback only")
 
     # -- reading what runs --------------------------------------------------------------------
     def _running_services(self, name: str, images: dict | None = None) -> set[str]:
@@ -221,12 +197,10 @@ class SwarmStack(EngineStack):
                   "running": any(s["state"] == "running" for s in services.values()),
                   "topology": topology.to_dict() if topology else None, "services": services,
                   "resharding": resharding.last_report(self.state.path)}
-        wider = sorted({p.get("IP") or "0.0.0.0" for c in listing.values() for p in c.get("Ports") or []
-                        if p.get("PublicPort")} - {HOST})
-        if wider:     # the address status() gives is where to connect; a user should know what else listens
-            result["listening"] = (f"published ports listen on {', '.join(wider)}, not {HOST} only: this engine was "
-                                   f"in a swarm already, whose {GATEWAY_BRIDGE} binds them there (a swarm that `up` "
-                                   f"makes binds them on {HOST})")
+        # The address status() gives is where to connect; a user should know what else listens.
+        note = gateway.listening_note(published_bindings(listing))
+        if note:
+            result["listening"] = note
         if error:
             result["error"] = error
         return result

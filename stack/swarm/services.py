@@ -101,8 +101,7 @@ class SwarmServices:
     def held_ports(self) -> set[int]:
         """Host ports that this stack's containers on this node publish, also a task's that Swarm
         is restarting (its port is bound before its health check passes)."""
-        return {p["PublicPort"] for c in self.containers().values() for p in c.get("Ports") or []
-                if p.get("PublicPort")}
+        return {port for _, port in published_bindings(self.containers())}
 
     # -- changing ------------------------------------------------------------------------------
     def deploy(self, stack_file: Path) -> None:
@@ -332,3 +331,10 @@ def _comparable(spec: dict) -> str:
     """What makes a task current: its container spec, resources and force-update counter."""
     keep = {k: spec.get(k) for k in ("ContainerSpec", "Resources", "ForceUpdate")}
     return json.dumps(keep, sort_keys=True)
+
+
+def published_bindings(containers: dict) -> set[tuple[str, int]]:
+    """(address, host port) of every port the containers publish (a container listing's "Ports")."""
+    return {(p.get("IP") or "0.0.0.0", p["PublicPort"]) for c in containers.values() for p in c.get("Ports") or []
+            if p.get("PublicPort")}
+

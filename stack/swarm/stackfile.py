@@ -21,7 +21,7 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
   a service update rotates in.
 * A published port has no host address in Swarm: it listens at docker_gwbridge's binding
   address, 0.0.0.0 unless that bridge was made with 127.0.0.1 before `docker swarm init` (the
-  backend does so when it makes the swarm; the header below shows how by hand). Ports use `mode: host` (the node running the task listens) and services
+  backend does so when it makes the swarm: stack/swarm/gateway.py; the header below shows how by hand). Ports use `mode: host` (the node running the task listens) and services
   `endpoint_mode: dnsrr`, because the ingress routing mesh and virtual IPs are IPVS, which
   not every kernel has (this machine's has no CONFIG_IP_VS). So a published service's
   update stops the old task before the new one binds the port (stop-first). Only the
@@ -65,9 +65,7 @@ HEADER = """\
 # tests/test_swarm_render.py fails when it drifts from the renderer).
 #
 # From the repository's root (inside stack/, `python -m` would import stack/docker for docker-py):
-#   docker network create --opt com.docker.network.bridge.name=docker_gwbridge \\
-#     --opt com.docker.network.bridge.enable_icc=false --opt com.docker.network.bridge.enable_ip_masquerade=true \\
-#     --opt com.docker.network.bridge.host_binding_ipv4=127.0.0.1 docker_gwbridge   # ports on loopback only
+#   .venv/bin/python -m stack.swarm gateway-bridge    # before the swarm exists: ports on 127.0.0.1 only
 #   docker swarm init --advertise-addr 127.0.0.1
 #   .venv/bin/python -m stack.docker build                  # the images, on each node
 #   .venv/bin/python -m stack.docker.runtime init stack/docker/conf/topology.json stack/docker/run
@@ -76,7 +74,7 @@ HEADER = """\
 #   docker service scale scalelab_app=6                     # nginx follows the tasks within ~2 s
 #   docker stack rm scalelab
 #
-# Without that docker_gwbridge (made before `swarm init`), Swarm publishes on every interface.
+# Without that docker_gwbridge (stack/swarm/gateway.py), Swarm publishes on every interface.
 """
 PUBLISHED = ("nginx", "postgres-primary", "postgres-replica", "pgbouncer", "redis")
 SERVICES = ("postgres-primary", "postgres-replica", "redis", "pgbouncer", "app", "nginx")

@@ -157,6 +157,9 @@ def _server_max_connections(stack) -> dict:
     return out
 
 
+SKIPPED = object()     # the steady load was not run: the rush had decided the verdict
+
+
 def _rush_and_steady(stack):
     """The rush (closed loop) then the steady load (open loop), with both servers' backends watched.
     Returns (peaks, rush result, steady result). Steady is SKIPPED when the rush already filled a
@@ -176,7 +179,8 @@ def _rush_and_steady(stack):
         # busy the machine is, so its generator is not second-guessed (the servers count the backends).
         rush = run_load(LoadSpec(url=entry_url(stack), mode="closed", connections=f["rush_clients"],
                                  duration_s=f["rush_s"], mix=rush_mix, timeout_s=10))
-        if _full({"primary": primary.peak, "replica": replica.peak}):
+        peaks = lambda: {"primary": primary.peak, "replica": replica.peak}     # noqa: E731 - running maxima
+        if _full(peaks()):
             steady = SKIPPED
         else:
             # 256 connections: a queue forms at the app's pools, where the check looks, not in the
@@ -185,10 +189,7 @@ def _rush_and_steady(stack):
             # time anyway, and the verdict's band (p99 <= 500 ms of 100 ms queries) is ten times wider.
             steady = measure(stack, mode="open", rate=f["read_rps"] + f["write_rps"], connections=256,
                              duration_s=f["steady_s"], mix=steady_mix, timeout_s=10, seed=5, max_send_lag_ms=50)
-    return {"primary": primary.peak, "replica": replica.peak}, rush, steady
-
-
-SKIPPED = "skipped"     # the steady load was not run: the rush had decided the verdict
+    return peaks(), rush, steady
 
 
 def _full(peaks: dict) -> list:
@@ -232,17 +233,18 @@ def check_fits_connections():
                        f"{running} app replicas answer: the load needs {f['replicas']}; fewer replicas would hide "
                        "the problem, not solve it.", hint=f"stack.apply(replicas={f['replicas']}).")
     peaks, rush, steady = _rush_and_steady(stack)
-    if rush is None or steady is None:
+    full = _full(peaks)
+    if rush is None or (steady is None and not full):     # a full server decides, measured or not
         return inconclusive()
     allowed = peak_allowed()
     steady_seen = ("not run (the rush had decided)" if steady is SKIPPED else
+                   "the generator fell behind twice" if steady is None else
                    f"{_errors(steady)}, p99 {steady.latency_ms()['p99_ms']:.0f} ms")
     seen = (f"rush of {f['rush_clients']} clients: {_errors(rush)}; steady {f['read_rps']} reads/s + "
             f"{f['write_rps']} writes/s: {steady_seen}; app backends at the peak (the servers' "
             f"pg_stat_activity): primary {peaks['primary']}, replica {peaks['replica']} (at most {allowed} leaves "
             f"{f['free_slots']} of the {f['max_connections'] - f['reserved']} free)")
     seen += as_predicted("rush_peak_backends", "; you predicted {:.0f} on the replica")
-    full = _full(peaks)
     if full:
         server = full[0]
         hint = ("The read pools of all replicas together are more than the replica server can hold: lower "
