@@ -70,4 +70,3 @@ def listening_note(bindings: set[tuple[str, int]], host: str = HOST) -> str | No
         return None
     return (f"published ports listen on {', '.join(wider)}, not {host} only: this engine's {NAME} binds them "
             f"there (see stack/swarm/gateway.py)")
-

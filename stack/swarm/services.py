@@ -337,4 +337,3 @@ def published_bindings(containers: dict) -> set[tuple[str, int]]:
     """(address, host port) of every port the containers publish (a container listing's "Ports")."""
     return {(p.get("IP") or "0.0.0.0", p["PublicPort"]) for c in containers.values() for p in c.get("Ports") or []
             if p.get("PublicPort")}
-

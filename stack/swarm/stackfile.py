@@ -21,7 +21,8 @@ Differences from the compose project (stack.docker.compose), each forced by Swar
   a service update rotates in.
 * A published port has no host address in Swarm: it listens at docker_gwbridge's binding
   address, 0.0.0.0 unless that bridge was made with 127.0.0.1 before `docker swarm init` (the
-  backend does so when it makes the swarm: stack/swarm/gateway.py; the header below shows how by hand). Ports use `mode: host` (the node running the task listens) and services
+  backend does so when it makes the swarm: stack/swarm/gateway.py; the header below shows how
+  by hand). Ports use `mode: host` (the node running the task listens) and services
   `endpoint_mode: dnsrr`, because the ingress routing mesh and virtual IPs are IPVS, which
   not every kernel has (this machine's has no CONFIG_IP_VS). So a published service's
   update stops the old task before the new one binds the port (stop-first). Only the

@@ -234,7 +234,7 @@ def check_fits_connections():
                        "the problem, not solve it.", hint=f"stack.apply(replicas={f['replicas']}).")
     peaks, rush, steady = _rush_and_steady(stack)
     full = _full(peaks)
-    if rush is None or (steady is None and not full):     # a full server decides, measured or not
+    if steady is None and not full:     # a full server decides, measured or not
         return inconclusive()
     allowed = peak_allowed()
     steady_seen = ("not run (the rush had decided)" if steady is SKIPPED else
