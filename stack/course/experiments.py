@@ -156,8 +156,8 @@ def latency_vs_offered_load(stack, rates, service_ms: float = 20, slots: int = 4
     local sweeps, but on Swarm one sweep gave 1.64x at 150 req/s: a p99 of a few hundred requests
     is decided by a handful of the slowest, and one stall of the machine delays that many.
 
-    One row per (arrivals, offered rate). `model_p99_ms` replays the very same seeded
-    schedule through an ideal server with `slots` slots of `service_ms` (M/D/c for
+    One row per (arrivals, offered rate). `model_p90_ms` and `model_p99_ms` replay the very
+    same seeded schedule through an ideal server with `slots` slots of `service_ms` (M/D/c for
     Poisson arrivals): what theory says those arrivals should have seen.
     """
     rows = []
@@ -166,7 +166,8 @@ def latency_vs_offered_load(stack, rates, service_ms: float = 20, slots: int = 4
         for rate in rates:
             result = run(stack, "open", path, seconds, rate=rate, arrivals=kind, seed=7)
             model = simulate_latency(rate, slots, service_ms, seconds, arrivals=kind, seed=7)
-            rows.append(_row(result, arrivals=kind, offered_rps=rate, model_p99_ms=percentile(model, 99)))
+            rows.append(_row(result, arrivals=kind, offered_rps=rate,
+                             model_p90_ms=percentile(model, 90), model_p99_ms=percentile(model, 99)))
             if progress:
                 progress(f"{kind:8} arrivals, offered {rate} req/s -> served {result.throughput_rps:.0f}, "
                          f"p99 {result.latency_ms()['p99_ms']:.0f} ms (theory {percentile(model, 99):.0f} ms)")
