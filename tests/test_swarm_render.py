@@ -328,3 +328,21 @@ def test_status_says_when_published_ports_listen_wider_than_loopback():
     note = listening_note(published_bindings(listing))
     assert note.startswith("published ports listen on 0.0.0.0, ::, not 127.0.0.1 only"), note
 
+
+
+def test_an_engine_that_cannot_show_its_gateway_bridge_gets_a_line_not_an_exception():
+    from docker.errors import APIError
+    from stack.swarm.gateway import loopback_bridge
+
+    class Networks:
+        def get(self, name):
+            raise APIError("500 Server Error", explanation="the engine's network store is locked")
+
+        def create(self, *args, **kwargs):
+            raise AssertionError("nothing is made after a failed read")
+
+    class Client:
+        networks = Networks()
+
+    line = loopback_bridge(Client())
+    assert line.startswith("could not read docker_gwbridge (the engine's network store is locked)"), line

@@ -35,6 +35,9 @@ def loopback_bridge(client, host: str = HOST) -> str:
         bridge = client.networks.get(NAME)
     except NotFound:
         bridge = None
+    except APIError as exc:
+        return (f"could not read {NAME} ({exc.explanation or exc}): published ports listen at its "
+                f"binding address, 0.0.0.0 unless it was made otherwise")
     options, ipam = dict(ENGINE_OPTIONS), None
     if bridge is not None:
         current = bridge.attrs.get("Options") or {}
