@@ -21,9 +21,9 @@
 #    FAIL (never skip) when the engine is unusable. The Swarm tests put the engine in Swarm
 #    mode (SwarmStack.up) and leave it again (down); tests/test_swarm_multinode.py makes it the
 #    manager of two worker engines in network namespaces (nodes-up) and removes them (nodes-down).
-#    Then every lesson notebook and lab solution, unchanged, with nbval on the docker backend
-#    (SCALELAB_BACKEND=docker) and, side by side, on the swarm backend (SCALELAB_BACKEND=swarm):
-#    the two runs take turns for measurements (one SCALELAB_QUIET_DIR, stack/quiet.py);
+#    Then the lesson notebooks, unchanged, with nbval: $DOCKER_LESSONS and the lab solutions
+#    $DOCKER_SOLUTIONS on the docker backend (SCALELAB_BACKEND=docker), then $SWARM_LESSONS and
+#    $SWARM_SOLUTIONS on the swarm backend (SCALELAB_BACKEND=swarm);
 # 5. always (trap): removes the containers, stops dockerd by its pid, and removes the bridges,
 #    iptables rules and chains, and mounts that appeared while it ran.
 # Prints the time of every phase. Needs root (it installs packages and runs dockerd).
@@ -353,27 +353,30 @@ ensure_venv() {
 }
 
 # -- the tier ----------------------------------------------------------------------------
-# Every lesson and every lab solution runs on both backends (SCALELAB_DOCKER_LESSONS,
-# SCALELAB_DOCKER_SOLUTIONS, SCALELAB_SWARM_LESSONS, SCALELAB_SWARM_SOLUTIONS override the lists).
-# On swarm, among them: lesson 1 (a paused task), 2 (CPU limits, each a rolling update of the app
-# service), 3 (strategies, weights and a consistent hash over each task's address, written into the
-# running nginx; a killed task), 4 (replica settings by ALTER SYSTEM), 5 (PgBouncer pools), 6 (shard
-# servers as services, users moved online with the routing pushed into every task), 7 (a killed Redis
-# task that Swarm replaces; config pushed into tasks) and 8 (profiles from one task's own port).
-# Lab 3's ip_hash checks send from several 127.x addresses, which nginx in a container sees through
-# Docker's port proxy as one; it takes them from X-Forwarded-For instead (stack.render.nginx.PROXY_NETWORKS).
+# Lessons run by the tier on the docker backend, every one (SCALELAB_DOCKER_LESSONS overrides the
+# list), and on the swarm backend (SCALELAB_SWARM_LESSONS) every one but lesson 2: among them 1 (a
+# paused task), 3 (strategies, weights and a consistent hash over each task's address, written into
+# the running nginx; a killed task), 4 (replica settings by ALTER SYSTEM), 5 (PgBouncer pools), 6
+# (shard servers as services, users moved online with the routing pushed into every task), 7 (a
+# killed Redis task that Swarm replaces; config pushed into tasks) and 8 (profiles from one task's own
+# port). Lesson 2 passes on swarm too (four CPU limits, each a rolling update of the app service: 21
+# cells in 162 s in a full tier run) but takes CI past its 45 minutes on this 2-core machine:
+# SCALELAB_SWARM_LESSONS="lessons/0[1-8]_*.ipynb" runs it.
+# The lab solutions run on docker, every one (SCALELAB_DOCKER_SOLUTIONS): lab 3's ip_hash checks send
+# from several 127.x addresses, which nginx in a container sees through Docker's port proxy as one; it
+# takes them from X-Forwarded-For instead (stack.render.nginx.PROXY_NETWORKS). On swarm, the tier runs
+# those of labs 3 and 6 (SCALELAB_SWARM_SOLUTIONS: nginx's observed split; the ring checked row by row
+# on the swarm's shard servers); the others pass there too (SCALELAB_SWARM_SOLUTIONS=
+# "solutions/0[1-8]_*.ipynb": 76 cells in 146 s here) and are left out for the same budget.
 DOCKER_LESSONS="lessons/0[1-8]_*.ipynb"
 DOCKER_SOLUTIONS="solutions/0[1-8]_*.ipynb"
-SWARM_LESSONS="lessons/0[1-8]_*.ipynb"
-SWARM_SOLUTIONS="solutions/0[1-8]_*.ipynb"
-
-NB_PIDS=()     # the notebook runs (each its own process group: setsid), stopped if the tier is stopped
+SWARM_LESSONS="lessons/01_*.ipynb lessons/0[3-8]_*.ipynb"
+SWARM_SOLUTIONS="solutions/03_*.ipynb solutions/06_*.ipynb"
 
 run_tier() {
     finish() {
         local status=$?
         trap - EXIT INT TERM
-        for pid in "${NB_PIDS[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
         phase "stop engine + clean up"
         stop_engine || status=1
         report
@@ -396,32 +399,19 @@ run_tier() {
         SCALELAB_SWARM_TIMINGS="$ROOT/test-artifacts/swarm-timings.json" \
         SCALELAB_SWARM_MULTINODE_TIMINGS="$ROOT/test-artifacts/swarm-multinode-timings.json" \
         .venv/bin/pytest tests/test_docker*.py tests/test_swarm*.py "$@"
-    phase "lessons + solutions on docker and swarm, side by side (nbval)"
-    # The same lesson notebooks, unchanged, on both container backends: SCALELAB_BACKEND=docker|swarm
-    # makes every stack.get_stack() in them a DockerStack or a SwarmStack (own state dir: stack.pytest_env;
-    # the swarm run's ports are shifted by 5,000). The two runs share the machine between measurements
-    # and take turns for them: one SCALELAB_QUIET_DIR gives every measurement window the machine alone
-    # (stack/quiet.py), as it does for `make test TEST_WORKERS=2`. A failed notebook fails the tier,
-    # after both runs have ended. Each run's output is printed when both have ended, one after the other.
-    local lessons_failed="" quiet_dir out
-    quiet_dir=$(mktemp -d /tmp/scalelab-tier-quiet-XXXXXX); chmod 711 "$quiet_dir"
-    out=test-artifacts/notebooks
-    mkdir -p "$out"
-    SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=docker SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE SCALELAB_QUIET_DIR=$quiet_dir \
-        setsid .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS} ${SCALELAB_DOCKER_SOLUTIONS-$DOCKER_SOLUTIONS} \
-        > "$out/docker.log" 2>&1 &
-    NB_PIDS+=($!)
-    SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=swarm SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE SCALELAB_QUIET_DIR=$quiet_dir \
-        SCALELAB_TEST_PORT_SHIFT=$((${SCALELAB_TEST_PORT_SHIFT:-0} + 5000)) \
-        setsid .venv/bin/pytest ${SCALELAB_SWARM_LESSONS:-$SWARM_LESSONS} ${SCALELAB_SWARM_SOLUTIONS-$SWARM_SOLUTIONS} \
-        > "$out/swarm.log" 2>&1 &
-    NB_PIDS+=($!)
-    echo "running on docker (pid ${NB_PIDS[0]}) and swarm (pid ${NB_PIDS[1]}); output in $out/"
-    wait "${NB_PIDS[0]}" || lessons_failed+=" docker"
-    wait "${NB_PIDS[1]}" || lessons_failed+=" swarm"
-    NB_PIDS=()
-    for kind in docker swarm; do echo "== notebooks on $kind"; cat "$out/$kind.log"; done
-    rm -rf "$quiet_dir"
+    phase "lessons + solutions on docker (nbval)"
+    # The same lesson notebooks, unchanged, on the compose backend: SCALELAB_BACKEND=docker makes
+    # every stack.get_stack() in them a DockerStack (own state dir and ports: stack.pytest_env).
+    # A failed notebook fails the tier, after the other backend's notebooks have run too.
+    local lessons_failed=""
+    SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=docker SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
+        .venv/bin/pytest ${SCALELAB_DOCKER_LESSONS:-$DOCKER_LESSONS} ${SCALELAB_DOCKER_SOLUTIONS-$DOCKER_SOLUTIONS} \
+        || lessons_failed+=" docker"
+    phase "lessons + solutions on swarm (nbval)"
+    # The same notebooks on the swarm backend: a one-node swarm the stack initialises and leaves.
+    SCALELAB_DOCKER_TESTS=1 SCALELAB_BACKEND=swarm SCALELAB_DOCKER_BASE_IMAGE=$BASE_IMAGE \
+        .venv/bin/pytest ${SCALELAB_SWARM_LESSONS:-$SWARM_LESSONS} ${SCALELAB_SWARM_SOLUTIONS-$SWARM_SOLUTIONS} \
+        || lessons_failed+=" swarm"
     for kind in docker swarm swarm-multinode; do
         if [ -f "test-artifacts/$kind-timings.json" ]; then
             echo "== $kind stack timings (s): $(tr -d ' \n' < "test-artifacts/$kind-timings.json")"
