@@ -329,7 +329,6 @@ def test_status_says_when_published_ports_listen_wider_than_loopback():
     assert note.startswith("published ports listen on 0.0.0.0, ::, not 127.0.0.1 only"), note
 
 
-
 def test_an_engine_that_cannot_show_its_gateway_bridge_gets_a_line_not_an_exception():
     from docker.errors import APIError
     from stack.swarm.gateway import loopback_bridge

@@ -166,11 +166,12 @@ def latency_vs_offered_load(stack, rates, service_ms: float = 20, slots: int = 4
         for rate in rates:
             result = run(stack, "open", path, seconds, rate=rate, arrivals=kind, seed=7)
             model = simulate_latency(rate, slots, service_ms, seconds, arrivals=kind, seed=7)
-            rows.append(_row(result, arrivals=kind, offered_rps=rate,
-                             model_p90_ms=percentile(model, 90), model_p99_ms=percentile(model, 99)))
+            row = _row(result, arrivals=kind, offered_rps=rate,
+                       model_p90_ms=percentile(model, 90), model_p99_ms=percentile(model, 99))
+            rows.append(row)
             if progress:
                 progress(f"{kind:8} arrivals, offered {rate} req/s -> served {result.throughput_rps:.0f}, "
-                         f"p99 {result.latency_ms()['p99_ms']:.0f} ms (theory {percentile(model, 99):.0f} ms)")
+                         f"p99 {row['p99_ms']:.0f} ms (theory {row['model_p99_ms']:.0f} ms)")
     return pd.DataFrame(rows).set_index(["arrivals", "offered_rps"])
 
 
